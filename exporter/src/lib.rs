@@ -2,8 +2,19 @@
 //!
 //! * [`catalog`] — every metric the exporter emits (names, types, labels): the contract the
 //!   alert rules and dashboards depend on.
+//! * [`node`] — node mode (DaemonSet): libvirt discovery, stats collection, identity mapping;
+//!   the only `unsafe` code of the project is in [`node::ffi`].
+//! * [`http`] — `/metrics`, `/healthz`, `/readyz`, optional TLS, graceful shutdown.
+//! * [`render`] — Prometheus text exposition, rendered fresh on every scrape.
+//! * [`error`] — the crate's error type.
 //!
-//! Node mode (DaemonSet) reads libvirt domain stats of the VMs on its node; cluster mode
-//! (Deployment) reads Kubernetes objects through reflectors. See DESIGN §2.
+//! Node mode reads libvirt domain stats of the VMs on its node; cluster mode (Deployment) reads
+//! Kubernetes objects through reflectors. See DESIGN §2.
 
 pub mod catalog;
+pub mod error;
+pub mod http;
+pub mod node;
+pub mod render;
+
+pub use error::{Error, Result};
