@@ -1,0 +1,20 @@
+//! Labels and annotations virtguard puts on (or reads from) cluster objects. They are a contract
+//! between the backup engine, `virtguard cleanup`, the exporter and users' selectors: never rename.
+
+/// On every object a backup run creates (snapshots, temporary PVCs, exports, Jobs, Leases): the
+/// backup id. `virtguard cleanup` deletes only objects carrying it.
+pub const BACKUP_ID: &str = "virtguard.io/backup-id";
+/// Standard managed-by label on everything virtguard creates.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY`].
+pub const MANAGED_BY_VALUE: &str = "virtguard";
+/// On a VM: `"false"` opts the VM out of every backup selection.
+pub const BACKUP_OPT_OUT: &str = "virtguard.io/backup";
+/// On the per-namespace backup status ConfigMap: `"true"` (the exporter watches these).
+pub const STATUS: &str = "virtguard.io/status";
+/// Name of the per-namespace backup status ConfigMap.
+pub const STATUS_CONFIGMAP: &str = "virtguard-status";
+/// KubeVirt's label on PVCs restored from a VM snapshot (the source VM's name).
+pub const RESTORE_SOURCE_VM_NAME: &str = "restore.kubevirt.io/source-vm-name";
+/// KubeVirt's label on PVCs restored from a VM snapshot (the source VM's namespace).
+pub const RESTORE_SOURCE_VM_NAMESPACE: &str = "restore.kubevirt.io/source-vm-namespace";

@@ -1,0 +1,113 @@
+//! The backup status record: how the backup engine tells the exporter about each VM.
+//!
+//! After each VM, `virtguard backup` writes one entry into the ConfigMap
+//! [`STATUS_CONFIGMAP`](crate::labels::STATUS_CONFIGMAP) (`virtguard-status`) in the VM's namespace,
+//! labelled [`STATUS`](crate::labels::STATUS)`=true`. The data key is the VM's name; the value is
+//! the JSON of [`BackupStatusRecord`]. The cluster-mode exporter watches these ConfigMaps and turns
+//! each record into the `virtguard_backup_*` series. Timestamps are Unix seconds (what Prometheus
+//! wants; no parsing in the exporter). Unknown keys are ignored by readers, so the record can grow.
+
+use serde::{Deserialize, Serialize};
+
+/// How consistent a backup's disk images are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// The guest agent froze the filesystems while the snapshots were cut.
+    ApplicationConsistent,
+    /// Running without a connected guest agent: like pulling the power plug.
+    CrashConsistent,
+    /// The VM was paused: no I/O in flight, but no filesystem flush either.
+    Paused,
+    /// The VM was stopped: disks not in use.
+    Offline,
+}
+
+impl Consistency {
+    /// The `virtguard_backup_consistency` value: 1 when the image is consistent by construction
+    /// (frozen or offline), 0 when only crash-consistent (or paused without a flush).
+    pub fn metric_value(self) -> f64 {
+        match self {
+            Consistency::ApplicationConsistent | Consistency::Offline => 1.0,
+            Consistency::CrashConsistent | Consistency::Paused => 0.0,
+        }
+    }
+}
+
+/// Outcome of the last attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupResult {
+    /// The manifest was committed.
+    Succeeded,
+    /// The attempt failed; `reason` says at which step.
+    Failed,
+}
+
+/// One VM's backup status (the value under the VM's name in `virtguard-status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatusRecord {
+    /// Unix seconds when the last attempt started.
+    pub last_attempt_timestamp: i64,
+    /// Unix seconds when the last successful backup finished (kept across failed attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_timestamp: Option<i64>,
+    /// Result of the last attempt.
+    pub result: BackupResult,
+    /// A fixed, short reason code for failures (e.g. `snapshot-timeout`); never free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Consistency of the last successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+    /// Backup id of the last successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// Wall time of the last attempt, seconds.
+    pub duration_seconds: f64,
+    /// Freeze → thaw window of the last attempt, seconds (0 when not frozen).
+    pub freeze_seconds: f64,
+    /// Bytes read from the volumes.
+    pub bytes_read: u64,
+    /// Bytes of chunks that were new to the repository (before compression).
+    pub bytes_new: u64,
+    /// Bytes actually uploaded (after compression).
+    pub bytes_stored: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_json_shape_is_stable() {
+        let r = BackupStatusRecord {
+            last_attempt_timestamp: 1_763_768_000,
+            last_success_timestamp: Some(1_763_768_100),
+            result: BackupResult::Succeeded,
+            reason: None,
+            consistency: Some(Consistency::ApplicationConsistent),
+            backup_id: Some("20261121T233302Z-3f9a".into()),
+            duration_seconds: 100.5,
+            freeze_seconds: 0.8,
+            bytes_read: 10,
+            bytes_new: 5,
+            bytes_stored: 2,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"lastAttemptTimestamp":1763768000,"lastSuccessTimestamp":1763768100,"result":"Succeeded","consistency":"application-consistent","backupId":"20261121T233302Z-3f9a","durationSeconds":100.5,"freezeSeconds":0.8,"bytesRead":10,"bytesNew":5,"bytesStored":2}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<BackupStatusRecord>(&json).unwrap(),
+            r
+        );
+    }
+
+    #[test]
+    fn consistency_metric_values() {
+        assert_eq!(Consistency::ApplicationConsistent.metric_value(), 1.0);
+        assert_eq!(Consistency::CrashConsistent.metric_value(), 0.0);
+    }
+}
