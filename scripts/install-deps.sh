@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what virtguard's quickstart and tests need on a Debian machine, skipping what is
+# already there. Idempotent; fast when everything is installed.
+#
+#   Debian packages: prometheus (promtool), libvirt daemon + clients + dev headers, pkg-config,
+#                    QEMU (system emulator + qemu-img), restic, zstd, awscli, busybox-static,
+#                    e2fsprogs, iproute2 (tiny test guest and its network namespace)
+#   cargo:           s3s-fs 0.14.1 (a real S3 server for tests)
+set -euo pipefail
+
+need_pkgs=()
+want() { # want <command-or-path> <package>
+  if ! command -v "$1" >/dev/null 2>&1 && [ ! -e "$1" ]; then need_pkgs+=("$2"); fi
+}
+want promtool prometheus
+want prometheus prometheus
+want libvirtd libvirt-daemon-system
+want virsh libvirt-clients
+want pkg-config pkg-config
+want /usr/include/libvirt/libvirt.h libvirt-dev
+want qemu-system-x86_64 qemu-system-x86
+want restic restic
+want zstd zstd
+want aws awscli
+want /bin/busybox busybox-static
+want mkfs.ext4 e2fsprogs
+want ip iproute2
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "virtguard: missing system packages: ${need_pkgs[*]}" >&2
+    echo "virtguard: run as root, or install them first: sudo apt-get install -y ${need_pkgs[*]} qemu-utils" >&2
+    exit 1
+  fi
+  echo "virtguard: installing Debian packages: ${need_pkgs[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+# Installing qemu-system-x86 from bookworm can remove a newer qemu-utils; put qemu-img back.
+if ! command -v qemu-img >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "virtguard: qemu-img is missing: sudo apt-get install -y qemu-utils" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >/dev/null
+fi
+
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  echo "virtguard: installing the s3s-fs S3 server (cargo install, ~3 minutes)" >&2
+  cargo install s3s-fs@0.14.1 --features binary --locked --quiet
+fi
