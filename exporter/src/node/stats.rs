@@ -315,7 +315,6 @@ fn indexed(rest: &str) -> Option<(usize, &str)> {
 struct RawDev {
     name: Option<String>,
     values: [Option<u64>; 8],
-    backing: bool,
 }
 
 fn dev_slot(devs: &mut Vec<RawDev>, i: usize) -> Option<&mut RawDev> {
@@ -356,8 +355,6 @@ pub fn parse_domain(domain_name: &str, params: &Params, labels: &DeviceLabels) -
             };
             if k == "name" {
                 d.name = value.as_str().map(str::to_string);
-            } else if k == "backingIndex" {
-                d.backing = true;
             } else if let Some(pos) = BLOCK_FIELDS.iter().position(|(f, _, _)| *f == k) {
                 d.values[pos] = present(value);
             }
@@ -386,7 +383,7 @@ fn finish(
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, d) in raw.into_iter().enumerate() {
-        if d.backing || d.values.iter().all(Option::is_none) {
+        if d.values.iter().all(Option::is_none) {
             continue;
         }
         let label = match (&d.name, nameless_prefix) {
@@ -576,13 +573,16 @@ mod tests {
         );
     }
 
+    /// libvirt 9 reports `backingIndex` on the top image too (seen on the real guest); without
+    /// the BACKING flag every entry is a top-level disk and must be kept. A repeated name is
+    /// reported once.
     #[test]
-    fn backing_chain_entries_are_skipped() {
+    fn backing_index_does_not_hide_disks_and_repeats_are_dropped() {
         let params = p(&[
             ("block.0.name", Value::Str("vda".into())),
+            ("block.0.backingIndex", Value::UInt(1)),
             ("block.0.rd.reqs", Value::UInt(1)),
             ("block.1.name", Value::Str("vda".into())),
-            ("block.1.backingIndex", Value::UInt(1)),
             ("block.1.rd.reqs", Value::UInt(2)),
         ]);
         let vm = parse_domain("a_b", &params, &DeviceLabels::default());
