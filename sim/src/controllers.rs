@@ -1,0 +1,50 @@
+//! Controller wiring: synchronous admission hooks and the background reconcile loop.
+//!
+//! One task runs every controller pass whenever the store changes and at least every
+//! `tickMs` (timers such as "creationTime after 200 ms" need the periodic wake-up). Passes are
+//! level-triggered: they read the current objects and converge them, so a missed wake-up only
+//! delays work.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::resources::ResId;
+use crate::status::ApiError;
+use crate::Inner;
+
+/// Called on every create before the object is stored (what admission webhooks would do).
+pub(crate) fn on_create(
+    _inner: &Arc<Inner>,
+    _res: ResId,
+    _obj: &mut Value,
+) -> Result<(), ApiError> {
+    Ok(())
+}
+
+/// Start the reconcile loop.
+pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
+    let h = tokio::spawn(async move {
+        let mut notify = inner.store.subscribe();
+        let mut storage = crate::snapshot::StorageTimers::default();
+        let mut kv = crate::kubevirt::KubeVirtTimers::default();
+        let mut exports = crate::export::ExportTimers::default();
+        let tick = crate::ms(inner.timings.tick_ms.max(1));
+        loop {
+            crate::snapshot::reconcile_pvcs(&inner);
+            crate::snapshot::reconcile_snapshots(&inner, &mut storage);
+            crate::kubevirt::reconcile(&inner, &mut kv);
+            crate::kubevirt::safety_thaws(&inner).await;
+            crate::export::reconcile(&inner, &mut exports);
+            crate::cdi::reconcile(&inner);
+            crate::jobs::reconcile(&inner).await;
+            tokio::select! {
+                _ = inner.stop.cancelled() => break,
+                _ = notify.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        inner.jobs.kill_all().await;
+    });
+    vec![h]
+}

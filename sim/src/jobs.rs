@@ -1,0 +1,252 @@
+//! Jobs run as local processes.
+//!
+//! A Job whose first container image contains `virtguard` runs the local `virtguard` binary
+//! (configurable) as a child process: arguments are the container's `command[1..]` followed by
+//! `args` (a `command[0]` naming the binary is replaced by the configured path), environment
+//! from `env` (`value`, or `valueFrom.secretKeyRef` / `configMapKeyRef` resolved from the sim),
+//! plus `KUBECONFIG` pointing at the sim's kubeconfig (there is no service account). Output goes
+//! to `<state>/jobs/<ns>_<name>.log`. Status: `startTime` and `active: 1` at start, then
+//! `succeeded: 1` + condition `Complete` or `failed: 1` + condition `Failed` with the exit
+//! code. Deleting the Job kills the process. No Pods are created, no retries (`backoffLimit`
+//! is ignored), no parallelism. Jobs with other images fail at once with reason
+//! `ImageNotSimulated`. CronJobs are stored but never scheduled.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::store::{meta_str, name_ns, now_rfc3339};
+use crate::Inner;
+
+/// A finished (or running) Job process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRun {
+    /// `namespace/name`.
+    pub job: String,
+    pub args: Vec<String>,
+    /// None while running.
+    pub exit_code: Option<i32>,
+    pub log: PathBuf,
+}
+
+/// Running children and finished runs.
+#[derive(Debug)]
+pub struct JobsState {
+    bin: Option<PathBuf>,
+    pub(crate) kubeconfig: OnceLock<PathBuf>,
+    children: tokio::sync::Mutex<HashMap<String, (String, tokio::process::Child)>>,
+    runs: Mutex<Vec<JobRun>>,
+}
+
+impl JobsState {
+    pub fn new(bin: Option<PathBuf>) -> Self {
+        JobsState {
+            bin,
+            kubeconfig: OnceLock::new(),
+            children: tokio::sync::Mutex::new(HashMap::new()),
+            runs: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn runs(&self) -> Vec<JobRun> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) async fn kill_all(&self) {
+        for (_, (_, mut c)) in self.children.lock().await.drain() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+fn env_value(inner: &Inner, ns: &str, e: &Value) -> Option<String> {
+    if let Some(v) = e.get("value").and_then(Value::as_str) {
+        return Some(v.to_string());
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+        let s = inner
+            .store
+            .get(inner.rid("", "secrets"), ns, r.get("name")?.as_str()?)?;
+        let key = r.get("key")?.as_str()?;
+        if let Some(v) = s
+            .pointer("/stringData")
+            .and_then(|d| d.get(key))
+            .and_then(Value::as_str)
+        {
+            return Some(v.to_string());
+        }
+        let raw = b64.decode(s.get("data")?.get(key)?.as_str()?).ok()?;
+        return String::from_utf8(raw).ok();
+    }
+    if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
+        let c = inner
+            .store
+            .get(inner.rid("", "configmaps"), ns, r.get("name")?.as_str()?)?;
+        return c
+            .get("data")?
+            .get(r.get("key")?.as_str()?)?
+            .as_str()
+            .map(str::to_string);
+    }
+    None
+}
+
+/// One pass: start new Jobs, reap finished ones, kill deleted ones.
+pub(crate) async fn reconcile(inner: &Inner) {
+    let res = inner.rid("batch", "jobs");
+    let (jobs, _) = inner.store.list(res, None);
+    let mut children = inner.jobs.children.lock().await;
+    // Kill processes of deleted Jobs.
+    let live: Vec<String> = jobs
+        .iter()
+        .map(|j| meta_str(j, "uid").unwrap_or_default().to_string())
+        .collect();
+    let gone: Vec<String> = children
+        .keys()
+        .filter(|k| !live.contains(k))
+        .cloned()
+        .collect();
+    for k in gone {
+        if let Some((_, mut c)) = children.remove(&k) {
+            let _ = c.kill().await;
+        }
+    }
+    for job in jobs {
+        let (name, ns) = name_ns(&job);
+        let uid = meta_str(&job, "uid").unwrap_or_default().to_string();
+        let key = format!("{ns}/{name}");
+        if let Some((_, child)) = children.get_mut(&uid) {
+            if let Ok(Some(status)) = child.try_wait() {
+                let code = status.code().unwrap_or(-1);
+                children.remove(&uid);
+                {
+                    let mut runs = inner.jobs.runs.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(r) = runs
+                        .iter_mut()
+                        .rev()
+                        .find(|r| r.job == key && r.exit_code.is_none())
+                    {
+                        r.exit_code = Some(code);
+                    }
+                }
+                let ok = code == 0;
+                let _ = inner.store.mutate(res, &ns, &name, |o| {
+                    let st = &mut o["status"];
+                    st["active"] = json!(0);
+                    st["ready"] = json!(0);
+                    st["completionTime"] = json!(now_rfc3339());
+                    if ok {
+                        st["succeeded"] = json!(1);
+                        st["conditions"] = json!([{"type": "Complete", "status": "True", "lastProbeTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}]);
+                    } else {
+                        st["failed"] = json!(1);
+                        st["conditions"] = json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                            "message": format!("process exited with code {code}"), "lastProbeTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}]);
+                    }
+                });
+            }
+            continue;
+        }
+        if job.pointer("/status/startTime").is_some()
+            || job.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            continue;
+        }
+        let c = job
+            .pointer("/spec/template/spec/containers/0")
+            .cloned()
+            .unwrap_or(json!({}));
+        let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+        if !image.contains("virtguard") {
+            let _ = inner.store.mutate(res, &ns, &name, |o| {
+                o["status"] = json!({"startTime": now_rfc3339(), "failed": 1, "active": 0, "conditions": [{"type": "Failed", "status": "True",
+                    "reason": "ImageNotSimulated", "message": format!("virtguard-sim only runs virtguard images as local processes, not {image:?}"),
+                    "lastProbeTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}]});
+            });
+            continue;
+        }
+        let strs = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut args = strs(c.get("command"));
+        if !args.is_empty() {
+            args.remove(0);
+        }
+        args.extend(strs(c.get("args")));
+        let bin = inner
+            .jobs
+            .bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("virtguard"));
+        let log = inner
+            .state_dir
+            .join("jobs")
+            .join(format!("{ns}_{name}.log"));
+        let _ = std::fs::create_dir_all(inner.state_dir.join("jobs"));
+        let out = std::fs::File::create(&log);
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(&args)
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        if let Ok(f) = out {
+            if let Ok(f2) = f.try_clone() {
+                cmd.stdout(f).stderr(f2);
+            }
+        }
+        if let Some(kc) = inner.jobs.kubeconfig.get() {
+            cmd.env("KUBECONFIG", kc);
+        }
+        cmd.env("POD_NAMESPACE", &ns);
+        for e in c
+            .get("env")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let (Some(k), Some(v)) = (
+                e.get("name").and_then(Value::as_str),
+                env_value(inner, &ns, &e),
+            ) {
+                cmd.env(k, v);
+            }
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                inner
+                    .jobs
+                    .runs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(JobRun {
+                        job: key.clone(),
+                        args: args.clone(),
+                        exit_code: None,
+                        log: log.clone(),
+                    });
+                children.insert(uid, (key, child));
+                let _ = inner.store.mutate(res, &ns, &name, |o| {
+                    o["status"] = json!({"startTime": now_rfc3339(), "active": 1, "ready": 1});
+                });
+            }
+            Err(e) => {
+                let _ = inner.store.mutate(res, &ns, &name, |o| {
+                    o["status"] = json!({"startTime": now_rfc3339(), "failed": 1, "active": 0, "conditions": [{"type": "Failed", "status": "True",
+                        "reason": "StartError", "message": format!("starting {}: {e}", bin.display()),
+                        "lastProbeTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}]});
+                });
+            }
+        }
+    }
+}
