@@ -1,0 +1,403 @@
+//! The `virtguard` command line. [`Cli`] is the clap definition (a subcommand enum that later
+//! issues extend with cluster-facing commands); [`Config`] is what the flags resolve to; [`run`]
+//! executes a command. `main.rs` only parses, builds the config and calls [`run`].
+//!
+//! Repository location: `--repo` or `VIRTGUARD_REPO`: a local directory path or
+//! `s3://bucket/prefix`. Default: the embedded local repository in
+//! `$XDG_DATA_HOME/virtguard/repository` (`~/.local/share/virtguard/repository`).
+//! Encryption key: `--key-file PATH` or the env var `VIRTGUARD_KEY` (never a flag value, so it
+//! does not show up in process listings or `--help`).
+
+mod commands;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::repo::s3::{S3Options, S3Store};
+use crate::repo::store::{LimitStore, LocalStore, RetryStore, Store};
+
+/// virtguard: backup and restore of KubeVirt VMs into a deduplicating, verifiable repository.
+#[derive(Debug, Parser)]
+#[command(name = "virtguard", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Repository: a local directory or s3://bucket/prefix [default: $XDG_DATA_HOME/virtguard/repository]
+    #[arg(long, env = "VIRTGUARD_REPO", global = true)]
+    pub repo: Option<String>,
+    /// File holding the repository key (passphrase); alternatively set VIRTGUARD_KEY
+    #[arg(long, env = "VIRTGUARD_KEY_FILE", global = true)]
+    pub key_file: Option<PathBuf>,
+    /// S3 endpoint URL (e.g. http://127.0.0.1:9000 for MinIO, Ceph RGW, s3s)
+    #[arg(long, env = "VIRTGUARD_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: from the AWS config chain, else us-east-1]
+    #[arg(long, env = "VIRTGUARD_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// Use path-style S3 URLs (needed by most non-AWS servers)
+    #[arg(long, env = "VIRTGUARD_S3_PATH_STYLE", global = true)]
+    pub s3_path_style: bool,
+    /// Store operations in flight
+    #[arg(
+        long,
+        env = "VIRTGUARD_STORE_CONCURRENCY",
+        default_value_t = 32,
+        global = true
+    )]
+    pub store_concurrency: usize,
+    /// Chunks in flight per volume (backup, restore, verify) [default: 4 per CPU, 8..32]
+    #[arg(long, env = "VIRTGUARD_CONCURRENCY", global = true)]
+    pub concurrency: Option<usize>,
+    /// Attempts per store operation on temporary errors (5xx, throttling, resets)
+    #[arg(long, env = "VIRTGUARD_RETRIES", default_value_t = 8, global = true)]
+    pub retries: u32,
+    /// First retry backoff (doubles per attempt, full jitter, capped at 20s)
+    #[arg(
+        long,
+        env = "VIRTGUARD_RETRY_BASE",
+        default_value = "200ms",
+        global = true
+    )]
+    pub retry_base: humantime::Duration,
+    /// A lock not refreshed for this long is stale
+    #[arg(
+        long,
+        env = "VIRTGUARD_LOCK_STALE_AFTER",
+        default_value = "10m",
+        global = true
+    )]
+    pub lock_stale_after: humantime::Duration,
+    /// No progress bars
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log filter (tracing EnvFilter syntax), logs go to stderr
+    #[arg(long, env = "VIRTGUARD_LOG", default_value = "warn", global = true)]
+    pub log: String,
+}
+
+/// Output format of listing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository (encrypted when a key is given via --key-file or VIRTGUARD_KEY)
+    Init(InitArgs),
+    /// Back up a local image file or block device as one volume of a VM backup
+    BackupFile(BackupFileArgs),
+    /// Restore one volume of a backup to a local file or block device
+    RestoreFile(RestoreFileArgs),
+    /// List committed backups
+    List(ListArgs),
+    /// Show one backup's manifest
+    Show(ShowArgs),
+    /// Check backups: structure, and with --read-data every chunk's content
+    Verify(VerifyArgs),
+    /// Delete backups according to --keep-* rules (chunks are freed by gc)
+    Prune(PruneArgs),
+    /// Delete chunks no backup references, older than the grace period
+    Gc(GcArgs),
+    /// Remove stale (or all) repository locks
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Chunk size (power of two, 64KiB..64MiB), e.g. 4MiB
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// zstd compression level (1..19)
+    #[arg(long, default_value_t = 3)]
+    pub compression_level: i32,
+    /// Argon2id memory cost in KiB for deriving the key-wrapping key
+    #[arg(long, default_value_t = 65536)]
+    pub kdf_memory_kib: u32,
+    /// Argon2id iterations
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupFileArgs {
+    /// Image file or block device to back up
+    pub path: PathBuf,
+    /// VM the backup belongs to, as namespace/name [default: local/<file name>]
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Volume name inside the backup
+    #[arg(long, default_value = "disk0")]
+    pub volume: String,
+    /// Parent backup id for deduplication [default: the VM's newest backup]
+    #[arg(long, conflicts_with = "no_parent")]
+    pub parent: Option<String>,
+    /// Do not use a parent (chunks already stored are still skipped)
+    #[arg(long)]
+    pub no_parent: bool,
+    /// Kubernetes object files (YAML/JSON) to store in resources.tar.zst
+    #[arg(long = "resource")]
+    pub resources: Vec<PathBuf>,
+    /// Output format of the summary
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreFileArgs {
+    /// Backup id (or namespace/vm/id)
+    pub backup: String,
+    /// Volume name
+    pub volume: String,
+    /// Target file (created; sparse) or block device
+    pub path: PathBuf,
+    /// Overwrite an existing regular file
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this namespace
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Only this VM (name, or namespace/name)
+    #[arg(long)]
+    pub vm: Option<String>,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Backup id (or namespace/vm/id)
+    pub backup: String,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Download and hash every referenced chunk
+    #[arg(long)]
+    pub read_data: bool,
+    /// Only these backups (ids or namespace/vm/id) [default: all]
+    pub backups: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// Only this namespace
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Only this VM (name, or namespace/name)
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Show what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Keep unreferenced objects younger than this
+    #[arg(long, default_value = "24h")]
+    pub grace: humantime::Duration,
+    /// Show what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove locks not refreshed for --lock-stale-after
+    #[arg(long, conflicts_with = "all")]
+    pub stale: bool,
+    /// Remove every lock (only when no virtguard process uses the repository)
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Parses sizes like `4MiB`, `512KiB`, `1048576`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1));
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4MiB)"))
+}
+
+/// The user's key, never printed.
+#[derive(Clone)]
+pub struct KeyMaterial(Vec<u8>);
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMaterial(<redacted>)")
+    }
+}
+
+impl KeyMaterial {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Everything the flags resolve to.
+#[derive(Debug)]
+pub struct Config {
+    pub repo: String,
+    pub key: Option<KeyMaterial>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: bool,
+    pub store_concurrency: usize,
+    pub concurrency: usize,
+    pub retries: u32,
+    pub retry_base: Duration,
+    pub lock_stale_after: Duration,
+    pub progress: bool,
+}
+
+/// The embedded default repository directory.
+pub fn default_repo_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("virtguard/repository");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    home.join(".local/share/virtguard/repository")
+}
+
+impl Config {
+    /// Resolves flags and the environment (`VIRTGUARD_KEY`) into a config.
+    pub fn from_args(g: &GlobalArgs) -> Result<Config> {
+        let key = match (&g.key_file, std::env::var_os("VIRTGUARD_KEY")) {
+            (Some(p), _) => {
+                let mut k = std::fs::read(p).map_err(|e| Error::io("reading key file", p, e))?;
+                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    k.pop();
+                }
+                if k.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "key file `{}` is empty",
+                        p.display()
+                    )));
+                }
+                Some(KeyMaterial(k))
+            }
+            (None, Some(v)) if !v.is_empty() => {
+                use std::os::unix::ffi::OsStrExt;
+                Some(KeyMaterial(v.as_bytes().to_vec()))
+            }
+            _ => None,
+        };
+        Ok(Config {
+            repo: g
+                .repo
+                .clone()
+                .unwrap_or_else(|| default_repo_dir().display().to_string()),
+            key,
+            s3_endpoint: g.s3_endpoint.clone(),
+            s3_region: g.s3_region.clone(),
+            s3_path_style: g.s3_path_style,
+            store_concurrency: g.store_concurrency.max(1),
+            concurrency: g
+                .concurrency
+                .unwrap_or_else(crate::repo::backup::default_concurrency)
+                .max(1),
+            retries: g.retries.max(1),
+            retry_base: g.retry_base.into(),
+            lock_stale_after: g.lock_stale_after.into(),
+            progress: !g.quiet,
+        })
+    }
+
+    /// Builds the layered store for the repository location.
+    pub async fn store(&self) -> Result<Arc<dyn Store>> {
+        let max = Duration::from_secs(20);
+        if self.repo.starts_with("s3://") {
+            let mut o = S3Options::from_url(&self.repo)?;
+            o.endpoint = self.s3_endpoint.clone();
+            o.region = self.s3_region.clone();
+            o.path_style = self.s3_path_style;
+            let s3 = S3Store::connect(o).await?;
+            Ok(Arc::new(LimitStore::new(
+                RetryStore::new(s3, self.retries, self.retry_base, max),
+                self.store_concurrency,
+            )))
+        } else {
+            let local = LocalStore::new(&self.repo);
+            Ok(Arc::new(LimitStore::new(
+                RetryStore::new(local, self.retries, self.retry_base, max),
+                self.store_concurrency,
+            )))
+        }
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = Config::from_args(&cli.global)?;
+    commands::run(&config, cli.command).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("65536").unwrap(), 65536);
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn help_mentions_no_secret_values() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("VIRTGUARD_KEY"));
+        assert!(!help.contains("--key "), "the key itself is never a flag");
+    }
+}

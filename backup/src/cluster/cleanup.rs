@@ -1,0 +1,107 @@
+//! Deleting what backup runs created — found by label, and never anything else.
+//!
+//! Selection is `app.kubernetes.io/managed-by=virtguard,virtguard.io/backup-id[=<id>]`: an
+//! object needs both labels to be touched. Deletion order follows dependencies: exports (they
+//! mount the temporary PVCs), then PVCs (restored from the snapshots), then snapshots, then
+//! token Secrets. A 404 counts as done (someone else cleaned up first).
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use virtguard_api::labels;
+use virtguard_api::{VirtualMachineExport, VolumeSnapshot};
+
+use super::{ClusterError, Result};
+
+/// What a cleanup deleted: `kind namespace/name` per object.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Objects deleted.
+    pub deleted: Vec<String>,
+}
+
+/// The label selector for objects of `backup_id` (or of every run when `None`).
+pub fn selector(backup_id: Option<&str>) -> String {
+    let id = match backup_id {
+        Some(id) => format!("{}={id}", labels::BACKUP_ID),
+        None => labels::BACKUP_ID.to_string(),
+    };
+    format!("{}={},{id}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)
+}
+
+async fn delete_kind<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    selector: &str,
+    report: &mut CleanupReport,
+) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&()).to_string();
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let list = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(ClusterError::api("listing", "objects", format!("{kind} ({selector})")))?;
+    for obj in list.items {
+        let meta = obj.meta();
+        let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+            continue;
+        };
+        let api: Api<K> = Api::namespaced(client.clone(), &ns);
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => report.deleted.push(format!("{kind} {ns}/{name}")),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(ClusterError::Api {
+                    action: "deleting",
+                    kind: "object",
+                    object: format!("{kind} {ns}/{name}"),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the objects of run `backup_id` (every run's when `None`) in `namespace` (all when
+/// `None`).
+pub async fn cleanup(
+    client: &Client,
+    namespace: Option<&str>,
+    backup_id: Option<&str>,
+) -> Result<CleanupReport> {
+    let sel = selector(backup_id);
+    let mut report = CleanupReport::default();
+    delete_kind::<VirtualMachineExport>(client, namespace, &sel, &mut report).await?;
+    delete_kind::<PersistentVolumeClaim>(client, namespace, &sel, &mut report).await?;
+    delete_kind::<VolumeSnapshot>(client, namespace, &sel, &mut report).await?;
+    delete_kind::<Secret>(client, namespace, &sel, &mut report).await?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_requires_both_labels() {
+        assert_eq!(
+            selector(Some("20261121T233302Z-3f9a")),
+            "app.kubernetes.io/managed-by=virtguard,virtguard.io/backup-id=20261121T233302Z-3f9a"
+        );
+        assert_eq!(
+            selector(None),
+            "app.kubernetes.io/managed-by=virtguard,virtguard.io/backup-id"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! CSI VolumeSnapshots of a VM's PVCs.
+//!
+//! The snapshot class is chosen by the CSI driver that provisioned the PVC's PersistentVolume
+//! (`pv.spec.csi.driver`, or the StorageClass provisioner while the claim is unbound): among the
+//! VolumeSnapshotClasses for that driver the one annotated
+//! `snapshot.storage.kubernetes.io/is-default-class=true`, else the only one.
+//!
+//! Two waits matter and are kept apart: `status.creationTime` is when the storage cut the
+//! point-in-time image — from then on the guest may be thawed — while `readyToUse` (which can
+//! take much longer, e.g. while a cloud uploads the snapshot) only gates reading it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use virtguard_api::{VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec};
+
+use super::{ClusterError, Result};
+
+/// The CSI driver behind PVC `namespace/pvc`.
+pub async fn csi_driver_of_pvc(client: &Client, namespace: &str, pvc: &str) -> Result<String> {
+    let object = format!("{namespace}/{pvc}");
+    let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get(pvc)
+        .await
+        .map_err(ClusterError::api("reading", "PersistentVolumeClaim", &object))?;
+    let spec = claim.spec.unwrap_or_default();
+    if let Some(volume) = spec.volume_name.filter(|v| !v.is_empty()) {
+        let pv = Api::<PersistentVolume>::all(client.clone())
+            .get(&volume)
+            .await
+            .map_err(ClusterError::api("reading", "PersistentVolume", &volume))?;
+        return pv
+            .spec
+            .and_then(|s| s.csi)
+            .map(|c| c.driver)
+            .ok_or(ClusterError::NotCsi {
+                pvc: object,
+                why: format!("its PersistentVolume {volume} has no spec.csi"),
+            });
+    }
+    let class = spec.storage_class_name.ok_or(ClusterError::NotCsi {
+        pvc: object.clone(),
+        why: "unbound and without a storageClassName".into(),
+    })?;
+    let sc = Api::<StorageClass>::all(client.clone())
+        .get(&class)
+        .await
+        .map_err(ClusterError::api("reading", "StorageClass", &class))?;
+    Ok(sc.provisioner)
+}
+
+/// The VolumeSnapshotClass to use for `driver` (PVC named for the error message).
+pub async fn snapshot_class_for(client: &Client, driver: &str, pvc: &str) -> Result<String> {
+    let classes = Api::<VolumeSnapshotClass>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(ClusterError::api("listing", "VolumeSnapshotClass", "(all)"))?;
+    pick_class(&classes.items, driver, pvc)
+}
+
+/// The class-selection rule, separate from I/O so it is unit-tested.
+pub fn pick_class(classes: &[VolumeSnapshotClass], driver: &str, pvc: &str) -> Result<String> {
+    let matching: Vec<&VolumeSnapshotClass> =
+        classes.iter().filter(|c| c.driver == driver).collect();
+    let name = |c: &VolumeSnapshotClass| c.metadata.name.clone().unwrap_or_default();
+    let defaults: Vec<&&VolumeSnapshotClass> = matching.iter().filter(|c| c.is_default()).collect();
+    match (defaults.as_slice(), matching.as_slice()) {
+        ([one], _) => Ok(name(one)),
+        ([], [one]) => Ok(name(one)),
+        ([], []) => Err(ClusterError::NoSnapshotClass {
+            driver: driver.to_string(),
+            pvc: pvc.to_string(),
+        }),
+        _ => Err(ClusterError::AmbiguousSnapshotClass {
+            driver: driver.to_string(),
+            classes: matching.iter().map(|c| name(c)).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// Creates VolumeSnapshot `namespace/name` of PVC `pvc` with `class`, labelled `labels`.
+pub async fn create_snapshot(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    pvc: &str,
+    class: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<VolumeSnapshot> {
+    let mut snap = VolumeSnapshot::new(
+        name,
+        Some(namespace),
+        VolumeSnapshotSpec {
+            source: Some(VolumeSnapshotSource {
+                persistent_volume_claim_name: Some(pvc.to_string()),
+                ..Default::default()
+            }),
+            volume_snapshot_class_name: Some(class.to_string()),
+            ..Default::default()
+        },
+    );
+    snap.metadata.labels = Some(labels.clone());
+    Api::<VolumeSnapshot>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &snap)
+        .await
+        .map_err(ClusterError::api(
+            "creating",
+            "VolumeSnapshot",
+            format!("{namespace}/{name}"),
+        ))
+}
+
+/// What to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// `status.creationTime` is set: the image is cut; thaw now.
+    Created,
+    /// `status.readyToUse` is true: the snapshot can be read.
+    Ready,
+}
+
+/// Waits until every snapshot in `names` reaches `until`; fails at once on `status.error`.
+pub async fn wait_for(
+    client: &Client,
+    namespace: &str,
+    names: &[String],
+    until: Until,
+    timeout: Duration,
+) -> Result<Vec<VolumeSnapshot>> {
+    let api = Api::<VolumeSnapshot>::namespaced(client.clone(), namespace);
+    let waits = names.iter().map(|name| {
+        let api = api.clone();
+        async move {
+            let object = format!("{namespace}/{name}");
+            let cond = move |s: Option<&VolumeSnapshot>| {
+                let Some(st) = s.and_then(|s| s.status.as_ref()) else {
+                    return false;
+                };
+                st.error.as_ref().and_then(|e| e.message.as_ref()).is_some()
+                    || match until {
+                        Until::Created => st.creation_time.is_some(),
+                        Until::Ready => st.ready_to_use == Some(true),
+                    }
+            };
+            let what = match until {
+                Until::Created => "creationTime",
+                Until::Ready => "readyToUse",
+            };
+            let found = tokio::time::timeout(
+                timeout,
+                kube::runtime::wait::await_condition(api, name, cond),
+            )
+            .await
+            .map_err(|_| ClusterError::Timeout {
+                what: format!("VolumeSnapshot {object} {what} (is the CSI snapshotter running? `kubectl describe volumesnapshot {name} -n {namespace}`)"),
+                waited: timeout,
+            })?
+            .map_err(|e| ClusterError::SnapshotFailed {
+                object: object.clone(),
+                message: format!("watch failed: {e}"),
+            })?
+            .ok_or_else(|| ClusterError::SnapshotFailed {
+                object: object.clone(),
+                message: "deleted while waiting".into(),
+            })?;
+            if let Some(msg) = found
+                .status
+                .as_ref()
+                .and_then(|s| s.error.as_ref())
+                .and_then(|e| e.message.clone())
+            {
+                return Err(ClusterError::SnapshotFailed {
+                    object,
+                    message: msg,
+                });
+            }
+            Ok(found)
+        }
+    });
+    try_join_all(waits).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, driver: &str, default: bool) -> VolumeSnapshotClass {
+        let mut c = VolumeSnapshotClass {
+            driver: driver.into(),
+            deletion_policy: "Delete".into(),
+            ..Default::default()
+        };
+        c.metadata.name = Some(name.into());
+        if default {
+            c.metadata.annotations = Some(BTreeMap::from([(
+                virtguard_api::DEFAULT_SNAPSHOT_CLASS_ANNOTATION.to_string(),
+                "true".to_string(),
+            )]));
+        }
+        c
+    }
+
+    #[test]
+    fn class_selection_rules() {
+        let classes = [
+            class("a", "rbd", false),
+            class("b", "rbd", true),
+            class("c", "ebs", false),
+            class("d", "nfs", false),
+            class("e", "nfs", false),
+        ];
+        assert_eq!(pick_class(&classes, "rbd", "ns/p").unwrap(), "b");
+        assert_eq!(pick_class(&classes, "ebs", "ns/p").unwrap(), "c");
+        let err = pick_class(&classes, "lvm", "ns/p").unwrap_err().to_string();
+        assert!(err.contains("`lvm`") && err.contains("ns/p") && err.contains("--snapshot-class"), "{err}");
+        let err = pick_class(&classes, "nfs", "ns/p").unwrap_err().to_string();
+        assert!(err.contains("d, e"), "{err}");
+    }
+}

@@ -1,0 +1,28 @@
+//! `virtguard`: parse the command line, run it, map errors to a message and exit code 1.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = virtguard::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result: anyhow::Result<()> = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(virtguard::cli::run(cli))
+                .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

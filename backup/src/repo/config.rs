@@ -1,0 +1,112 @@
+//! `config.json`: the repository's fixed parameters. Plain JSON even in an encrypted repository
+//! (it holds only the wrapped key, never a usable one). Written once by `init`.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::EncryptionConfig;
+use super::format::{valid_chunk_size, DEFAULT_CHUNK_SIZE, REPO_FORMAT_VERSION};
+use crate::error::{Error, Result};
+
+/// Object key of the config.
+pub const CONFIG_KEY: &str = "config.json";
+
+/// The repository config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    /// Random id of this repository (hex).
+    pub id: String,
+    pub chunk_size: u32,
+    /// Always `blake3` in format 1 (keyed when encrypted).
+    pub hash: String,
+    /// Always `zstd` in format 1.
+    pub compression: String,
+    pub compression_level: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+    pub created: chrono::DateTime<chrono::Utc>,
+}
+
+impl RepoConfig {
+    /// A new config (unencrypted; `init` adds encryption).
+    pub fn new(chunk_size: u32, compression_level: i32) -> Result<RepoConfig> {
+        if !valid_chunk_size(chunk_size) {
+            return Err(Error::Invalid(format!(
+                "chunk size {chunk_size} is not a power of two between 64 KiB and 64 MiB"
+            )));
+        }
+        if !(1..=19).contains(&compression_level) {
+            return Err(Error::Invalid(format!(
+                "compression level {compression_level} is outside 1..=19"
+            )));
+        }
+        Ok(RepoConfig {
+            format_version: REPO_FORMAT_VERSION,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            chunk_size,
+            hash: "blake3".into(),
+            compression: "zstd".into(),
+            compression_level,
+            encryption: None,
+            created: chrono::Utc::now(),
+        })
+    }
+
+    /// Defaults: 4 MiB chunks, zstd level 3.
+    pub fn default_new() -> RepoConfig {
+        RepoConfig {
+            format_version: REPO_FORMAT_VERSION,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            hash: "blake3".into(),
+            compression: "zstd".into(),
+            compression_level: 3,
+            encryption: None,
+            created: chrono::Utc::now(),
+        }
+    }
+
+    /// JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a config read from `location`.
+    pub fn decode(location: &str, data: &[u8]) -> Result<RepoConfig> {
+        let c: RepoConfig = serde_json::from_slice(data)
+            .map_err(|e| Error::corrupt(CONFIG_KEY, format!("malformed config: {e}")))?;
+        if c.format_version != REPO_FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                location: location.to_string(),
+                found: c.format_version,
+                supported: REPO_FORMAT_VERSION,
+            });
+        }
+        if c.hash != "blake3" || c.compression != "zstd" || !valid_chunk_size(c.chunk_size) {
+            return Err(Error::corrupt(
+                CONFIG_KEY,
+                "unsupported hash, compression or chunk size",
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_version_check() {
+        let c = RepoConfig::new(1 << 20, 3).unwrap();
+        assert_eq!(RepoConfig::decode("l", &c.encode()).unwrap(), c);
+        let mut newer = c.clone();
+        newer.format_version = 99;
+        assert!(matches!(
+            RepoConfig::decode("l", &newer.encode()),
+            Err(Error::UnsupportedVersion { found: 99, .. })
+        ));
+        assert!(RepoConfig::new(1000, 3).is_err());
+        assert!(RepoConfig::decode("l", b"{").is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! Retention (`prune`) and garbage collection (`gc`).
+//!
+//! Retention is evaluated per VM (namespace + name), newest first: `keep_last` keeps the N
+//! newest; each `keep_<period>` keeps the newest backup of each of the N most recent periods
+//! (hour, day, ISO week, month, UTC) that have a backup. A backup kept by any rule is kept.
+//! Pruning deletes the manifest first (uncommitting the backup), then its other objects. Chunks
+//! are only removed by gc (module page: gc rule).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use super::format::{BackupId, ChunkId};
+use super::locks::LockKind;
+use super::repository::{BackupRef, Repository};
+use crate::error::{Error, Result};
+
+/// How many backups to keep per VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeepPolicy {
+    pub last: usize,
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+}
+
+impl KeepPolicy {
+    /// Whether no rule is set (prune refuses to delete everything by accident).
+    pub fn is_empty(&self) -> bool {
+        *self == KeepPolicy::default()
+    }
+}
+
+/// Splits `ids` (one VM's backups) into (keep, remove). Ids whose time cannot be parsed are kept.
+pub fn select(ids: &[BackupId], policy: &KeepPolicy) -> (Vec<BackupId>, Vec<BackupId>) {
+    let mut sorted: Vec<&BackupId> = ids.iter().collect();
+    sorted.sort_by(|a, b| b.cmp(a));
+    let mut keep: HashSet<&BackupId> = HashSet::new();
+    for id in sorted.iter().take(policy.last) {
+        keep.insert(*id);
+    }
+    type Bucket = fn(DateTime<Utc>) -> (i32, u32, u32, u32);
+    let rules: [(usize, Bucket); 4] = [
+        (policy.hourly, |t| (t.year(), t.ordinal(), t.hour(), 0)),
+        (policy.daily, |t| (t.year(), t.ordinal(), 0, 0)),
+        (policy.weekly, |t| {
+            (t.iso_week().year(), t.iso_week().week(), 0, 0)
+        }),
+        (policy.monthly, |t| (t.year(), t.month(), 0, 0)),
+    ];
+    for (n, bucket) in rules {
+        let mut seen = Vec::new();
+        for id in &sorted {
+            if seen.len() >= n {
+                break;
+            }
+            if let Some(t) = id.time() {
+                let b = bucket(t);
+                if !seen.contains(&b) {
+                    seen.push(b);
+                    keep.insert(*id);
+                }
+            }
+        }
+    }
+    let (k, r): (Vec<&BackupId>, Vec<&BackupId>) = sorted
+        .into_iter()
+        .partition(|id| keep.contains(id) || id.time().is_none());
+    (
+        k.into_iter().cloned().collect(),
+        r.into_iter().cloned().collect(),
+    )
+}
+
+/// Outcome of a prune.
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    pub kept: Vec<BackupRef>,
+    pub removed: Vec<BackupRef>,
+}
+
+/// Applies `policy` to every VM (or one namespace / VM). With `dry_run` nothing is deleted.
+pub async fn prune(
+    repo: &Arc<Repository>,
+    policy: &KeepPolicy,
+    namespace: Option<&str>,
+    vm: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    if policy.is_empty() {
+        return Err(Error::Invalid(
+            "prune needs at least one --keep-* rule (it would remove every backup)".into(),
+        ));
+    }
+    let lock = if dry_run {
+        None
+    } else {
+        Some(repo.lock(LockKind::Exclusive, "prune").await?)
+    };
+    let res = prune_inner(repo, policy, namespace, vm, dry_run).await;
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    res
+}
+
+async fn prune_inner(
+    repo: &Arc<Repository>,
+    policy: &KeepPolicy,
+    namespace: Option<&str>,
+    vm: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    let mut groups: BTreeMap<(String, String), Vec<BackupId>> = BTreeMap::new();
+    for b in repo.list_backups(namespace, vm).await? {
+        groups.entry((b.namespace, b.vm)).or_default().push(b.id);
+    }
+    let mut report = PruneReport::default();
+    let as_ref = |ns: &str, vm: &str, id: BackupId| BackupRef {
+        namespace: ns.to_string(),
+        vm: vm.to_string(),
+        id,
+    };
+    for ((ns, vm), ids) in groups {
+        let (keep, remove) = select(&ids, policy);
+        report
+            .kept
+            .extend(keep.into_iter().map(|id| as_ref(&ns, &vm, id)));
+        for id in remove {
+            let b = as_ref(&ns, &vm, id);
+            if !dry_run {
+                repo.store().delete(&b.manifest_key()).await?;
+                for o in repo.store().list(&b.prefix()).await? {
+                    repo.store().delete(&o.key).await?;
+                }
+            }
+            report.removed.push(b);
+        }
+    }
+    Ok(report)
+}
+
+/// Outcome of a gc.
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    pub chunks_total: usize,
+    pub chunks_referenced: usize,
+    pub chunks_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Unreferenced chunks kept because they are younger than the grace period.
+    pub chunks_in_grace: usize,
+    /// Objects of uncommitted backups deleted.
+    pub leftovers_deleted: usize,
+    /// Debris of interrupted writes (local temporary files) removed.
+    pub incomplete_removed: usize,
+}
+
+/// Deletes unreferenced chunks older than `grace`, under the exclusive lock. Refuses to run if
+/// any manifest or index cannot be read (it could not know what that backup references).
+pub async fn gc(
+    repo: &Arc<Repository>,
+    grace: Duration,
+    dry_run: bool,
+    concurrency: usize,
+) -> Result<GcReport> {
+    let lock = repo.lock(LockKind::Exclusive, "gc").await?;
+    let res = gc_locked(repo, grace, dry_run, concurrency).await;
+    lock.release().await;
+    res
+}
+
+async fn gc_locked(
+    repo: &Arc<Repository>,
+    grace: Duration,
+    dry_run: bool,
+    concurrency: usize,
+) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let mut used: HashSet<ChunkId> = HashSet::new();
+    let objects = repo.store().list("backups/").await?;
+    let committed: HashSet<String> = objects
+        .iter()
+        .filter_map(|o| BackupRef::from_key(&o.key))
+        .filter(|(_, f)| *f == "manifest.json")
+        .map(|(r, _)| r.prefix())
+        .collect();
+    for b in repo.list_backups(None, None).await? {
+        let m = repo.load_manifest(&b).await.map_err(|e| {
+            Error::Invalid(format!("gc stopped: {e}; fix or prune that backup first"))
+        })?;
+        for v in &m.volumes {
+            let idx = repo.load_index(&m, &v.name).await.map_err(|e| {
+                Error::Invalid(format!("gc stopped: {e}; fix or prune backup {b} first"))
+            })?;
+            used.extend(idx.chunks.into_iter().filter(|c| !c.is_zero_marker()));
+        }
+    }
+    report.chunks_referenced = used.len();
+    let now = SystemTime::now();
+    let old = |t: SystemTime| {
+        now.duration_since(t)
+            .map(|age| age > grace)
+            .unwrap_or(false)
+    };
+    let mut doomed = Vec::new();
+    for o in repo.store().list("chunks/").await? {
+        report.chunks_total += 1;
+        let id = o.key.rsplit('/').next().and_then(ChunkId::from_hex);
+        let referenced = id.is_some_and(|id| used.contains(&id));
+        if referenced {
+            continue;
+        }
+        if old(o.modified) {
+            report.chunks_deleted += 1;
+            report.bytes_deleted += o.size;
+            doomed.push(o.key);
+        } else {
+            report.chunks_in_grace += 1;
+        }
+    }
+    for o in &objects {
+        let uncommitted = match BackupRef::from_key(&o.key) {
+            Some((r, _)) => !committed.contains(&r.prefix()),
+            None => false,
+        };
+        if uncommitted && old(o.modified) {
+            report.leftovers_deleted += 1;
+            doomed.push(o.key.clone());
+        }
+    }
+    if !dry_run {
+        stream::iter(doomed)
+            .map(|k| {
+                let repo = repo.clone();
+                async move { repo.store().delete(&k).await }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        report.incomplete_removed = repo.store().remove_incomplete(grace).await?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> BackupId {
+        BackupId::at(s.parse().unwrap(), 0)
+    }
+
+    #[test]
+    fn keep_last_and_daily() {
+        let ids = vec![
+            id("2026-11-01T10:00:00Z"),
+            id("2026-11-01T20:00:00Z"),
+            id("2026-11-02T10:00:00Z"),
+            id("2026-11-03T09:00:00Z"),
+            id("2026-11-03T10:00:00Z"),
+        ];
+        let (keep, remove) = select(
+            &ids,
+            &KeepPolicy {
+                last: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!(keep, vec![ids[4].clone()]);
+        assert_eq!(remove.len(), 4);
+        let (keep, _) = select(
+            &ids,
+            &KeepPolicy {
+                daily: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            keep,
+            vec![ids[4].clone(), ids[2].clone()],
+            "newest of each of the 2 newest days"
+        );
+        let (keep, _) = select(
+            &ids,
+            &KeepPolicy {
+                last: 1,
+                daily: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(keep, vec![ids[4].clone(), ids[2].clone(), ids[1].clone()]);
+    }
+
+    #[test]
+    fn weekly_monthly_hourly() {
+        let ids = vec![
+            id("2026-10-31T10:00:00Z"),
+            id("2026-11-01T10:00:00Z"), // Sunday: same ISO week as 10-31
+            id("2026-11-02T10:00:00Z"), // Monday: new week
+            id("2026-11-02T10:30:00Z"),
+        ];
+        let (keep, _) = select(
+            &ids,
+            &KeepPolicy {
+                weekly: 5,
+                ..Default::default()
+            },
+        );
+        assert_eq!(keep, vec![ids[3].clone(), ids[1].clone()]);
+        let (keep, _) = select(
+            &ids,
+            &KeepPolicy {
+                monthly: 5,
+                ..Default::default()
+            },
+        );
+        assert_eq!(keep, vec![ids[3].clone(), ids[0].clone()]);
+        let (keep, _) = select(
+            &ids,
+            &KeepPolicy {
+                hourly: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(keep, vec![ids[3].clone(), ids[1].clone()]);
+    }
+
+    #[test]
+    fn empty_policy_is_detected() {
+        assert!(KeepPolicy::default().is_empty());
+        assert!(!KeepPolicy {
+            last: 1,
+            ..Default::default()
+        }
+        .is_empty());
+    }
+}

@@ -1,0 +1,430 @@
+//! [`Repository`]: a store plus its config and keys; typed access to chunks, indexes, manifests
+//! and backups. Everything read back is checked (see [`crate::repo`] for the format).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::config::{RepoConfig, CONFIG_KEY};
+use super::crypto::Crypto;
+use super::format::{
+    backup_prefix, check_name, BackupId, ChunkId, Index, Manifest, CHUNK_MAGIC, OBJECT_MAGIC,
+};
+use super::locks::{LockGuard, LockKind, DEFAULT_STALE_AFTER};
+use super::store::Store;
+use crate::error::{Error, Result};
+
+/// Parameters of `init`.
+#[derive(Clone)]
+pub struct InitOptions {
+    pub chunk_size: u32,
+    pub compression_level: i32,
+    /// User key (passphrase or key file content); `None` = unencrypted.
+    pub key: Option<Vec<u8>>,
+    pub kdf_memory_kib: u32,
+    pub kdf_iterations: u32,
+}
+
+impl fmt::Debug for InitOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InitOptions")
+            .field("chunk_size", &self.chunk_size)
+            .field("compression_level", &self.compression_level)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunk_size: super::format::DEFAULT_CHUNK_SIZE,
+            compression_level: 3,
+            key: None,
+            kdf_memory_kib: 64 * 1024,
+            kdf_iterations: 3,
+        }
+    }
+}
+
+/// A committed backup: namespace, VM and id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackupRef {
+    pub namespace: String,
+    pub vm: String,
+    pub id: BackupId,
+}
+
+impl BackupRef {
+    /// `backups/<ns>/<vm>/<id>/`.
+    pub fn prefix(&self) -> String {
+        backup_prefix(&self.namespace, &self.vm, &self.id)
+    }
+    /// Key of the manifest.
+    pub fn manifest_key(&self) -> String {
+        format!("{}manifest.json", self.prefix())
+    }
+    /// Key of a volume index.
+    pub fn index_key(&self, volume: &str) -> String {
+        format!("{}{volume}.idx", self.prefix())
+    }
+    /// Key of the resources archive.
+    pub fn resources_key(&self) -> String {
+        format!("{}resources.tar.zst", self.prefix())
+    }
+
+    /// Parses `backups/<ns>/<vm>/<id>/<file>` keys.
+    pub fn from_key(key: &str) -> Option<(BackupRef, &str)> {
+        let rest = key.strip_prefix("backups/")?;
+        let mut parts = rest.splitn(4, '/');
+        let ns = parts.next()?;
+        let vm = parts.next()?;
+        let id = parts.next()?.parse().ok()?;
+        let file = parts.next()?;
+        Some((
+            BackupRef {
+                namespace: ns.to_string(),
+                vm: vm.to_string(),
+                id,
+            },
+            file,
+        ))
+    }
+}
+
+impl fmt::Display for BackupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.vm, self.id)
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    store: Arc<dyn Store>,
+    config: RepoConfig,
+    crypto: Crypto,
+    stale_after: Duration,
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.store.location())
+            .field("encrypted", &self.crypto.is_encrypted())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// Creates a repository (writes config.json). Fails if one exists.
+    pub async fn init(store: Arc<dyn Store>, opts: InitOptions) -> Result<Repository> {
+        let location = store.location();
+        if store.exists(CONFIG_KEY).await? {
+            return Err(Error::AlreadyInitialised { location });
+        }
+        let mut config = RepoConfig::new(opts.chunk_size, opts.compression_level)?;
+        let crypto = match &opts.key {
+            Some(key) => {
+                let (crypto, enc) = Crypto::create(
+                    key,
+                    opts.kdf_memory_kib,
+                    opts.kdf_iterations,
+                    opts.compression_level,
+                )?;
+                config.encryption = Some(enc);
+                crypto
+            }
+            None => Crypto::plain(opts.compression_level),
+        };
+        store.put(CONFIG_KEY, Bytes::from(config.encode())).await?;
+        Ok(Repository {
+            store,
+            config,
+            crypto,
+            stale_after: DEFAULT_STALE_AFTER,
+        })
+    }
+
+    /// Opens an existing repository; `key` is required when it is encrypted.
+    pub async fn open(store: Arc<dyn Store>, key: Option<&[u8]>) -> Result<Repository> {
+        let location = store.location();
+        let data = match store.get(CONFIG_KEY).await {
+            Ok(d) => d,
+            Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location }),
+            Err(e) => return Err(e),
+        };
+        let config = RepoConfig::decode(&location, &data)?;
+        let crypto = match (&config.encryption, key) {
+            (Some(enc), Some(key)) => Crypto::open(enc, key, &location, config.compression_level)?,
+            (Some(_), None) => return Err(Error::KeyRequired { location }),
+            (None, _) => Crypto::plain(config.compression_level),
+        };
+        Ok(Repository {
+            store,
+            config,
+            crypto,
+            stale_after: DEFAULT_STALE_AFTER,
+        })
+    }
+
+    /// Sets the lock staleness timeout used by this handle.
+    pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
+        self.stale_after = stale_after;
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
+    }
+
+    /// Takes a repository lock.
+    pub async fn lock(&self, kind: LockKind, operation: &str) -> Result<LockGuard> {
+        LockGuard::acquire(self.store.clone(), kind, operation, self.stale_after).await
+    }
+
+    /// Reads a chunk, decodes it and checks that its content matches its id.
+    pub async fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let key = id.key();
+        let data = self.store.get(&key).await?;
+        let crypto = self.crypto.clone();
+        let id = *id;
+        cpu(move || {
+            let raw = crypto.decode_blob(CHUNK_MAGIC, &key, &data)?;
+            if crypto.chunk_id(&raw) != id {
+                return Err(Error::corrupt(key, "content does not match the chunk id"));
+            }
+            Ok(raw)
+        })
+        .await
+    }
+
+    /// Writes a non-chunk object (sealed when encrypted); returns the stored bytes' BLAKE3 (hex).
+    pub async fn put_object(&self, key: &str, raw: Vec<u8>) -> Result<String> {
+        let stored = if self.crypto.is_encrypted() {
+            let crypto = self.crypto.clone();
+            let k = key.to_string();
+            cpu(move || crypto.encode_blob(OBJECT_MAGIC, &k, &raw, false)).await?
+        } else {
+            raw
+        };
+        let digest = blake3::hash(&stored).to_hex().to_string();
+        self.store.put(key, Bytes::from(stored)).await?;
+        Ok(digest)
+    }
+
+    /// Reads a non-chunk object, returning (raw bytes, BLAKE3 hex of the stored bytes).
+    pub async fn get_object(&self, key: &str) -> Result<(Vec<u8>, String)> {
+        let stored = self.store.get(key).await?;
+        let digest = blake3::hash(&stored).to_hex().to_string();
+        let raw = if self.crypto.is_encrypted() {
+            let crypto = self.crypto.clone();
+            let k = key.to_string();
+            cpu(move || crypto.decode_blob(OBJECT_MAGIC, &k, &stored)).await?
+        } else {
+            stored.to_vec()
+        };
+        Ok((raw, digest))
+    }
+
+    /// Committed backups (those with a manifest), optionally filtered, sorted by ns, vm, id.
+    pub async fn list_backups(
+        &self,
+        namespace: Option<&str>,
+        vm: Option<&str>,
+    ) -> Result<Vec<BackupRef>> {
+        let prefix = match (namespace, vm) {
+            (Some(ns), Some(vm)) => {
+                check_name("namespace", ns)?;
+                check_name("vm", vm)?;
+                format!("backups/{ns}/{vm}/")
+            }
+            (Some(ns), None) => {
+                check_name("namespace", ns)?;
+                format!("backups/{ns}/")
+            }
+            _ => "backups/".to_string(),
+        };
+        let mut out: Vec<BackupRef> = self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let (r, file) = BackupRef::from_key(&o.key)?;
+                (file == "manifest.json").then_some(r)
+            })
+            .filter(|r| vm.is_none_or(|v| r.vm == v))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Finds a committed backup by id (or `ns/vm/id`).
+    pub async fn find_backup(&self, spec: &str) -> Result<BackupRef> {
+        let (ns, vm, id) = match spec.split('/').collect::<Vec<_>>()[..] {
+            [ns, vm, id] => (Some(ns), Some(vm), id),
+            [id] => (None, None, id),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "`{spec}` is neither a backup id nor ns/vm/id"
+                )))
+            }
+        };
+        let id: BackupId = id.parse()?;
+        let found: Vec<_> = self
+            .list_backups(ns, vm)
+            .await?
+            .into_iter()
+            .filter(|r| r.id == id)
+            .collect();
+        match found.len() {
+            0 => Err(Error::BackupNotFound {
+                id: spec.to_string(),
+                hint: Some("run `virtguard list` to see the backups".into()),
+            }),
+            1 => Ok(found.into_iter().next().expect("one element")),
+            _ => Err(Error::Invalid(format!(
+                "backup id `{id}` exists for several VMs; use ns/vm/id: {}",
+                found
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// The newest committed backup of a VM.
+    pub async fn latest(&self, namespace: &str, vm: &str) -> Result<Option<BackupRef>> {
+        Ok(self.list_backups(Some(namespace), Some(vm)).await?.pop())
+    }
+
+    /// Reads and checks a manifest.
+    pub async fn load_manifest(&self, r: &BackupRef) -> Result<Manifest> {
+        let key = r.manifest_key();
+        let (raw, _) = self.get_object(&key).await?;
+        let m = Manifest::decode(&key, &raw)?;
+        if m.id != r.id || m.namespace != r.namespace || m.vm != r.vm {
+            return Err(Error::corrupt(key, "manifest names another backup"));
+        }
+        Ok(m)
+    }
+
+    /// Reads a volume's index and checks it against the manifest.
+    pub async fn load_index(&self, m: &Manifest, volume: &str) -> Result<Index> {
+        let entry =
+            m.volumes
+                .iter()
+                .find(|v| v.name == volume)
+                .ok_or_else(|| Error::VolumeNotFound {
+                    id: m.id.to_string(),
+                    volume: volume.to_string(),
+                    available: m
+                        .volumes
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+        let key = format!("{}{volume}.idx", m.prefix());
+        let (raw, digest) = self.get_object(&key).await?;
+        if digest != entry.index_digest {
+            return Err(Error::corrupt(
+                key,
+                "index does not match the digest in the manifest",
+            ));
+        }
+        let idx = Index::decode(&key, &raw)?;
+        if idx.size != entry.size || idx.chunk_size != entry.chunk_size {
+            return Err(Error::corrupt(
+                key,
+                "index size or chunk size differs from the manifest",
+            ));
+        }
+        Ok(idx)
+    }
+
+    /// The id of an all-zero chunk of `len` bytes (used in image digests).
+    pub fn zero_chunk_id(&self, len: usize) -> ChunkId {
+        self.crypto.chunk_id(&vec![0u8; len])
+    }
+}
+
+/// Runs CPU-bound work off the async threads.
+pub(crate) async fn cpu<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Invalid(format!("internal worker failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::store::LocalStore;
+
+    #[tokio::test]
+    async fn init_open_and_key_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
+        assert!(matches!(
+            Repository::open(store.clone(), None).await,
+            Err(Error::NoRepository { .. })
+        ));
+        let opts = InitOptions {
+            key: Some(b"pw".to_vec()),
+            kdf_memory_kib: 256,
+            kdf_iterations: 1,
+            ..Default::default()
+        };
+        assert!(!format!("{opts:?}").contains("pw"));
+        Repository::init(store.clone(), opts.clone()).await.unwrap();
+        assert!(matches!(
+            Repository::init(store.clone(), opts).await,
+            Err(Error::AlreadyInitialised { .. })
+        ));
+        assert!(matches!(
+            Repository::open(store.clone(), None).await,
+            Err(Error::KeyRequired { .. })
+        ));
+        assert!(matches!(
+            Repository::open(store.clone(), Some(b"nope")).await,
+            Err(Error::WrongKey { .. })
+        ));
+        let repo = Repository::open(store.clone(), Some(b"pw")).await.unwrap();
+        assert!(repo.crypto().is_encrypted());
+    }
+
+    #[test]
+    fn backup_ref_keys() {
+        let r = BackupRef {
+            namespace: "ns".into(),
+            vm: "vm".into(),
+            id: "20261121T233302Z-3f9a".parse().unwrap(),
+        };
+        assert_eq!(
+            r.manifest_key(),
+            "backups/ns/vm/20261121T233302Z-3f9a/manifest.json"
+        );
+        let key = r.index_key("disk");
+        let (back, file) = BackupRef::from_key(&key).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(file, "disk.idx");
+        assert!(BackupRef::from_key("backups/ns/vm/notanid/manifest.json").is_none());
+    }
+}

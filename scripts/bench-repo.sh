@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Benchmark of the virtguard repository (not a test). Compares, in the same run and against the
+# same s3s-fs server on 127.0.0.1:
+#   * virtguard backup-file, unencrypted and encrypted, full and incremental (5% of chunks changed)
+#   * restic (Debian's, always encrypted) backup of the same file, full and incremental
+#   * zstd -3 -T0 over the file (compression throughput ceiling)
+#   * restore: virtguard restore-file vs restic restore (both checked byte-identical)
+#   * peak RSS of every run (/usr/bin/time -v)
+# and prints the ratios the issue's targets are stated in.
+#
+# Usage: scripts/bench-repo.sh [SIZE_MIB]   (default 2048; needs s3s-fs, restic, zstd, python3)
+# Env: WORK=dir for temporary files (default: a new dir under /tmp), KEEP=1 to keep it.
+set -euo pipefail
+
+SIZE_MIB=${1:-2048}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-$(mktemp -d /tmp/vg-bench.XXXXXX)}
+mkdir -p "$WORK"
+S3S=${S3S_FS:-$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")}
+for tool in restic zstd python3 /usr/bin/time "$S3S"; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "missing: $tool" >&2; exit 2; }
+done
+
+echo "== building virtguard (release)"
+(cd "$ROOT" && cargo build --release -p virtguard --bin virtguard -q)
+VG="$ROOT/target/release/virtguard"
+
+export AWS_ACCESS_KEY_ID=vgbenchaccess AWS_SECRET_ACCESS_KEY=vgbenchsecret AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$WORK/s3/bench"
+"$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3" \
+  >"$WORK/s3s.log" 2>&1 &
+S3PID=$!
+cleanup() {
+  kill "$S3PID" 2>/dev/null || true
+  if [ "${KEEP:-0}" != 1 ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
+EP="http://127.0.0.1:$PORT"
+
+IMG="$WORK/disk.img"
+echo "== generating ${SIZE_MIB} MiB image (40% zeros, 40% text-like, 20% random; seed 42)"
+python3 - "$IMG" "$SIZE_MIB" <<'EOF'
+import random, sys
+path, size_mib = sys.argv[1], int(sys.argv[2])
+rng = random.Random(42)
+CH = 4 << 20
+words = [''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 10))) for _ in range(5000)]
+def text_block(n):
+    out, total = [], 0
+    while total < n:
+        line = ' '.join(rng.choice(words) for _ in range(rng.randint(4, 14))) + '\n'
+        out.append(line); total += len(line)
+    return ''.join(out).encode()[:n]
+pool = text_block(16 << 20)
+with open(path, 'wb') as f:
+    for i in range(size_mib // 4):
+        kind = i % 5
+        if kind in (0, 1):
+            f.write(bytes(CH))
+        elif kind in (2, 3):
+            start = rng.randrange(0, len(pool) - CH)
+            head = f'chunk {i}\n'.encode()
+            f.write(head + pool[start:start + CH - len(head)])
+        else:
+            f.write(rng.randbytes(CH))
+EOF
+
+# measure NAME CMD...: wall seconds and peak RSS (KiB) into $WORK/NAME.{secs,rss}
+measure() {
+  local name=$1; shift
+  local start end
+  sync
+  start=$(date +%s.%N)
+  /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || {
+    echo "FAILED: $name" >&2; cat "$WORK/$name.err" >&2; exit 1; }
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l >"$WORK/$name.secs"
+  awk -F: '/Maximum resident set size/ {gsub(/ /,"",$2); print $2}' "$WORK/$name.time" >"$WORK/$name.rss"
+  printf '%-28s %8.2f s  %8d MiB RSS\n' "$name" "$(cat "$WORK/$name.secs")" "$(( $(cat "$WORK/$name.rss") / 1024 ))"
+}
+
+VGS=(--s3-endpoint "$EP" --s3-path-style -q)
+export RESTIC_PASSWORD=bench-password
+echo "== init"
+"$VG" init --repo s3://bench/plain "${VGS[@]}" >/dev/null
+VIRTGUARD_KEY=bench-password "$VG" init --repo s3://bench/enc "${VGS[@]}" >/dev/null
+restic -r "s3:$EP/bench/restic" init >/dev/null
+
+echo "== full backup"
+measure zstd_full zstd -3 -T0 -q -f "$IMG" -o "$WORK/disk.img.zst"
+measure vg_plain_full "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/plain "${VGS[@]}" -o json
+measure vg_enc_full env VIRTGUARD_KEY=bench-password "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/enc "${VGS[@]}" -o json
+measure restic_full restic -r "s3:$EP/bench/restic" backup --no-scan -q "$IMG"
+
+echo "== changing 5% of the 4 MiB chunks"
+python3 - "$IMG" <<'EOF'
+import os, random, sys
+path = sys.argv[1]
+rng = random.Random(7)
+n = os.path.getsize(path) // (4 << 20)
+with open(path, 'r+b') as f:
+    for i in rng.sample(range(n), max(1, n * 5 // 100)):
+        f.seek(i * (4 << 20) + rng.randrange(0, (4 << 20) - 64))
+        f.write(rng.randbytes(64))
+EOF
+measure vg_plain_incr "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/plain "${VGS[@]}" -o json
+measure vg_enc_incr env VIRTGUARD_KEY=bench-password "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/enc "${VGS[@]}" -o json
+measure restic_incr restic -r "s3:$EP/bench/restic" backup --no-scan -q "$IMG"
+
+echo "== restore"
+PLAIN_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/vg_plain_incr.out")
+ENC_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/vg_enc_incr.out")
+measure vg_plain_restore "$VG" restore-file "$PLAIN_ID" disk0 "$WORK/r-plain.img" --repo s3://bench/plain "${VGS[@]}"
+measure vg_enc_restore env VIRTGUARD_KEY=bench-password "$VG" restore-file "$ENC_ID" disk0 "$WORK/r-enc.img" --repo s3://bench/enc "${VGS[@]}"
+measure restic_restore restic -r "s3:$EP/bench/restic" restore latest --target "$WORK/r-restic"
+cmp "$IMG" "$WORK/r-plain.img"
+cmp "$IMG" "$WORK/r-enc.img"
+cmp "$IMG" "$WORK/r-restic$IMG"
+echo "restored images are byte-identical to the source"
+
+python3 - "$WORK" "$SIZE_MIB" <<'EOF'
+import json, os, sys
+w, size_mib = sys.argv[1], int(sys.argv[2])
+def secs(n): return float(open(f"{w}/{n}.secs").read())
+def rss(n): return int(open(f"{w}/{n}.rss").read()) / 1024
+def stored(n):
+    v = json.load(open(f"{w}/{n}.out"))["volumes"][0]
+    return v["bytes_stored"], v["bytes_new"]
+mib = size_mib
+print()
+print(f"image {mib} MiB; throughput = image size / wall time")
+for n in ["zstd_full", "vg_plain_full", "vg_enc_full", "restic_full", "vg_plain_incr", "vg_enc_incr", "restic_incr",
+          "vg_plain_restore", "vg_enc_restore", "restic_restore"]:
+    print(f"  {n:<18} {secs(n):7.2f} s  {mib / secs(n):8.1f} MiB/s  peak RSS {rss(n):6.0f} MiB")
+full_stored, _ = stored("vg_enc_full")
+incr_stored, _ = stored("vg_enc_incr")
+print()
+print("targets (issue 5):")
+def line(name, value, target, ok):
+    print(f"  {name:<58} {value:>8}   target {target:<8} {'OK' if ok else 'MISSED'}")
+r = secs("restic_full") / secs("vg_enc_full")
+line("full backup throughput, ours encrypted / restic", f"{r:.2f}x", ">= 2.5x", r >= 2.5)
+r = secs("restic_full") / secs("vg_plain_full")
+line("full backup throughput, ours unencrypted / restic", f"{r:.2f}x", "(info)", True)
+r = secs("zstd_full") / secs("vg_enc_full")
+line("full backup throughput, ours encrypted / zstd -3 -T0", f"{100*r:.0f}%", ">= 60%", r >= 0.6)
+r = secs("zstd_full") / secs("vg_plain_full")
+line("full backup throughput, ours unencrypted / zstd -3 -T0", f"{100*r:.0f}%", ">= 60%", r >= 0.6)
+r = incr_stored / full_stored
+line("incremental stored bytes / full stored bytes (encrypted)", f"{100*r:.1f}%", "<= 6%", r <= 0.06)
+r = secs("vg_enc_full") / secs("vg_enc_incr")
+line("incremental speed-up vs full (encrypted)", f"{r:.2f}x", ">= 3x", r >= 3)
+r = secs("restic_restore") / secs("vg_enc_restore")
+line("restore throughput, ours encrypted / restic", f"{r:.2f}x", ">= 2x", r >= 2)
+m = max(rss(n) for n in ["vg_plain_full", "vg_enc_full", "vg_plain_incr", "vg_enc_incr", "vg_plain_restore", "vg_enc_restore"])
+line("peak RSS of any virtguard run", f"{m:.0f} MiB", "<= 512", m <= 512)
+print(f"  (zstd -3 output {os.path.getsize(w + '/disk.img.zst') / 2**20:.0f} MiB; ours stored {full_stored / 2**20:.0f} MiB)")
+EOF
