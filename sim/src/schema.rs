@@ -271,7 +271,12 @@ impl<'a> Walk<'a> {
                         if obj.contains_key(r) {
                             continue;
                         }
-                        let default = props.and_then(|p| p.get(r)).and_then(|p| p.get("default"));
+                        // Only scalar defaults: openapi-gen writes `default: {}` for every
+                        // non-pointer struct, which the real CRDs do not default.
+                        let default = props
+                            .and_then(|p| p.get(r))
+                            .and_then(|p| p.get("default"))
+                            .filter(|d| !d.is_object() && !d.is_array());
                         match default {
                             Some(d) => {
                                 obj.insert(r.to_string(), d.clone());
@@ -501,6 +506,10 @@ fn walk_root<'a>(w: &mut Walk<'a>, root: &'a Value, obj: &mut Value) {
         p.remove("metadata");
         p.remove("apiVersion");
         p.remove("kind");
+    }
+    if let Some(req) = schema.get_mut("required").and_then(Value::as_array_mut) {
+        // status is written by controllers, never required from clients.
+        req.retain(|r| r != "metadata" && r != "apiVersion" && r != "kind" && r != "status");
     }
     // `schema` is local; walk it through a leaked-free reborrow.
     let schema: &Value = &schema;
