@@ -1296,3 +1296,104 @@ async fn quickstart_example_scenario_starts() {
     );
     assert!(nads.get("br-data").await.is_ok());
 }
+
+/// A fake QEMU guest agent on a unix socket: answers guest-sync and records fsfreeze commands.
+async fn fake_agent(path: std::path::PathBuf) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let v: Value = serde_json::from_str(&line).unwrap();
+                    let cmd = v["execute"].as_str().unwrap().to_string();
+                    let reply = if cmd == "guest-sync" {
+                        json!({"return": v["arguments"]["id"]})
+                    } else {
+                        json!({"return": 1})
+                    };
+                    seen.lock().unwrap().push(cmd);
+                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn freeze_reaches_a_guest_agent_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qga.sock");
+    let seen = fake_agent(sock.clone()).await;
+    let extra = format!(
+        "  - {{namespace: prod, name: real, guestAgentSocket: {}, disks: [{{name: root, size: 1Mi}}]}}\n",
+        sock.display()
+    );
+    let scenario = Scenario::from_yaml(&format!("{SCENARIO}{extra}"), "t").unwrap();
+    let sim = Sim::start(SimConfig {
+        scenario,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client().await.unwrap();
+    let vmis = dyn_api(
+        &client,
+        "kubevirt.io",
+        "v1",
+        "VirtualMachineInstance",
+        "virtualmachineinstances",
+        "prod",
+    );
+    wait_for(5, "real running", || async {
+        (field(&vmis, "real", "/status/phase").await? == "Running").then_some(())
+    })
+    .await;
+    assert_eq!(
+        subresource(
+            &client,
+            "prod",
+            "real",
+            "freeze",
+            r#"{"unfreezeTimeout":"200ms"}"#
+        )
+        .await,
+        Ok(())
+    );
+    wait_for(5, "safety thaw", || async {
+        sim.freeze_log()
+            .iter()
+            .any(|r| r.action == FreezeAction::SafetyThaw)
+            .then_some(())
+    })
+    .await;
+    let cmds = seen.lock().unwrap().clone();
+    assert_eq!(
+        cmds,
+        [
+            "guest-sync",
+            "guest-fsfreeze-freeze",
+            "guest-sync",
+            "guest-fsfreeze-thaw"
+        ]
+    );
+    // A dead agent socket makes freeze fail with 500.
+    drop(dir);
+    assert_eq!(
+        subresource(
+            &client,
+            "prod",
+            "real",
+            "freeze",
+            r#"{"unfreezeTimeout":"5m"}"#
+        )
+        .await,
+        Err(500)
+    );
+}

@@ -553,3 +553,37 @@ async fn discovery_finds_kubevirt_and_snapshot_groups() {
     let ns: Api<Namespace> = Api::all(client.clone());
     assert!(ns.get("default").await.is_ok());
 }
+
+#[tokio::test]
+async fn kube_runtime_watcher_sees_changes() {
+    use kube::runtime::{watcher, WatchStreamExt};
+    let (_sim, client) = sim().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("pre", json!({})))
+        .await
+        .unwrap();
+    for cfg in [
+        watcher::Config::default(),
+        watcher::Config::default().streaming_lists(),
+    ] {
+        let mut s = watcher(api.clone(), cfg).applied_objects().boxed();
+        let name = format!("new-{}", rand::random::<u16>());
+        let mut seen = Vec::new();
+        let mut created = false;
+        while !seen.contains(&name) {
+            let o = tokio::time::timeout(Duration::from_secs(5), s.try_next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            seen.push(o.metadata.name.unwrap());
+            if !created && seen.iter().any(|n| n == "pre") {
+                api.create(&PostParams::default(), &cm(&name, json!({})))
+                    .await
+                    .unwrap();
+                created = true;
+            }
+        }
+        assert!(seen.iter().position(|n| n == "pre") < seen.iter().position(|n| *n == name));
+    }
+}
