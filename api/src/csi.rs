@@ -141,10 +141,6 @@ macro_rules! class {
         $(#[$meta])*
         #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
         pub struct $name {
-            #[serde(rename = "apiVersion", default, skip_serializing)]
-            _api_version: serde::de::IgnoredAny,
-            #[serde(rename = "kind", default, skip_serializing)]
-            _kind: serde::de::IgnoredAny,
             /// Standard object metadata.
             #[serde(default)]
             pub metadata: ObjectMeta,
@@ -185,8 +181,11 @@ macro_rules! class {
                 if let Some(p) = &self.parameters {
                     map.serialize_entry("parameters", p)?;
                 }
+                // `apiVersion`/`kind` read from input land in `extra`; we wrote our own above.
                 for (k, v) in &self.extra {
-                    map.serialize_entry(k, v)?;
+                    if k != "apiVersion" && k != "kind" {
+                        map.serialize_entry(k, v)?;
+                    }
                 }
                 map.end()
             }

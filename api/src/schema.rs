@@ -151,7 +151,7 @@ pub enum SchemaSource {
 
 /// Declares a top-level Kubernetes object with `metadata`, `spec` and `status`.
 ///
-/// `apiVersion` and `kind` are always written from the type's constants and ignored on read.
+/// `apiVersion` and `kind` are always written from the type's constants (what was read is ignored).
 #[macro_export]
 macro_rules! resource {
     (
@@ -165,10 +165,6 @@ macro_rules! resource {
         $(#[$meta])*
         #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
         pub struct $name {
-            #[serde(rename = "apiVersion", default, skip_serializing)]
-            _api_version: serde::de::IgnoredAny,
-            #[serde(rename = "kind", default, skip_serializing)]
-            _kind: serde::de::IgnoredAny,
             /// Standard object metadata.
             #[serde(default)]
             pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -211,8 +207,11 @@ macro_rules! resource {
                 if let Some(status) = &self.status {
                     map.serialize_entry("status", status)?;
                 }
+                // `apiVersion`/`kind` read from input land in `extra`; we wrote our own above.
                 for (k, v) in &self.extra {
-                    map.serialize_entry(k, v)?;
+                    if k != "apiVersion" && k != "kind" {
+                        map.serialize_entry(k, v)?;
+                    }
                 }
                 map.end()
             }
