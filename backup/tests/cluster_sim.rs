@@ -40,6 +40,7 @@ vms:
 "#;
 
 async fn start() -> Sim {
+    cluster::install_crypto_provider();
     let scenario = Scenario::from_yaml(SCENARIO, "test").unwrap();
     Sim::start(SimConfig {
         scenario,
@@ -53,9 +54,13 @@ async fn wait_running(client: &kube::Client, ns: &str, name: &str) {
     let api = Api::<virtguard_api::VirtualMachineInstance>::namespaced(client.clone(), ns);
     tokio::time::timeout(
         Duration::from_secs(10),
-        kube::runtime::wait::await_condition(api, name, |v: Option<&virtguard_api::VirtualMachineInstance>| {
-            v.is_some_and(|v| v.phase() == "Running")
-        }),
+        kube::runtime::wait::await_condition(
+            api,
+            name,
+            |v: Option<&virtguard_api::VirtualMachineInstance>| {
+                v.is_some_and(|v| v.phase() == "Running")
+            },
+        ),
     )
     .await
     .unwrap()
@@ -70,9 +75,13 @@ async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
     let id = "20261122T010000Z-abcd";
     let labels = cluster::run_labels(id);
 
-    let driver = snapshot::csi_driver_of_pvc(&client, "prod", "db-root").await.unwrap();
+    let driver = snapshot::csi_driver_of_pvc(&client, "prod", "db-root")
+        .await
+        .unwrap();
     assert_eq!(driver, "rbd.csi.ceph.com");
-    let class = snapshot::snapshot_class_for(&client, &driver, "prod/db-root").await.unwrap();
+    let class = snapshot::snapshot_class_for(&client, &driver, "prod/db-root")
+        .await
+        .unwrap();
     assert_eq!(class, "ceph-rbd-snap");
 
     let guest = FrozenGuest::freeze(&client, "prod", "db", Duration::from_secs(300))
@@ -104,7 +113,10 @@ async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
     let before = std::fs::read(&pvc_file).unwrap();
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&pvc_file).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pvc_file)
+            .unwrap();
         f.write_all_at(&[0xAB; 4096], 0).unwrap();
     }
 
@@ -117,7 +129,13 @@ async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
     )
     .await
     .unwrap();
-    let size = ready[0].status.as_ref().unwrap().restore_size.clone().unwrap();
+    let size = ready[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .restore_size
+        .clone()
+        .unwrap();
 
     // The sim's freeze log: freeze, then thaw, and the thaw came before readyToUse.
     let log = sim.freeze_log();
@@ -150,9 +168,17 @@ async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
         .await
         .unwrap();
     let exp = cluster::object_name(id, "export");
-    export::create_export(&client, "prod", &exp, &tmp, &secret, Duration::from_secs(3600), &labels)
-        .await
-        .unwrap();
+    export::create_export(
+        &client,
+        "prod",
+        &exp,
+        &tmp,
+        &secret,
+        Duration::from_secs(3600),
+        &labels,
+    )
+    .await
+    .unwrap();
     let links = export::wait_ready(&client, "prod", &exp, Duration::from_secs(10))
         .await
         .unwrap();
@@ -205,7 +231,9 @@ async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
         .create(&PostParams::default(), &foreign)
         .await
         .unwrap();
-    let report = cluster::cleanup::cleanup(&client, Some("prod"), Some(id)).await.unwrap();
+    let report = cluster::cleanup::cleanup(&client, Some("prod"), Some(id))
+        .await
+        .unwrap();
     assert_eq!(report.deleted.len(), 4, "{report:?}");
     let left = |sel: String| {
         let client = client.clone();
@@ -223,11 +251,13 @@ async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
     };
     assert_eq!(left(cluster::cleanup::selector(Some(id))).await, 0);
     // The user's PVC (backup-id label but not managed by virtguard) is untouched.
-    assert!(Api::<PersistentVolumeClaim>::namespaced(client.clone(), "prod")
-        .get_opt("user-pvc")
-        .await
-        .unwrap()
-        .is_some());
+    assert!(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), "prod")
+            .get_opt("user-pvc")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 fn src_spec_like() -> Option<k8s_openapi::api::core::v1::PersistentVolumeClaimSpec> {
@@ -248,7 +278,9 @@ fn src_spec_like() -> Option<k8s_openapi::api::core::v1::PersistentVolumeClaimSp
 async fn missing_snapshot_class_names_driver_and_pvc() {
     let sim = start().await;
     let client = sim.client().await.unwrap();
-    let driver = snapshot::csi_driver_of_pvc(&client, "prod", "legacy-root").await.unwrap();
+    let driver = snapshot::csi_driver_of_pvc(&client, "prod", "legacy-root")
+        .await
+        .unwrap();
     assert_eq!(driver, "rancher.io/local-path");
     let err = snapshot::snapshot_class_for(&client, &driver, "prod/legacy-root")
         .await
@@ -271,7 +303,9 @@ async fn freeze_of_a_stopped_vm_is_refused_and_thaw_is_idempotent() {
     assert!(err.contains("prod/nope"), "{err}");
     // Unfreeze of a running, unfrozen VM succeeds (KubeVirt's unfreeze is idempotent).
     wait_running(&client, "prod", "db").await;
-    cluster::freeze::unfreeze(&client, "prod", "db").await.unwrap();
+    cluster::freeze::unfreeze(&client, "prod", "db")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -288,10 +322,16 @@ async fn dropped_frozen_guest_is_thawed_in_the_background() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let log = sim.freeze_log();
-        if log.iter().any(|r| r.action == FreezeAction::Unfreeze && r.status == 200) {
+        if log
+            .iter()
+            .any(|r| r.action == FreezeAction::Unfreeze && r.status == 200)
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no thaw after drop: {log:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no thaw after drop: {log:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

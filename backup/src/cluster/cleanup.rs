@@ -50,7 +50,11 @@ where
     let list = api
         .list(&ListParams::default().labels(selector))
         .await
-        .map_err(ClusterError::api("listing", "objects", format!("{kind} ({selector})")))?;
+        .map_err(ClusterError::api(
+            "listing",
+            "objects",
+            format!("{kind} ({selector})"),
+        ))?;
     for obj in list.items {
         let meta = obj.meta();
         let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {

@@ -39,13 +39,21 @@ async fn put(client: &Client, url: String, body: Vec<u8>) -> std::result::Result
 }
 
 /// A guest whose filesystems we froze; owes a thaw.
-#[derive(Debug)]
 pub struct FrozenGuest {
     client: Client,
     namespace: String,
     name: String,
     frozen_at: Instant,
     thawed: bool,
+}
+
+impl std::fmt::Debug for FrozenGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenGuest")
+            .field("vmi", &format!("{}/{}", self.namespace, self.name))
+            .field("thawed", &self.thawed)
+            .finish()
+    }
 }
 
 impl FrozenGuest {
@@ -138,12 +146,16 @@ impl Drop for FrozenGuest {
 
 /// Thaws VMI `namespace/name` unconditionally (for `virtguard cleanup` and signal handlers).
 pub async fn unfreeze(client: &Client, namespace: &str, name: &str) -> Result<()> {
-    put(client, subresource_url(namespace, name, "unfreeze"), Vec::new())
-        .await
-        .map_err(|message| ClusterError::Thaw {
-            object: format!("{namespace}/{name}"),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            message,
-        })
+    put(
+        client,
+        subresource_url(namespace, name, "unfreeze"),
+        Vec::new(),
+    )
+    .await
+    .map_err(|message| ClusterError::Thaw {
+        object: format!("{namespace}/{name}"),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        message,
+    })
 }

@@ -90,6 +90,13 @@ impl ClusterError {
 /// Result of cluster operations.
 pub type Result<T, E = ClusterError> = std::result::Result<T, E>;
 
+/// Selects rustls' process-wide crypto provider (ring). Both ring (kube) and aws-lc-rs (the AWS
+/// SDK) are linked into virtguard, so rustls cannot choose by itself and would panic on the first
+/// TLS connection. Call once before building a kube client; later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The labels on every object a backup run creates.
 pub fn run_labels(backup_id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([

@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
-use virtguard_api::{VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec};
+use virtguard_api::{
+    VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec,
+};
 
 use super::{ClusterError, Result};
 
@@ -27,7 +29,11 @@ pub async fn csi_driver_of_pvc(client: &Client, namespace: &str, pvc: &str) -> R
     let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
         .get(pvc)
         .await
-        .map_err(ClusterError::api("reading", "PersistentVolumeClaim", &object))?;
+        .map_err(ClusterError::api(
+            "reading",
+            "PersistentVolumeClaim",
+            &object,
+        ))?;
     let spec = claim.spec.unwrap_or_default();
     if let Some(volume) = spec.volume_name.filter(|v| !v.is_empty()) {
         let pv = Api::<PersistentVolume>::all(client.clone())
@@ -78,7 +84,11 @@ pub fn pick_class(classes: &[VolumeSnapshotClass], driver: &str, pvc: &str) -> R
         }),
         _ => Err(ClusterError::AmbiguousSnapshotClass {
             driver: driver.to_string(),
-            classes: matching.iter().map(|c| name(c)).collect::<Vec<_>>().join(", "),
+            classes: matching
+                .iter()
+                .map(|c| name(c))
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
@@ -217,7 +227,10 @@ mod tests {
         assert_eq!(pick_class(&classes, "rbd", "ns/p").unwrap(), "b");
         assert_eq!(pick_class(&classes, "ebs", "ns/p").unwrap(), "c");
         let err = pick_class(&classes, "lvm", "ns/p").unwrap_err().to_string();
-        assert!(err.contains("`lvm`") && err.contains("ns/p") && err.contains("--snapshot-class"), "{err}");
+        assert!(
+            err.contains("`lvm`") && err.contains("ns/p") && err.contains("--snapshot-class"),
+            "{err}"
+        );
         let err = pick_class(&classes, "nfs", "ns/p").unwrap_err().to_string();
         assert!(err.contains("d, e"), "{err}");
     }
