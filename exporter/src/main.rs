@@ -118,8 +118,16 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let result = rt.block_on(run());
+    // A libvirt call stuck on a hung daemon keeps its blocking thread forever; do not let it
+    // hold up the shutdown.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -16,5 +16,13 @@ if [ -s "$RUN/libvirtd.pid" ]; then
     while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     kill -9 "$pid" 2>/dev/null || true
 fi
+# QEMU processes outlive a daemon that was killed (tests do that): stop them by their pid files.
+for f in "$RUN"/run/qemu/*.pid; do
+    [ -s "$f" ] || continue
+    pid="$(cat "$f")"
+    case "$(cat "/proc/$pid/comm" 2>/dev/null)" in
+        qemu*) kill -9 "$pid" 2>/dev/null ;;
+    esac
+done
 [ -n "$NETNS" ] && ip netns delete "$NETNS" 2>/dev/null
 exit 0
