@@ -30,7 +30,19 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut kv = crate::kubevirt::KubeVirtTimers::default();
         let mut exports = crate::export::ExportTimers::default();
         let tick = crate::ms(inner.timings.tick_ms.max(1));
+        let mut saved_rv = inner.store.current_rv();
+        let mut last_save = std::time::Instant::now();
         loop {
+            if inner.persist && last_save.elapsed() >= std::time::Duration::from_secs(1) {
+                let rv = inner.store.current_rv();
+                if rv != saved_rv {
+                    if let Err(e) = crate::persist::save(&inner) {
+                        tracing::warn!("saving state: {e}");
+                    }
+                    saved_rv = rv;
+                }
+                last_save = std::time::Instant::now();
+            }
             crate::snapshot::reconcile_pvcs(&inner);
             crate::snapshot::reconcile_snapshots(&inner, &mut storage);
             crate::kubevirt::reconcile(&inner, &mut kv);
@@ -42,6 +54,11 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
                 _ = inner.stop.cancelled() => break,
                 _ = notify.changed() => {}
                 _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        if inner.persist {
+            if let Err(e) = crate::persist::save(&inner) {
+                tracing::warn!("saving state: {e}");
             }
         }
         inner.jobs.kill_all().await;

@@ -29,6 +29,7 @@ pub mod faults;
 pub mod http;
 pub mod jobs;
 pub mod kubevirt;
+pub mod persist;
 pub mod resources;
 pub mod scenario;
 pub mod schema;
@@ -159,6 +160,8 @@ pub struct Inner {
     pub(crate) cdi: cdi::CdiState,
     pub(crate) jobs: jobs::JobsState,
     pub(crate) api_url: OnceLock<String>,
+    /// Save objects to `<state_dir>/objects.json` (only with an explicit state directory).
+    pub(crate) persist: bool,
 }
 
 impl Inner {
@@ -263,6 +266,7 @@ impl Sim {
             cdi: cdi::CdiState::default(),
             jobs: jobs::JobsState::new(config.virtguard_bin.clone()),
             api_url: OnceLock::new(),
+            persist: config.state_dir.is_some(),
         });
         let url = format!("https://127.0.0.1:{port}");
         let _ = inner.api_url.set(url.clone());
@@ -289,7 +293,10 @@ impl Sim {
             inner.stop.clone(),
             move |req| export::serve(h.clone(), req),
         ));
-        scenario::apply(&inner, &config.scenario)?;
+        // A state directory with saved objects is resumed; otherwise the scenario is applied.
+        if !persist::load(&inner)? {
+            scenario::apply(&inner, &config.scenario)?;
+        }
         tasks.extend(controllers::spawn(inner.clone()));
         Ok(Sim {
             inner,
@@ -373,6 +380,13 @@ impl Sim {
     /// Shared state, for the modules' own tests.
     pub fn inner(&self) -> &Arc<Inner> {
         &self.inner
+    }
+
+    /// Write all objects to `<state_dir>/objects.json` now (also done every second while
+    /// running with an explicit state directory). A later start with the same state
+    /// directory resumes from it instead of applying the scenario.
+    pub fn save_state(&self) -> Result<()> {
+        persist::save(&self.inner)
     }
 
     /// Stop everything (also done on drop).

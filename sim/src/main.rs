@@ -35,8 +35,9 @@ struct Cli {
     /// Scenario file (YAML): namespaces, storage classes, VMs and disks, faults, timings.
     #[arg(long, env = "VIRTGUARD_SIM_SCENARIO")]
     scenario: Option<PathBuf>,
-    /// State directory for PVC files, snapshot copies and the kubeconfig (default: a
-    /// temporary directory removed at exit).
+    /// State directory for PVC files, snapshot copies, the kubeconfig and the saved objects
+    /// (objects.json; a restart on the same directory resumes from it instead of applying the
+    /// scenario). Default: a temporary directory removed at exit.
     #[arg(long, env = "VIRTGUARD_SIM_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// API server port on 127.0.0.1 (0 = any free port).
@@ -93,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         _ = sim.stopped() => {}
+    }
+    if keep_state {
+        sim.save_state().context("saving the state directory")?;
     }
     sim.shutdown();
     Ok(())
