@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod engine;
 pub mod error;
 pub mod repo;
 

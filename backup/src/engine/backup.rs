@@ -1,0 +1,547 @@
+//! One VM's backup, step by step (see the module docs of [`crate::engine`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use virtguard_api::labels;
+use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
+use virtguard_api::{VirtualMachine, VirtualMachineInstance};
+
+use super::EngineError;
+use crate::cluster::{self, export, freeze::FrozenGuest, snapshot, ClusterError};
+use crate::repo::{self, BackupOptions, BackupSession, HttpSource, Repository};
+
+/// Timeouts and knobs of a VM backup.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// KubeVirt thaws by itself after this (safety net if we die while the guest is frozen).
+    pub unfreeze_timeout: Duration,
+    /// Snapshot `creationTime` wait (the guest is frozen meanwhile: keep it short).
+    pub snapshot_created_timeout: Duration,
+    /// Snapshot `readyToUse` wait.
+    pub snapshot_ready_timeout: Duration,
+    /// Export `Ready` wait.
+    pub export_timeout: Duration,
+    /// Export TTL (KubeVirt deletes it after this even if we cannot).
+    pub export_ttl: Duration,
+    /// Chunks in flight per volume.
+    pub concurrency: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            unfreeze_timeout: Duration::from_secs(300),
+            snapshot_created_timeout: Duration::from_secs(60),
+            snapshot_ready_timeout: Duration::from_secs(1800),
+            export_timeout: Duration::from_secs(600),
+            export_ttl: Duration::from_secs(4 * 3600),
+            concurrency: repo::backup::default_concurrency(),
+        }
+    }
+}
+
+/// What a successful VM backup did.
+#[derive(Debug, Clone)]
+pub struct VmBackupReport {
+    /// `namespace/name`.
+    pub vm: String,
+    /// The committed backup id.
+    pub backup_id: String,
+    /// How consistent the images are.
+    pub consistency: Consistency,
+    /// Freeze → thaw window (zero when not frozen).
+    pub freeze: Duration,
+    /// Whole run.
+    pub duration: Duration,
+    /// Volumes backed up: (volume name, PVC, bytes).
+    pub volumes: Vec<(String, String, u64)>,
+    /// Volumes noted but not backed up (containerDisk, cloudInit, ...): (name, kind).
+    pub skipped: Vec<(String, String)>,
+    /// Bytes read / new / stored over all volumes.
+    pub bytes_read: u64,
+    /// Raw bytes new to the repository.
+    pub bytes_new: u64,
+    /// Bytes uploaded.
+    pub bytes_stored: u64,
+}
+
+/// A VM volume to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvcVolume {
+    /// Volume name in the VM spec (the name in the repository).
+    pub volume: String,
+    /// Claim name.
+    pub pvc: String,
+    /// Hotplugged volume.
+    pub hotplug: bool,
+}
+
+/// Splits a VM's volumes into PVC-backed ones (backed up) and the rest (noted, not backed up).
+pub fn volumes_of(vm: &VirtualMachine) -> (Vec<PvcVolume>, Vec<(String, String)>) {
+    let mut pvcs = Vec::new();
+    let mut skipped = Vec::new();
+    let vols = vm
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.volumes.as_ref());
+    for v in vols.into_iter().flatten() {
+        let name = v.name.clone().unwrap_or_default();
+        if let Some(p) = &v.persistent_volume_claim {
+            pvcs.push(PvcVolume {
+                volume: name,
+                pvc: p.claim_name.clone().unwrap_or_default(),
+                hotplug: p.hotpluggable == Some(true),
+            });
+        } else if let Some(d) = &v.data_volume {
+            pvcs.push(PvcVolume {
+                volume: name,
+                pvc: d.name.clone().unwrap_or_default(),
+                hotplug: d.hotpluggable == Some(true),
+            });
+        } else {
+            let kind = if v.container_disk.is_some() {
+                "containerDisk"
+            } else if v.cloud_init_no_cloud.is_some() || v.cloud_init_config_drive.is_some() {
+                "cloudInit"
+            } else if v.ephemeral.is_some() || v.empty_disk.is_some() {
+                "ephemeral"
+            } else {
+                "other"
+            };
+            skipped.push((name, kind.to_string()));
+        }
+    }
+    (pvcs, skipped)
+}
+
+/// Backs up VM `namespace/name` into `repo`.
+pub async fn backup_vm(
+    client: &Client,
+    repo: Arc<Repository>,
+    namespace: &str,
+    name: &str,
+    cfg: &BackupConfig,
+) -> Result<VmBackupReport, EngineError> {
+    let started = Instant::now();
+    let attempt_ts = chrono::Utc::now().timestamp();
+    let vm_id = format!("{namespace}/{name}");
+    let result = run(client, repo, namespace, name, cfg, started).await;
+    // Status record: after every attempt, success or not.
+    let previous = read_status(client, namespace, name).await;
+    let record = match &result {
+        Ok(r) => BackupStatusRecord {
+            last_attempt_timestamp: attempt_ts,
+            last_success_timestamp: Some(chrono::Utc::now().timestamp()),
+            result: BackupResult::Succeeded,
+            reason: None,
+            consistency: Some(r.consistency),
+            backup_id: Some(r.backup_id.clone()),
+            duration_seconds: r.duration.as_secs_f64(),
+            freeze_seconds: r.freeze.as_secs_f64(),
+            bytes_read: r.bytes_read,
+            bytes_new: r.bytes_new,
+            bytes_stored: r.bytes_stored,
+        },
+        Err(e) => BackupStatusRecord {
+            last_attempt_timestamp: attempt_ts,
+            last_success_timestamp: previous.as_ref().and_then(|p| p.last_success_timestamp),
+            result: BackupResult::Failed,
+            reason: Some(e.reason().to_string()),
+            consistency: previous.as_ref().and_then(|p| p.consistency),
+            backup_id: previous.as_ref().and_then(|p| p.backup_id.clone()),
+            duration_seconds: started.elapsed().as_secs_f64(),
+            freeze_seconds: 0.0,
+            bytes_read: 0,
+            bytes_new: 0,
+            bytes_stored: 0,
+        },
+    };
+    if let Err(e) = write_status(client, namespace, name, &record).await {
+        tracing::warn!(vm = %vm_id, error = %e, "could not write the backup status ConfigMap");
+    }
+    result
+}
+
+async fn run(
+    client: &Client,
+    repo: Arc<Repository>,
+    namespace: &str,
+    name: &str,
+    cfg: &BackupConfig,
+    started: Instant,
+) -> Result<VmBackupReport, EngineError> {
+    let vm_id = format!("{namespace}/{name}");
+    let cl = |step: &'static str| {
+        let vm = vm_id.clone();
+        move |source: ClusterError| EngineError::Cluster { vm, step, source }
+    };
+
+    // 1. Resolve.
+    let vm = Api::<VirtualMachine>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(ClusterError::api("reading", "VirtualMachine", &vm_id))
+        .map_err(cl("resolving the VM"))?
+        .ok_or_else(|| EngineError::Vm {
+            vm: vm_id.clone(),
+            message: "not found: check the name with `kubectl get vm -n NAMESPACE`".into(),
+        })?;
+    let (pvcs, skipped) = volumes_of(&vm);
+    if pvcs.is_empty() {
+        return Err(EngineError::Vm {
+            vm: vm_id.clone(),
+            message: format!(
+                "has no PVC or DataVolume disks to back up (volumes: {})",
+                skipped
+                    .iter()
+                    .map(|(n, k)| format!("{n} ({k})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(ClusterError::api(
+            "reading",
+            "VirtualMachineInstance",
+            &vm_id,
+        ))
+        .map_err(cl("resolving the VMI"))?;
+    let running = vmi.as_ref().is_some_and(|v| v.phase() == "Running");
+    let paused = vmi
+        .as_ref()
+        .is_some_and(|v| v.condition("Paused") == Some("True"));
+    let agent = vmi.as_ref().is_some_and(|v| v.agent_connected());
+
+    // 2. Snapshot classes, before any freeze.
+    let mut classes = Vec::new();
+    for p in &pvcs {
+        let pvc_id = format!("{namespace}/{}", p.pvc);
+        let driver = snapshot::csi_driver_of_pvc(client, namespace, &p.pvc)
+            .await
+            .map_err(cl("finding the CSI driver"))?;
+        classes.push(
+            snapshot::snapshot_class_for(client, &driver, &pvc_id)
+                .await
+                .map_err(cl("choosing a VolumeSnapshotClass"))?,
+        );
+    }
+
+    let consistency = match (running, paused, agent) {
+        (false, _, _) => Consistency::Offline,
+        (true, true, _) => Consistency::Paused,
+        (true, false, true) => Consistency::ApplicationConsistent,
+        (true, false, false) => Consistency::CrashConsistent,
+    };
+    let mut opts = BackupOptions {
+        concurrency: cfg.concurrency,
+        consistency: if consistency == Consistency::ApplicationConsistent {
+            repo::format::Consistency::ApplicationConsistent
+        } else {
+            repo::format::Consistency::CrashConsistent
+        },
+        ..Default::default()
+    };
+    opts.labels.insert(
+        "consistency".into(),
+        serde_json::to_value(consistency)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    );
+    let repo_err = |step: &'static str| {
+        let vm = vm_id.clone();
+        move |source: crate::Error| EngineError::Repo { vm, step, source }
+    };
+    let mut session = BackupSession::start(repo.clone(), namespace, name, opts)
+        .await
+        .map_err(repo_err("opening the backup"))?;
+    let backup_id = session.backup().id.to_string();
+    let run_labels = cluster::run_labels(&backup_id);
+
+    let outcome = stream(
+        client,
+        &mut session,
+        namespace,
+        name,
+        &pvcs,
+        &classes,
+        consistency,
+        &run_labels,
+        cfg,
+        &backup_id,
+    )
+    .await;
+    // Cleanup on every path; a cleanup failure does not hide the run's own error.
+    match cluster::cleanup::cleanup(client, Some(namespace), Some(&backup_id)).await {
+        Ok(r) => tracing::debug!(vm = %vm_id, deleted = r.deleted.len(), "cleaned up"),
+        Err(e) => tracing::warn!(vm = %vm_id, error = %e,
+            "cleanup failed; run `virtguard cleanup --backup-id {backup_id}`"),
+    }
+    let (freeze, stats) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            session.abort().await;
+            return Err(e);
+        }
+    };
+
+    // Save the VM object (everything, including fields we do not model).
+    let mut files = vec![(
+        "virtualmachine.json".to_string(),
+        serde_json::to_vec_pretty(&vm).unwrap_or_default(),
+    )];
+    for p in &pvcs {
+        if let Ok(Some(pvc)) = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+            .get_opt(&p.pvc)
+            .await
+        {
+            files.push((
+                format!("pvc-{}.json", p.pvc),
+                serde_json::to_vec_pretty(&pvc).unwrap_or_default(),
+            ));
+        }
+    }
+    session
+        .write_resources(files)
+        .await
+        .map_err(repo_err("saving the VM's objects"))?;
+    session
+        .commit()
+        .await
+        .map_err(repo_err("committing the manifest"))?;
+
+    Ok(VmBackupReport {
+        vm: vm_id,
+        backup_id,
+        consistency,
+        freeze,
+        duration: started.elapsed(),
+        volumes: pvcs
+            .iter()
+            .zip(&stats)
+            .map(|(p, s)| (p.volume.clone(), p.pvc.clone(), s.size))
+            .collect(),
+        skipped,
+        bytes_read: stats.iter().map(|s| s.bytes_read).sum(),
+        bytes_new: stats.iter().map(|s| s.bytes_new).sum(),
+        bytes_stored: stats.iter().map(|s| s.bytes_stored).sum(),
+    })
+}
+
+/// Freeze → snapshots → thaw → ready → exports → stream. Returns the freeze window and the
+/// per-volume stats. The caller cleans up.
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    client: &Client,
+    session: &mut BackupSession,
+    namespace: &str,
+    name: &str,
+    pvcs: &[PvcVolume],
+    classes: &[String],
+    consistency: Consistency,
+    labels: &BTreeMap<String, String>,
+    cfg: &BackupConfig,
+    backup_id: &str,
+) -> Result<(Duration, Vec<repo::VolumeStats>), EngineError> {
+    let vm_id = format!("{namespace}/{name}");
+    let cl = |step: &'static str| {
+        let vm = vm_id.clone();
+        move |source: ClusterError| EngineError::Cluster { vm, step, source }
+    };
+    let guest = if consistency == Consistency::ApplicationConsistent {
+        Some(
+            FrozenGuest::freeze(client, namespace, name, cfg.unfreeze_timeout)
+                .await
+                .map_err(cl("freezing the guest"))?,
+        )
+    } else {
+        None
+    };
+    let snap_names: Vec<String> = pvcs
+        .iter()
+        .map(|p| cluster::object_name(backup_id, &p.volume))
+        .collect();
+    let cut = async {
+        for ((p, class), snap) in pvcs.iter().zip(classes).zip(&snap_names) {
+            snapshot::create_snapshot(client, namespace, snap, &p.pvc, class, labels).await?;
+        }
+        snapshot::wait_for(
+            client,
+            namespace,
+            &snap_names,
+            snapshot::Until::Created,
+            cfg.snapshot_created_timeout,
+        )
+        .await
+    }
+    .await;
+    // Thaw now: every snapshot is cut (or the cut failed). Never later than this.
+    let freeze = match guest {
+        Some(g) => g.thaw().await.map_err(cl("thawing the guest"))?,
+        None => Duration::ZERO,
+    };
+    cut.map_err(cl("cutting the snapshots"))?;
+
+    let ready = snapshot::wait_for(
+        client,
+        namespace,
+        &snap_names,
+        snapshot::Until::Ready,
+        cfg.snapshot_ready_timeout,
+    )
+    .await
+    .map_err(cl("waiting for the snapshots"))?;
+
+    let token = export::new_token();
+    let secret = cluster::object_name(backup_id, "token");
+    export::create_token_secret(client, namespace, &secret, &token, labels)
+        .await
+        .map_err(cl("creating the export token"))?;
+    let mut stats = Vec::new();
+    for ((p, snap), snap_obj) in pvcs.iter().zip(&snap_names).zip(&ready) {
+        let src = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+            .get(&p.pvc)
+            .await
+            .map_err(ClusterError::api(
+                "reading",
+                "PersistentVolumeClaim",
+                format!("{namespace}/{}", p.pvc),
+            ))
+            .map_err(cl("reading the PVC"))?;
+        let size = snap_obj
+            .status
+            .as_ref()
+            .and_then(|s| s.restore_size.clone())
+            .or_else(|| {
+                src.status
+                    .as_ref()
+                    .and_then(|s| s.capacity.as_ref())
+                    .and_then(|c| c.get("storage").cloned())
+            })
+            .ok_or_else(|| EngineError::Vm {
+                vm: vm_id.clone(),
+                message: format!(
+                    "snapshot {snap} has no restoreSize and PVC {} no capacity",
+                    p.pvc
+                ),
+            })?;
+        let tmp = cluster::object_name(backup_id, &format!("{}-tmp", p.volume));
+        export::pvc_from_snapshot(
+            client,
+            namespace,
+            &tmp,
+            snap,
+            &size,
+            &src.spec.clone().unwrap_or_default(),
+            labels,
+        )
+        .await
+        .map_err(cl("creating a PVC from the snapshot"))?;
+        let exp = cluster::object_name(backup_id, &format!("{}-x", p.volume));
+        export::create_export(
+            client,
+            namespace,
+            &exp,
+            &tmp,
+            &secret,
+            cfg.export_ttl,
+            labels,
+        )
+        .await
+        .map_err(cl("creating the VirtualMachineExport"))?;
+        let links = export::wait_ready(client, namespace, &exp, cfg.export_timeout)
+            .await
+            .map_err(cl("waiting for the export"))?;
+        let url = links.volumes[0].raw_url.clone();
+        let source = HttpSource::open(
+            &url,
+            vec![(export::TOKEN_HEADER.to_string(), token.clone())],
+            Some(links.ca_pem.as_bytes()),
+            None,
+        )
+        .await
+        .map_err(|source| EngineError::Repo {
+            vm: vm_id.clone(),
+            step: "opening the exported disk image",
+            source,
+        })?;
+        let st = session
+            .write_volume(&p.volume, Arc::new(source), None)
+            .await
+            .map_err(|source| EngineError::Repo {
+                vm: vm_id.clone(),
+                step: "streaming the disk image",
+                source,
+            })?;
+        stats.push(st);
+    }
+    Ok((freeze, stats))
+}
+
+async fn read_status(client: &Client, namespace: &str, vm: &str) -> Option<BackupStatusRecord> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(labels::STATUS_CONFIGMAP)
+        .await
+        .ok()??;
+    serde_json::from_str(cm.data?.get(vm)?).ok()
+}
+
+/// Writes `record` under key `vm` of the namespace's status ConfigMap (created when missing).
+pub async fn write_status(
+    client: &Client,
+    namespace: &str,
+    vm: &str,
+    record: &BackupStatusRecord,
+) -> Result<(), ClusterError> {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let value = serde_json::to_string(record).unwrap_or_default();
+    let object = format!("{namespace}/{}", labels::STATUS_CONFIGMAP);
+    if api
+        .get_opt(labels::STATUS_CONFIGMAP)
+        .await
+        .map_err(ClusterError::api("reading", "ConfigMap", &object))?
+        .is_none()
+    {
+        let cm = ConfigMap {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(labels::STATUS_CONFIGMAP.to_string()),
+                namespace: Some(namespace.to_string()),
+                labels: Some(BTreeMap::from([
+                    (labels::STATUS.to_string(), "true".to_string()),
+                    (
+                        labels::MANAGED_BY.to_string(),
+                        labels::MANAGED_BY_VALUE.to_string(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(vm.to_string(), value.clone())])),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &cm).await {
+            Ok(_) => return Ok(()),
+            // Someone created it meanwhile: fall through to the patch.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(ClusterError::api("creating", "ConfigMap", &object)(e)),
+        }
+    }
+    let patch = serde_json::json!({ "data": { vm: value } });
+    api.patch(
+        labels::STATUS_CONFIGMAP,
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(ClusterError::api("updating", "ConfigMap", &object))
+}

@@ -1,0 +1,282 @@
+//! The backup engine end to end against the simulated cluster and a local repository:
+//! application-consistent, crash-consistent and offline VMs; a failing snapshot that must leave
+//! the guest thawed, nothing behind and no manifest.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use kube::api::ListParams;
+use kube::Api;
+use sha2::{Digest, Sha256};
+use virtguard::cluster;
+use virtguard::engine::backup::{backup_vm, BackupConfig};
+use virtguard::repo::repository::InitOptions;
+use virtguard::repo::{LocalStore, Repository, RestoreOptions};
+use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
+use virtguard_api::{VirtualMachineExport, VolumeSnapshot};
+use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+
+const SCENARIO: &str = r#"
+namespaces: [prod]
+vms:
+  - namespace: prod
+    name: db
+    disks:
+      - {name: root, size: 12Mi, content: {random: 1}}
+      - {name: data, size: 8Mi, content: {pattern: "row,"}, used: 2Mi}
+  - namespace: prod
+    name: noagent
+    guestAgent: false
+    disks:
+      - {name: root, size: 4Mi, content: {random: 2}}
+  - namespace: prod
+    name: stopped
+    running: false
+    disks:
+      - {name: root, size: 4Mi, content: {random: 3}}
+"#;
+
+struct Env {
+    sim: Sim,
+    client: kube::Client,
+    repo: Arc<Repository>,
+    _dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    cluster::install_crypto_provider();
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::new(dir.path().join("repo")));
+    let repo = Repository::init(
+        store,
+        InitOptions {
+            chunk_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Let the VMIs reach Running.
+    let vmis = Api::<virtguard_api::VirtualMachineInstance>::namespaced(client.clone(), "prod");
+    for name in ["db", "noagent"] {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            kube::runtime::wait::await_condition(
+                vmis.clone(),
+                name,
+                |v: Option<&virtguard_api::VirtualMachineInstance>| {
+                    v.is_some_and(|v| v.phase() == "Running")
+                },
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    Env {
+        sim,
+        client,
+        repo: Arc::new(repo),
+        _dir: dir,
+    }
+}
+
+fn sha(path: &std::path::Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+async fn leftovers(client: &kube::Client) -> usize {
+    let sel = cluster::cleanup::selector(None);
+    let lp = ListParams::default().labels(&sel);
+    Api::<VolumeSnapshot>::all(client.clone())
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .len()
+        + Api::<PersistentVolumeClaim>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len()
+        + Api::<VirtualMachineExport>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len()
+        + Api::<Secret>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len()
+}
+
+async fn status(client: &kube::Client, vm: &str) -> BackupStatusRecord {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "prod")
+        .get("virtguard-status")
+        .await
+        .unwrap();
+    assert_eq!(
+        cm.metadata.labels.as_ref().unwrap()["virtguard.io/status"],
+        "true"
+    );
+    serde_json::from_str(&cm.data.unwrap()[vm]).unwrap()
+}
+
+#[tokio::test]
+async fn backs_up_three_kinds_of_vm_and_restores_identical_images() {
+    let e = env().await;
+    let cfg = BackupConfig::default();
+    let want_root = sha(&e.sim.pvc_path("prod", "db-root").unwrap());
+    let want_data = sha(&e.sim.pvc_path("prod", "db-data").unwrap());
+
+    let r = backup_vm(&e.client, e.repo.clone(), "prod", "db", &cfg)
+        .await
+        .unwrap();
+    assert_eq!(r.consistency, Consistency::ApplicationConsistent);
+    assert_eq!(r.volumes.len(), 2);
+    assert!(
+        r.freeze > Duration::ZERO && r.freeze < Duration::from_secs(5),
+        "{:?}",
+        r.freeze
+    );
+    let log: Vec<_> = e
+        .sim
+        .freeze_log()
+        .into_iter()
+        .filter(|f| f.vmi == "prod/db")
+        .collect();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].action, FreezeAction::Freeze);
+    assert_eq!(log[1].action, FreezeAction::Unfreeze);
+
+    // Restore each volume from the repository: byte-identical to the disk at backup time.
+    let backup = e.repo.find_backup(&r.backup_id).await.unwrap();
+    let manifest = e.repo.load_manifest(&backup).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (vol, want) in [("root", &want_root), ("data", &want_data)] {
+        let target = out.path().join(vol);
+        virtguard::repo::restore::restore_to_file(
+            &e.repo,
+            &manifest,
+            vol,
+            &target,
+            &RestoreOptions::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(&sha(&target), want, "volume {vol}");
+    }
+    assert!(manifest.resources.is_some(), "the VM's objects are saved");
+
+    let st = status(&e.client, "db").await;
+    assert_eq!(st.result, BackupResult::Succeeded);
+    assert_eq!(st.backup_id.as_deref(), Some(r.backup_id.as_str()));
+    assert_eq!(st.consistency, Some(Consistency::ApplicationConsistent));
+
+    let r2 = backup_vm(&e.client, e.repo.clone(), "prod", "noagent", &cfg)
+        .await
+        .unwrap();
+    assert_eq!(r2.consistency, Consistency::CrashConsistent);
+    assert_eq!(r2.freeze, Duration::ZERO);
+    assert!(!e.sim.freeze_log().iter().any(|f| f.vmi == "prod/noagent"));
+
+    let r3 = backup_vm(&e.client, e.repo.clone(), "prod", "stopped", &cfg)
+        .await
+        .unwrap();
+    assert_eq!(r3.consistency, Consistency::Offline);
+
+    // A second backup of the same VM stores (almost) nothing new.
+    let again = backup_vm(&e.client, e.repo.clone(), "prod", "db", &cfg)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.bytes_new, 0,
+        "unchanged disks must not be stored twice"
+    );
+
+    assert_eq!(
+        leftovers(&e.client).await,
+        0,
+        "every temporary object is deleted"
+    );
+}
+
+#[tokio::test]
+async fn snapshot_error_thaws_cleans_up_and_writes_no_manifest() {
+    let e = env().await;
+    e.sim.inject(FaultRule {
+        op: "snapshot-error".into(),
+        target: Some("prod/db-data".into()),
+        message: Some("rbd: quota exceeded".into()),
+        ..Default::default()
+    });
+    let err = backup_vm(
+        &e.client,
+        e.repo.clone(),
+        "prod",
+        "db",
+        &BackupConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("prod/db") && msg.contains("quota exceeded"),
+        "{msg}"
+    );
+    let log: Vec<_> = e
+        .sim
+        .freeze_log()
+        .into_iter()
+        .filter(|f| f.vmi == "prod/db")
+        .collect();
+    assert_eq!(
+        log.last().map(|f| f.action),
+        Some(FreezeAction::Unfreeze),
+        "guest must be thawed: {log:?}"
+    );
+    assert_eq!(leftovers(&e.client).await, 0);
+    assert!(e
+        .repo
+        .list_backups(Some("prod"), Some("db"))
+        .await
+        .unwrap()
+        .is_empty());
+    let st = status(&e.client, "db").await;
+    assert_eq!(st.result, BackupResult::Failed);
+    assert_eq!(st.reason.as_deref(), Some("snapshot"));
+}
+
+#[tokio::test]
+async fn unknown_vm_is_a_clear_error() {
+    let e = env().await;
+    let err = backup_vm(
+        &e.client,
+        e.repo.clone(),
+        "prod",
+        "ghost",
+        &BackupConfig::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("prod/ghost") && err.contains("not found"),
+        "{err}"
+    );
+}
