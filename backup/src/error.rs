@@ -107,6 +107,22 @@ pub enum Error {
     /// Encryption or key derivation failure that is not a wrong key.
     #[error("crypto: {0}")]
     Crypto(String),
+
+    /// A Kubernetes API operation failed (the message names the object and what to do).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+
+    /// The cluster could not be reached or configured.
+    #[error("connecting to the Kubernetes API: {0} (set KUBECONFIG, or run inside a pod with a service account)")]
+    KubeConfig(String),
+
+    /// Some VM backups failed; each is listed with its reason.
+    #[error("{failed} of {total} VM backup(s) failed:\n  {details}")]
+    BackupsFailed {
+        failed: usize,
+        total: usize,
+        details: String,
+    },
 }
 
 impl Error {

@@ -106,6 +106,8 @@ fn default_vm_name(path: &Path) -> String {
 /// Runs one command.
 pub async fn run(config: &Config, command: Command) -> Result<()> {
     match command {
+        Command::Backup(a) => super::cluster_cmds::backup(config, open(config).await?, a).await,
+        Command::Cleanup(a) => super::cluster_cmds::cleanup(a).await,
         Command::Init(a) => {
             let store = config.store().await?;
             let encrypted = config.key.is_some();

@@ -8,7 +8,10 @@
 //! Encryption key: `--key-file PATH` or the env var `VIRTGUARD_KEY` (never a flag value, so it
 //! does not show up in process listings or `--help`).
 
+mod cluster_cmds;
 mod commands;
+
+pub use cluster_cmds::{BackupArgs, CleanupArgs};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,6 +117,10 @@ pub enum Command {
     Gc(GcArgs),
     /// Remove stale (or all) repository locks
     Unlock(UnlockArgs),
+    /// Back up KubeVirt VMs: freeze, CSI snapshot, thaw, export, stream into the repository
+    Backup(BackupArgs),
+    /// Delete objects left behind by killed backup runs (only objects virtguard created)
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Debug, Args)]

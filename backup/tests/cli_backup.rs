@@ -1,0 +1,151 @@
+//! The real `virtguard` binary against the simulated cluster: `backup --all-namespaces`
+//! (selection, opt-out label, summary, exit codes) and `cleanup` after a killed run.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
+
+const SCENARIO: &str = r#"
+namespaces: [prod, dev]
+vms:
+  - namespace: prod
+    name: web
+    disks:
+      - {name: root, size: 6Mi, content: {random: 11}}
+  - namespace: dev
+    name: scratch
+    guestAgent: false
+    disks:
+      - {name: root, size: 3Mi, content: {pattern: "abc"}}
+  - namespace: dev
+    name: ignored
+    labels: {virtguard.io/backup: "false"}
+    disks:
+      - {name: root, size: 2Mi, content: zeros}
+"#;
+
+async fn sim() -> Sim {
+    virtguard::cluster::install_crypto_provider();
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // VMIs start after a short delay; the CLI backs up whatever state it finds, so wait.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    sim
+}
+
+/// Runs the binary; blocks this worker only (the sim keeps serving on the others).
+fn virtguard(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
+    tokio::task::block_in_place(|| run(sim, repo, args))
+}
+
+fn run(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_virtguard"))
+        .args(["--repo", repo.to_str().unwrap(), "--quiet"])
+        .args(args)
+        .env("KUBECONFIG", sim.kubeconfig_path())
+        .env_remove("VIRTGUARD_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_all_namespaces_skips_opted_out_and_summarises() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let o = virtguard(&sim, &repo, &["init"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = virtguard(&sim, &repo, &["backup", "--all-namespaces"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("prod/web") && out.contains("application-consistent"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.contains("dev/scratch") && out.contains("crash-consistent"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.contains("dev/ignored"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("skipping dev/ignored"));
+
+    let o = virtguard(&sim, &repo, &["list", "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_vm_gives_exit_1_and_names_the_vm_and_reason() {
+    let sim = sim().await;
+    sim.inject(FaultRule {
+        op: "snapshot-error".into(),
+        target: Some("prod/web-root".into()),
+        message: Some("injected: backend offline".into()),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    let o = virtguard(&sim, &repo, &["backup", "--all-namespaces"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("1 of 2") && err.contains("prod/web") && err.contains("backend offline"),
+        "{}",
+        text(&o)
+    );
+    // The other VM still made it.
+    let o = virtguard(&sim, &repo, &["list", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_selection_is_a_usage_error() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    let o = virtguard(&sim, &repo, &["backup", "--vm", "just-a-name"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expected NAMESPACE/NAME"),
+        "{}",
+        text(&o)
+    );
+    let o = virtguard(&sim, &repo, &["backup"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("nothing selected"),
+        "{}",
+        text(&o)
+    );
+    let o = virtguard(&sim, &repo, &["backup", "--vm", "prod/nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("prod/nope: not found"),
+        "{}",
+        text(&o)
+    );
+}
