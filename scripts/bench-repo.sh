@@ -9,7 +9,8 @@
 # and prints the ratios the issue's targets are stated in.
 #
 # Usage: scripts/bench-repo.sh [SIZE_MIB]   (default 2048; needs s3s-fs, restic, zstd, python3)
-# Env: WORK=dir for temporary files (default: a new dir under /tmp), KEEP=1 to keep it.
+# Env: WORK=dir for temporary files (default: a new dir under /tmp), KEEP=1 to keep it,
+#      VG=path of a prebuilt virtguard binary (default: build target/release/virtguard).
 set -euo pipefail
 
 SIZE_MIB=${1:-2048}
@@ -21,9 +22,11 @@ for tool in restic zstd python3 /usr/bin/time "$S3S"; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "missing: $tool" >&2; exit 2; }
 done
 
-echo "== building virtguard (release)"
-(cd "$ROOT" && cargo build --release -p virtguard --bin virtguard -q)
-VG="$ROOT/target/release/virtguard"
+if [ -z "${VG:-}" ]; then
+  echo "== building virtguard (release)"
+  (cd "$ROOT" && cargo build --release -p virtguard --bin virtguard -q)
+  VG="$ROOT/target/release/virtguard"
+fi
 
 export AWS_ACCESS_KEY_ID=vgbenchaccess AWS_SECRET_ACCESS_KEY=vgbenchsecret AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
@@ -93,7 +96,7 @@ echo "== full backup"
 measure zstd_full zstd -3 -T0 -q -f "$IMG" -o "$WORK/disk.img.zst"
 measure vg_plain_full "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/plain "${VGS[@]}" -o json
 measure vg_enc_full env VIRTGUARD_KEY=bench-password "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/enc "${VGS[@]}" -o json
-measure restic_full restic -r "s3:$EP/bench/restic" backup --no-scan -q "$IMG"
+measure restic_full restic -r "s3:$EP/bench/restic" backup -q "$IMG"
 
 echo "== changing 5% of the 4 MiB chunks"
 python3 - "$IMG" <<'EOF'
@@ -108,7 +111,7 @@ with open(path, 'r+b') as f:
 EOF
 measure vg_plain_incr "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/plain "${VGS[@]}" -o json
 measure vg_enc_incr env VIRTGUARD_KEY=bench-password "$VG" backup-file "$IMG" --vm bench/vm --repo s3://bench/enc "${VGS[@]}" -o json
-measure restic_incr restic -r "s3:$EP/bench/restic" backup --no-scan -q "$IMG"
+measure restic_incr restic -r "s3:$EP/bench/restic" backup -q "$IMG"
 
 echo "== restore"
 PLAIN_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/vg_plain_incr.out")

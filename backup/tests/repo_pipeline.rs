@@ -364,3 +364,20 @@ async fn concurrent_backups_and_gc_never_lose_committed_data() {
     assert_eq!(report.backups, total);
     assert!(total > 0);
 }
+
+#[test]
+fn lying_length_in_blob_header_is_rejected_without_huge_allocation() {
+    use virtguard::repo::crypto::Crypto;
+    use virtguard::repo::format::CHUNK_MAGIC;
+    let c = Crypto::plain(3);
+    let text = b"abc".repeat(100_000);
+    let mut b = c.encode_blob(CHUNK_MAGIC, "k", &text, true).unwrap();
+    assert_eq!(c.decode_blob(CHUNK_MAGIC, "k", &b).unwrap(), text);
+    // Header claims 3 GiB: decoding stops at the real frame size and reports the mismatch.
+    b[8..16].copy_from_slice(&(3u64 << 30).to_le_bytes());
+    let err = c.decode_blob(CHUNK_MAGIC, "k", &b).unwrap_err();
+    assert!(err.to_string().contains("header says"), "{err}");
+    // Header claims less than the frame holds: detected too.
+    b[8..16].copy_from_slice(&10u64.to_le_bytes());
+    assert!(c.decode_blob(CHUNK_MAGIC, "k", &b).is_err());
+}

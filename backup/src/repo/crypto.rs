@@ -311,9 +311,18 @@ impl Crypto {
             }
         };
         let raw = if header.flags & FLAG_ZSTD != 0 {
-            // raw_len ≤ MAX_RAW_LEN was checked above, so the capacity fits usize on 64-bit.
-            zstd::bulk::decompress(payload, header.raw_len as usize)
-                .map_err(|e| Error::corrupt(key, format!("zstd payload does not decode: {e}")))?
+            // Stream-decode so that a lying header cannot make us allocate more than the frame
+            // really produces; read one byte more than promised to detect overlong frames.
+            use std::io::Read;
+            let bad = |e: std::io::Error| {
+                Error::corrupt(key, format!("zstd payload does not decode: {e}"))
+            };
+            let mut out = Vec::with_capacity(header.raw_len.min(64 << 20) as usize);
+            let dec = zstd::stream::read::Decoder::with_buffer(payload).map_err(bad)?;
+            dec.take(header.raw_len + 1)
+                .read_to_end(&mut out)
+                .map_err(bad)?;
+            out
         } else {
             payload.to_vec()
         };
