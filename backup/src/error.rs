@@ -116,6 +116,10 @@ pub enum Error {
     #[error("connecting to the Kubernetes API: {0} (set KUBECONFIG, or run inside a pod with a service account)")]
     KubeConfig(String),
 
+    /// Stopped by a signal after thawing and cleaning up.
+    #[error("interrupted by {signal}: frozen guests were thawed and temporary objects deleted; no backup of an unfinished VM was committed")]
+    Interrupted { signal: &'static str },
+
     /// Some VM backups failed; each is listed with its reason.
     #[error("{failed} of {total} VM backup(s) failed:\n  {details}")]
     BackupsFailed {

@@ -149,3 +149,136 @@ async fn bad_selection_is_a_usage_error() {
         text(&o)
     );
 }
+
+/// Objects of any backup run still in the cluster.
+async fn leftovers(sim: &Sim) -> usize {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+    use kube::api::ListParams;
+    use kube::Api;
+    let client = sim.client().await.unwrap();
+    let lp = ListParams::default().labels(&virtguard::cluster::cleanup::selector(None));
+    Api::<virtguard_api::VolumeSnapshot>::all(client.clone())
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .len()
+        + Api::<PersistentVolumeClaim>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len()
+        + Api::<virtguard_api::VirtualMachineExport>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len()
+        + Api::<Secret>::all(client)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len()
+}
+
+fn last_freeze_action(sim: &Sim, vmi: &str) -> Option<virtguard_sim::FreezeAction> {
+    sim.freeze_log()
+        .into_iter()
+        .filter(|r| r.vmi == vmi && r.status == 200)
+        .map(|r| r.action)
+        .last()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_frozen_thaws_and_cleans_up() {
+    let sim = sim().await;
+    // The snapshot is never cut, so the run sits with the guest frozen.
+    sim.inject(FaultRule {
+        op: "snapshot-no-creation-time".into(),
+        target: Some("prod/web-root".into()),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    let child = Command::new(env!("CARGO_BIN_EXE_virtguard"))
+        .args(["--repo", repo.to_str().unwrap(), "--quiet"])
+        .args([
+            "backup",
+            "--vm",
+            "prod/web",
+            "--snapshot-created-timeout",
+            "120s",
+        ])
+        .env("KUBECONFIG", sim.kubeconfig_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while last_freeze_action(&sim, "prod/web") != Some(virtguard_sim::FreezeAction::Freeze) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest was never frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("SIGTERM"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        last_freeze_action(&sim, "prod/web"),
+        Some(virtguard_sim::FreezeAction::Unfreeze),
+        "the guest must be thawed before the process exits: {:?}",
+        sim.freeze_log()
+    );
+    assert_eq!(leftovers(&sim).await, 0, "{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_that_is_never_cut_times_out_thawed() {
+    let sim = sim().await;
+    sim.inject(FaultRule {
+        op: "snapshot-no-creation-time".into(),
+        target: Some("prod/web-root".into()),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    let o = virtguard(
+        &sim,
+        &repo,
+        &[
+            "backup",
+            "--vm",
+            "prod/web",
+            "--snapshot-created-timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("timed out"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        last_freeze_action(&sim, "prod/web"),
+        Some(virtguard_sim::FreezeAction::Unfreeze)
+    );
+    assert_eq!(leftovers(&sim).await, 0);
+}

@@ -147,7 +147,7 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
         ..Default::default()
     };
     let total = vms.len();
-    let results: Vec<_> = stream::iter(vms)
+    let work = stream::iter(vms)
         .map(|(ns, name)| {
             let client = client.clone();
             let repo = repo.clone();
@@ -158,8 +158,21 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
             }
         })
         .buffer_unordered(a.parallel.max(1))
-        .collect()
-        .await;
+        .collect::<Vec<_>>();
+    let results = tokio::select! {
+        results = work => results,
+        signal = shutdown_signal() => {
+            // The backup futures are dropped here; frozen guests are thawed and the runs'
+            // objects deleted before the process exits.
+            eprintln!("{signal}: stopping; thawing frozen guests and deleting this run's objects");
+            for vmi in cluster::freeze::thaw_all().await {
+                eprintln!("thawed {vmi}");
+            }
+            let deleted = crate::engine::backup::cleanup_in_flight(&client).await;
+            eprintln!("deleted {deleted} temporary object(s)");
+            return Err(Error::Interrupted { signal });
+        }
+    };
     let mut failed = Vec::new();
     println!(
         "{:<40} {:<8} {:<24} {:>9} {:>9} {:>12}",
@@ -193,6 +206,21 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
             total,
             details: failed.join("\n  "),
         })
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the Job's pod) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        // Without signal handlers there is nothing to wait for.
+        _ => std::future::pending().await,
     }
 }
 

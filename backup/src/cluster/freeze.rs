@@ -10,12 +10,52 @@
 //! that (a `?` on an error path, a panic, a cancelled future), `Drop` spawns the thaw on the
 //! runtime as a last resort and logs loudly.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kube::Client;
 use virtguard_api::FreezeUnfreezeTimeout;
 
 use super::{go_duration, ClusterError, Result};
+
+/// Guests this process has frozen and not yet thawed, so a signal handler can thaw them all
+/// ([`thaw_all`]) before the process exits.
+static FROZEN: Mutex<BTreeMap<(String, String), Client>> = Mutex::new(BTreeMap::new());
+
+fn track(namespace: &str, name: &str, client: Option<&Client>) {
+    if let Ok(mut m) = FROZEN.lock() {
+        let key = (namespace.to_string(), name.to_string());
+        match client {
+            Some(c) => {
+                m.insert(key, c.clone());
+            }
+            None => {
+                m.remove(&key);
+            }
+        }
+    }
+}
+
+/// Thaws every guest this process froze and has not thawed yet (for SIGTERM/SIGINT handlers).
+/// Returns the VMIs it thawed; failures are logged (KubeVirt's unfreezeTimeout still applies).
+pub async fn thaw_all() -> Vec<String> {
+    let owed: Vec<((String, String), Client)> = FROZEN
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let mut thawed = Vec::new();
+    for ((ns, name), client) in owed {
+        match unfreeze(&client, &ns, &name).await {
+            Ok(()) => {
+                track(&ns, &name, None);
+                thawed.push(format!("{ns}/{name}"));
+            }
+            Err(e) => tracing::error!(error = %e, "thaw on shutdown failed"),
+        }
+    }
+    thawed
+}
 
 fn subresource_url(namespace: &str, name: &str, verb: &str) -> String {
     format!(
@@ -76,6 +116,7 @@ impl FrozenGuest {
                 object: format!("{namespace}/{name}"),
                 message,
             })?;
+        track(namespace, name, Some(client));
         tracing::info!(vmi = %format!("{namespace}/{name}"), "guest frozen");
         Ok(FrozenGuest {
             client: client.clone(),
@@ -107,6 +148,7 @@ impl FrozenGuest {
             {
                 Ok(()) => {
                     self.thawed = true;
+                    track(&self.namespace, &self.name, None);
                     let window = self.frozen_at.elapsed();
                     tracing::info!(vmi = %format!("{}/{}", self.namespace, self.name),
                         freeze_seconds = window.as_secs_f64(), "guest thawed");
@@ -134,10 +176,14 @@ impl Drop for FrozenGuest {
             "frozen guest dropped without a thaw: thawing in the background");
         let client = self.client.clone();
         let url = subresource_url(&self.namespace, &self.name, "unfreeze");
+        let (ns, name) = (self.namespace.clone(), self.name.clone());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = put(&client, url, Vec::new()).await {
-                    tracing::error!(error = %e, "background thaw failed; KubeVirt's unfreezeTimeout will thaw the guest");
+                match put(&client, url, Vec::new()).await {
+                    Ok(()) => track(&ns, &name, None),
+                    Err(e) => {
+                        tracing::error!(error = %e, "background thaw failed; KubeVirt's unfreezeTimeout will thaw the guest");
+                    }
                 }
             });
         }

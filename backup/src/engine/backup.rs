@@ -15,6 +15,42 @@ use super::EngineError;
 use crate::cluster::{self, export, freeze::FrozenGuest, snapshot, ClusterError};
 use crate::repo::{self, BackupOptions, BackupSession, HttpSource, Repository};
 
+/// Backup runs in flight in this process, `(namespace, backup id)`, so a signal handler can
+/// delete their objects ([`cleanup_in_flight`]).
+static IN_FLIGHT: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn in_flight(namespace: &str, backup_id: &str, running: bool) {
+    if let Ok(mut s) = IN_FLIGHT.lock() {
+        let key = (namespace.to_string(), backup_id.to_string());
+        if running {
+            s.insert(key);
+        } else {
+            s.remove(&key);
+        }
+    }
+}
+
+/// Deletes the objects of every backup run still in flight in this process (for SIGTERM/SIGINT).
+pub async fn cleanup_in_flight(client: &Client) -> usize {
+    let runs: Vec<(String, String)> = IN_FLIGHT
+        .lock()
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut deleted = 0;
+    for (ns, id) in runs {
+        match cluster::cleanup::cleanup(client, Some(&ns), Some(&id)).await {
+            Ok(r) => {
+                deleted += r.deleted.len();
+                in_flight(&ns, &id, false);
+            }
+            Err(e) => tracing::error!(error = %e, backup_id = %id,
+                "cleanup on shutdown failed; run `virtguard cleanup --backup-id {id}`"),
+        }
+    }
+    deleted
+}
+
 /// Timeouts and knobs of a VM backup.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
@@ -267,6 +303,7 @@ async fn run(
         .map_err(repo_err("opening the backup"))?;
     let backup_id = session.backup().id.to_string();
     let run_labels = cluster::run_labels(&backup_id);
+    in_flight(namespace, &backup_id, true);
 
     let outcome = stream(
         client,
@@ -283,7 +320,10 @@ async fn run(
     .await;
     // Cleanup on every path; a cleanup failure does not hide the run's own error.
     match cluster::cleanup::cleanup(client, Some(namespace), Some(&backup_id)).await {
-        Ok(r) => tracing::debug!(vm = %vm_id, deleted = r.deleted.len(), "cleaned up"),
+        Ok(r) => {
+            in_flight(namespace, &backup_id, false);
+            tracing::debug!(vm = %vm_id, deleted = r.deleted.len(), "cleaned up")
+        }
         Err(e) => tracing::warn!(vm = %vm_id, error = %e,
             "cleanup failed; run `virtguard cleanup --backup-id {backup_id}`"),
     }
