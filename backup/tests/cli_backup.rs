@@ -188,7 +188,7 @@ fn last_freeze_action(sim: &Sim, vmi: &str) -> Option<virtguard_sim::FreezeActio
         .into_iter()
         .filter(|r| r.vmi == vmi && r.status == 200)
         .map(|r| r.action)
-        .last()
+        .next_back()
 }
 
 #[tokio::test(flavor = "multi_thread")]
