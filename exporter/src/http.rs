@@ -298,3 +298,199 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Fixed {
+        ready: bool,
+    }
+
+    impl MetricsSource for Fixed {
+        fn render(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+            Box::pin(async {
+                "virtguard_exporter_build_info{version=\"x\",mode=\"node\"} 1\n".repeat(50)
+            })
+        }
+        fn ready(&self) -> bool {
+            self.ready
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (String, Vec<u8>) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let pos = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&buf[..pos]).to_string();
+        (head, buf[pos + 4..].to_vec())
+    }
+
+    async fn start(
+        ready: bool,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<()>>,
+    ) {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let h = tokio::spawn(serve(
+            listener,
+            Arc::new(Fixed { ready }),
+            None,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(2),
+        ));
+        (addr, tx, h)
+    }
+
+    #[tokio::test]
+    async fn endpoints_gzip_and_graceful_shutdown() {
+        let (addr, stop, handle) = start(false).await;
+        let (head, body) = get(addr, "/metrics", "").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"));
+        assert!(!head.to_ascii_lowercase().contains("content-encoding"));
+        let plain = String::from_utf8(body).unwrap();
+        assert_eq!(plain.lines().count(), 50);
+
+        let (head, body) = get(addr, "/metrics", "Accept-Encoding: deflate, gzip;q=0.8\r\n").await;
+        assert!(
+            head.to_ascii_lowercase().contains("content-encoding: gzip"),
+            "{head}"
+        );
+        assert!(body.len() < plain.len() / 4, "compressed");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, plain);
+
+        let (head, _) = get(addr, "/metrics", "Accept-Encoding: gzip;q=0\r\n").await;
+        assert!(
+            !head.to_ascii_lowercase().contains("content-encoding"),
+            "q=0 refuses gzip"
+        );
+
+        assert!(get(addr, "/healthz", "")
+            .await
+            .0
+            .starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz", "").await.0.starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/nope", "").await.0.starts_with("HTTP/1.1 404"));
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), handle)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap()
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_source() {
+        let (addr, _stop, _h) = start(true).await;
+        assert!(get(addr, "/readyz", "").await.0.starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn tls_errors_name_the_file_and_never_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        std::fs::write(&key, "SECRET-KEY-MATERIAL").unwrap();
+        let err = load_tls(&TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls.crt"), "{err}");
+        let gen = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&cert, gen.cert.pem()).unwrap();
+        let err = load_tls(&TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls.key") && !err.contains("SECRET"), "{err}");
+        std::fs::write(&key, gen.key_pair.serialize_pem()).unwrap();
+        load_tls(&TlsFiles { cert, key }).unwrap();
+    }
+
+    async fn tls_get(
+        addr: std::net::SocketAddr,
+        trust: &rcgen::Certificate,
+    ) -> std::io::Result<String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trust.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = connector.connect(name, tcp).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        Ok(String::from_utf8_lossy(&buf).to_string())
+    }
+
+    /// HTTPS works, and a certificate rotated on disk is served to new connections without a
+    /// restart.
+    #[tokio::test]
+    async fn tls_serves_and_reloads_rotated_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        };
+        let one = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&files.cert, one.cert.pem()).unwrap();
+        std::fs::write(&files.key, one.key_pair.serialize_pem()).unwrap();
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _h = tokio::spawn(serve(
+            listener,
+            Arc::new(Fixed { ready: true }),
+            Some(files.clone()),
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        let r = tls_get(addr, &one.cert).await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let two = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&files.key, two.key_pair.serialize_pem()).unwrap();
+        std::fs::write(&files.cert, two.cert.pem()).unwrap();
+        let r = tls_get(addr, &two.cert).await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "new certificate served: {r}");
+        assert!(
+            tls_get(addr, &one.cert).await.is_err(),
+            "old certificate no longer served"
+        );
+    }
+}
