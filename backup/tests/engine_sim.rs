@@ -280,3 +280,46 @@ async fn unknown_vm_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_vm_is_not_backed_up_twice_at_once() {
+    let e = env().await;
+    // Another live run holds the VM's lease.
+    let other = virtguard::cluster::lease::VmLease::acquire(
+        &e.client,
+        "prod",
+        "noagent",
+        "20261122T000000Z-0000",
+        &cluster::run_labels("20261122T000000Z-0000"),
+    )
+    .await
+    .unwrap();
+    let err = backup_vm(
+        &e.client,
+        e.repo.clone(),
+        "prod",
+        "noagent",
+        &BackupConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason(), "busy");
+    assert!(err.to_string().contains("20261122T000000Z-0000"), "{err}");
+    other.release().await;
+    // Released: the next run goes ahead, and leaves no lease behind.
+    backup_vm(
+        &e.client,
+        e.repo.clone(),
+        "prod",
+        "noagent",
+        &BackupConfig::default(),
+    )
+    .await
+    .unwrap();
+    let leases =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(e.client.clone(), "prod")
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    assert!(leases.items.is_empty(), "{:?}", leases.items);
+}

@@ -3,8 +3,9 @@
 //! Selection is `app.kubernetes.io/managed-by=virtguard,virtguard.io/backup-id[=<id>]`: an
 //! object needs both labels to be touched. Deletion order follows dependencies: exports (they
 //! mount the temporary PVCs), then PVCs (restored from the snapshots), then snapshots, then
-//! token Secrets. A 404 counts as done (someone else cleaned up first).
+//! token Secrets, then the VM's backup Lease. A 404 counts as done (someone else cleaned up first).
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, Resource};
@@ -90,6 +91,7 @@ pub async fn cleanup(
     delete_kind::<PersistentVolumeClaim>(client, namespace, &sel, &mut report).await?;
     delete_kind::<VolumeSnapshot>(client, namespace, &sel, &mut report).await?;
     delete_kind::<Secret>(client, namespace, &sel, &mut report).await?;
+    delete_kind::<Lease>(client, namespace, &sel, &mut report).await?;
     Ok(report)
 }
 

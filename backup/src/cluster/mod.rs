@@ -15,6 +15,7 @@
 pub mod cleanup;
 pub mod export;
 pub mod freeze;
+pub mod lease;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,9 @@ pub enum ClusterError {
     /// A wait ran out of time.
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
+    /// Another run is backing up this VM right now.
+    #[error("VM {vm} is already being backed up (Lease held by run {holder}); wait for it to finish, or if that run died, for its lease to expire ({} s)", lease::LEASE_SECONDS)]
+    Busy { vm: String, holder: String },
     /// The export did not give us what we need.
     #[error("VirtualMachineExport {object}: {message}")]
     Export { object: String, message: String },

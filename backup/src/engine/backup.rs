@@ -303,6 +303,16 @@ async fn run(
         .map_err(repo_err("opening the backup"))?;
     let backup_id = session.backup().id.to_string();
     let run_labels = cluster::run_labels(&backup_id);
+    let lease =
+        match cluster::lease::VmLease::acquire(client, namespace, name, &backup_id, &run_labels)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                session.abort().await;
+                return Err(cl("taking the VM's backup lease")(e));
+            }
+        };
     in_flight(namespace, &backup_id, true);
 
     let outcome = stream(
@@ -318,6 +328,7 @@ async fn run(
         &backup_id,
     )
     .await;
+    lease.release().await;
     // Cleanup on every path; a cleanup failure does not hide the run's own error.
     match cluster::cleanup::cleanup(client, Some(namespace), Some(&backup_id)).await {
         Ok(r) => {

@@ -51,6 +51,7 @@ impl EngineError {
                 C::SnapshotFailed { .. } => "snapshot",
                 C::Export { .. } => "export",
                 C::Api { .. } => "api",
+                C::Busy { .. } => "busy",
             },
         }
     }
