@@ -1,4 +1,5 @@
-//! `virtguard`: parse the command line, run it, map errors to a message and exit code 1.
+//! `virtguard`: parse the command line, run it, map errors to a message and an exit code
+//! (1: the work failed; 2: usage or configuration error).
 
 use clap::Parser;
 
@@ -22,7 +23,13 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // 2: usage or configuration error (like clap's own); 1: the work failed.
+            match e.downcast_ref::<virtguard::Error>() {
+                Some(virtguard::Error::Invalid(_) | virtguard::Error::KubeConfig(_)) => {
+                    std::process::ExitCode::from(2)
+                }
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

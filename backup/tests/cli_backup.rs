@@ -128,14 +128,14 @@ async fn bad_selection_is_a_usage_error() {
     let repo = dir.path().join("repo");
     assert!(virtguard(&sim, &repo, &["init"]).status.success());
     let o = virtguard(&sim, &repo, &["backup", "--vm", "just-a-name"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("expected NAMESPACE/NAME"),
         "{}",
         text(&o)
     );
     let o = virtguard(&sim, &repo, &["backup"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("nothing selected"),
         "{}",
