@@ -4,6 +4,7 @@
 //!   alert rules and dashboards depend on.
 //! * [`node`] — node mode (DaemonSet): libvirt discovery, stats collection, identity mapping;
 //!   the only `unsafe` code of the project is in [`node::ffi`].
+//! * [`cluster`] — cluster mode (so far only the backup status ConfigMap format).
 //! * [`http`] — `/metrics`, `/healthz`, `/readyz`, optional TLS, graceful shutdown.
 //! * [`render`] — Prometheus text exposition, rendered fresh on every scrape.
 //! * [`error`] — the crate's error type.
@@ -12,6 +13,7 @@
 //! Kubernetes objects through reflectors. See DESIGN §2.
 
 pub mod catalog;
+pub mod cluster;
 pub mod error;
 pub mod http;
 pub mod node;
