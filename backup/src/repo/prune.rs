@@ -241,7 +241,11 @@ async fn gc_locked(
             .buffer_unordered(concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
-        report.incomplete_removed = repo.store().remove_incomplete(grace).await?;
+        // A temporary file lives only while one write runs, but writers not bound by the lock
+        // (e.g. a contender writing its own lock object) may be mid-write right now: only
+        // debris at least an hour old is removed, whatever the grace period.
+        let debris_age = grace.max(Duration::from_secs(3600));
+        report.incomplete_removed = repo.store().remove_incomplete(debris_age).await?;
     }
     Ok(report)
 }
