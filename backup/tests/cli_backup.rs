@@ -282,3 +282,141 @@ async fn snapshot_that_is_never_cut_times_out_thawed() {
     );
     assert_eq!(leftovers(&sim).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream_then_cleanup_and_a_new_backup_reuses_chunks() {
+    use kube::api::ListParams;
+    use kube::Api;
+    virtguard::cluster::install_crypto_provider();
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(
+            r#"
+namespaces: [prod]
+vms:
+  - namespace: prod
+    name: big
+    guestAgent: false
+    disks:
+      - {name: root, size: 192Mi, content: {random: 5}}
+"#,
+            "test",
+        )
+        .unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    assert!(virtguard(&sim, &repo, &["init", "--chunk-size", "1MiB"])
+        .status
+        .success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_virtguard"))
+        .args(["--repo", repo.to_str().unwrap(), "--quiet"])
+        .args(["backup", "--vm", "prod/big"])
+        .env("KUBECONFIG", sim.kubeconfig_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until chunks are being uploaded, then kill -9.
+    let chunks = repo.join("chunks");
+    let count = |p: &std::path::Path| walk(p).len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&chunks) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started uploading"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup finished before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let uploaded = count(&chunks);
+    assert!(leftovers(&sim).await > 0, "a killed run leaves its objects");
+    let client = sim.client().await.unwrap();
+    let leases =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "prod");
+    assert_eq!(
+        leases
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    // A new run is refused while the dead run's lease is fresh...
+    let o = virtguard(&sim, &repo, &["backup", "--vm", "prod/big"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already being backed up"),
+        "{}",
+        text(&o)
+    );
+
+    // ...`virtguard cleanup` removes the leftovers (and only those)...
+    let o = virtguard(&sim, &repo, &["cleanup"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("deleted VolumeSnapshot prod/"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(leftovers(&sim).await, 0);
+    assert!(leases
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert!(
+        client_has_pvc(&client, "big-root").await,
+        "the VM's own PVC is untouched"
+    );
+
+    // ...and the next backup succeeds, reusing what the killed run uploaded.
+    let o = virtguard(&sim, &repo, &["backup", "--vm", "prod/big"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let after = count(&chunks);
+    assert!(
+        after - uploaded < 192 - 10,
+        "chunks uploaded by the killed run must be reused ({uploaded} before, {after} after)"
+    );
+    let o = virtguard(&sim, &repo, &["verify", "--read-data"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+async fn client_has_pvc(client: &kube::Client, name: &str) -> bool {
+    kube::Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+        client.clone(),
+        "prod",
+    )
+    .get_opt(name)
+    .await
+    .unwrap()
+    .is_some()
+}
+
+/// Files under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

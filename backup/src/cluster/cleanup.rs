@@ -63,7 +63,10 @@ where
         };
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
         match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => report.deleted.push(format!("{kind} {ns}/{name}")),
+            Ok(_) => {
+                report.deleted.push(format!("{kind} {ns}/{name}"));
+                wait_gone(&api, &kind, &ns, &name).await;
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
                 return Err(ClusterError::Api {
@@ -76,6 +79,26 @@ where
         }
     }
     Ok(())
+}
+
+/// How long to wait for a deleted object's finalizers (e.g. the snapshot controller's
+/// source-protection) to let it go, so the next kind's deletion and the next run see it gone.
+const GONE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn wait_gone<K>(api: &Api<K>, kind: &str, ns: &str, name: &str)
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + GONE_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        match api.get_opt(name).await {
+            Ok(None) => return,
+            Ok(Some(_)) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(_) => return,
+        }
+    }
+    tracing::warn!(object = %format!("{kind} {ns}/{name}"),
+        "still terminating after {GONE_TIMEOUT:?} (a finalizer holds it); it will go once its controller releases it");
 }
 
 /// Deletes the objects of run `backup_id` (every run's when `None`) in `namespace` (all when
