@@ -12,7 +12,8 @@
 //!    the target daemon;
 //! 5. faults: a daemon frozen with SIGSTOP (accepts, never answers), a socket that accepts and
 //!    never answers, a domain destroyed between the stats call and the follow-up calls, a daemon
-//!    killed mid-scrape — each gives `scrape_success 0` for its VM only, within the timeout.
+//!    killed mid-scrape — each gives `scrape_success 0` for its VM only, within the timeout;
+//!    then the killed daemon is restarted on the same socket and the collector reconnects.
 //!
 //! Needs root, libvirtd, virsh, qemu-system-x86_64, ip, unshare, mkfs.ext4, apt-get (the guest is
 //! built from Debian packages into $VIRTGUARD_GUEST_CACHE or ~/.cache/virtguard, once),
@@ -88,10 +89,16 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.pid().to_string())
-            .status();
+        // The pid file is gone when the daemon already exited; never panic in drop.
+        if let Some(pid) = std::fs::read_to_string(self.run.join("libvirtd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(pid.to_string())
+                .status();
+        }
         let _ = Command::new(scripts().join("stop-libvirtd.sh"))
             .arg(&self.run)
             .status();
@@ -594,6 +601,21 @@ fn real_guest_end_to_end() {
         "known VM of a dead daemon is still reported as failed"
     );
     assert_eq!(s.connections.down, 1);
+
+    // 5d. The daemon comes back on the same socket: the same collector reconnects, and since
+    // the QEMU process survived, the VM is reported again.
+    let b2 = Daemon::start(&tmp.path().join("b"), &netns);
+    wait_for(
+        "the collector to reconnect to the restarted daemon",
+        Duration::from_secs(20),
+        || {
+            rt.block_on(k.scrape())
+                .vms
+                .iter()
+                .any(|v| v.identity.name == VM && v.success)
+        },
+    );
+    drop(b2);
     eprintln!("real-guest test done after {:?}", t0.elapsed());
     // The call stuck on the never-answering socket keeps its blocking thread; a plain runtime
     // drop would wait for it forever.
