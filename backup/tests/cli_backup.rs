@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -150,39 +152,6 @@ async fn bad_selection_is_a_usage_error() {
     );
 }
 
-/// Objects of any backup run still in the cluster.
-async fn leftovers(sim: &Sim) -> usize {
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-    use kube::api::ListParams;
-    use kube::Api;
-    let client = sim.client().await.unwrap();
-    let lp = ListParams::default().labels(&virtguard::cluster::cleanup::selector(None));
-    Api::<virtguard_api::VolumeSnapshot>::all(client.clone())
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .len()
-        + Api::<PersistentVolumeClaim>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len()
-        + Api::<virtguard_api::VirtualMachineExport>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len()
-        + Api::<Secret>::all(client)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len()
-}
-
 fn last_freeze_action(sim: &Sim, vmi: &str) -> Option<virtguard_sim::FreezeAction> {
     sim.freeze_log()
         .into_iter()
@@ -245,7 +214,12 @@ async fn sigterm_while_frozen_thaws_and_cleans_up() {
         "the guest must be thawed before the process exits: {:?}",
         sim.freeze_log()
     );
-    assert_eq!(leftovers(&sim).await, 0, "{}", text(&o));
+    assert_eq!(
+        common::cluster::leftovers(&sim.client().await.unwrap()).await,
+        0,
+        "{}",
+        text(&o)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,7 +254,10 @@ async fn snapshot_that_is_never_cut_times_out_thawed() {
         last_freeze_action(&sim, "prod/web"),
         Some(virtguard_sim::FreezeAction::Unfreeze)
     );
-    assert_eq!(leftovers(&sim).await, 0);
+    assert_eq!(
+        common::cluster::leftovers(&sim.client().await.unwrap()).await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -339,7 +316,10 @@ vms:
     child.kill().unwrap();
     child.wait().unwrap();
     let uploaded = count(&chunks);
-    assert!(leftovers(&sim).await > 0, "a killed run leaves its objects");
+    assert!(
+        common::cluster::leftovers(&sim.client().await.unwrap()).await > 0,
+        "a killed run leaves its objects"
+    );
     let client = sim.client().await.unwrap();
     let leases =
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "prod");
@@ -370,7 +350,10 @@ vms:
         "{}",
         text(&o)
     );
-    assert_eq!(leftovers(&sim).await, 0);
+    assert_eq!(
+        common::cluster::leftovers(&sim.client().await.unwrap()).await,
+        0
+    );
     assert!(leases
         .list(&ListParams::default())
         .await

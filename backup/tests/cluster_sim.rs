@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -50,28 +52,11 @@ async fn start() -> Sim {
     .unwrap()
 }
 
-async fn wait_running(client: &kube::Client, ns: &str, name: &str) {
-    let api = Api::<virtguard_api::VirtualMachineInstance>::namespaced(client.clone(), ns);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        kube::runtime::wait::await_condition(
-            api,
-            name,
-            |v: Option<&virtguard_api::VirtualMachineInstance>| {
-                v.is_some_and(|v| v.phase() == "Running")
-            },
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-}
-
 #[tokio::test]
 async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
     let sim = start().await;
     let client = sim.client().await.unwrap();
-    wait_running(&client, "prod", "db").await;
+    common::cluster::wait_running(&client, "prod", "db").await;
     let id = "20261122T010000Z-abcd";
     let labels = cluster::run_labels(id);
 
@@ -302,7 +287,7 @@ async fn freeze_of_a_stopped_vm_is_refused_and_thaw_is_idempotent() {
         .to_string();
     assert!(err.contains("prod/nope"), "{err}");
     // Unfreeze of a running, unfrozen VM succeeds (KubeVirt's unfreeze is idempotent).
-    wait_running(&client, "prod", "db").await;
+    common::cluster::wait_running(&client, "prod", "db").await;
     cluster::freeze::unfreeze(&client, "prod", "db")
         .await
         .unwrap();
@@ -312,7 +297,7 @@ async fn freeze_of_a_stopped_vm_is_refused_and_thaw_is_idempotent() {
 async fn dropped_frozen_guest_is_thawed_in_the_background() {
     let sim = start().await;
     let client = sim.client().await.unwrap();
-    wait_running(&client, "prod", "db").await;
+    common::cluster::wait_running(&client, "prod", "db").await;
     {
         let _guest = FrozenGuest::freeze(&client, "prod", "db", Duration::from_secs(300))
             .await

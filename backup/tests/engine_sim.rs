@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 use kube::Api;
 use sha2::{Digest, Sha256};
@@ -16,7 +18,6 @@ use virtguard::engine::backup::{backup_vm, BackupConfig};
 use virtguard::repo::repository::InitOptions;
 use virtguard::repo::{LocalStore, Repository, RestoreOptions};
 use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
-use virtguard_api::{VirtualMachineExport, VolumeSnapshot};
 use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
 
 const SCENARIO: &str = r#"
@@ -67,21 +68,8 @@ async fn env() -> Env {
     .await
     .unwrap();
     // Let the VMIs reach Running.
-    let vmis = Api::<virtguard_api::VirtualMachineInstance>::namespaced(client.clone(), "prod");
     for name in ["db", "noagent"] {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            kube::runtime::wait::await_condition(
-                vmis.clone(),
-                name,
-                |v: Option<&virtguard_api::VirtualMachineInstance>| {
-                    v.is_some_and(|v| v.phase() == "Running")
-                },
-            ),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        common::cluster::wait_running(&client, "prod", name).await;
     }
     Env {
         sim,
@@ -93,35 +81,6 @@ async fn env() -> Env {
 
 fn sha(path: &std::path::Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
-}
-
-async fn leftovers(client: &kube::Client) -> usize {
-    let sel = cluster::cleanup::selector(None);
-    let lp = ListParams::default().labels(&sel);
-    Api::<VolumeSnapshot>::all(client.clone())
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .len()
-        + Api::<PersistentVolumeClaim>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len()
-        + Api::<VirtualMachineExport>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len()
-        + Api::<Secret>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len()
 }
 
 async fn status(client: &kube::Client, vm: &str) -> BackupStatusRecord {
@@ -210,7 +169,7 @@ async fn backs_up_three_kinds_of_vm_and_restores_identical_images() {
     );
 
     assert_eq!(
-        leftovers(&e.client).await,
+        common::cluster::leftovers(&e.client).await,
         0,
         "every temporary object is deleted"
     );
@@ -250,7 +209,7 @@ async fn snapshot_error_thaws_cleans_up_and_writes_no_manifest() {
         Some(FreezeAction::Unfreeze),
         "guest must be thawed: {log:?}"
     );
-    assert_eq!(leftovers(&e.client).await, 0);
+    assert_eq!(common::cluster::leftovers(&e.client).await, 0);
     assert!(e
         .repo
         .list_backups(Some("prod"), Some("db"))

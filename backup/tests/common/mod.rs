@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod cluster;
+
 pub const ACCESS_KEY: &str = "vgtestaccess";
 pub const SECRET_KEY: &str = "vgtestsecret-do-not-print-1234";
 pub const BUCKET: &str = "vgbucket";

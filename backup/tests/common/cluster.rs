@@ -1,0 +1,46 @@
+//! Cluster helpers shared by the backup tests that run against the simulated cluster.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::ListParams;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use virtguard_api::{VirtualMachineExport, VirtualMachineInstance, VolumeSnapshot};
+
+async fn count<K>(client: &kube::Client, lp: &ListParams) -> usize
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Api::<K>::all(client.clone())
+        .list(lp)
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+/// Objects of any backup run still in the cluster (snapshots, PVCs, exports, Secrets, Leases).
+pub async fn leftovers(client: &kube::Client) -> usize {
+    let lp = ListParams::default().labels(&virtguard::cluster::cleanup::selector(None));
+    count::<VolumeSnapshot>(client, &lp).await
+        + count::<PersistentVolumeClaim>(client, &lp).await
+        + count::<VirtualMachineExport>(client, &lp).await
+        + count::<Secret>(client, &lp).await
+        + count::<Lease>(client, &lp).await
+}
+
+/// Waits (10 s at most) until VMI `ns/name` is Running.
+pub async fn wait_running(client: &kube::Client, ns: &str, name: &str) {
+    let api = Api::<VirtualMachineInstance>::namespaced(client.clone(), ns);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        kube::runtime::wait::await_condition(api, name, |v: Option<&VirtualMachineInstance>| {
+            v.is_some_and(|v| v.phase() == "Running")
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
