@@ -193,7 +193,7 @@ pub const CATALOG: &[MetricDef] = &[
     m!("virtguard_backup_last_success_timestamp_seconds", Gauge, BACKUP, Cluster,
         "Unix time at which the last successful backup of the VM finished."),
     m!("virtguard_backup_last_attempt_timestamp_seconds", Gauge, BACKUP, Cluster,
-        "Unix time at which the last backup attempt of the VM finished."),
+        "Unix time at which the last backup attempt of the VM started."),
     m!("virtguard_backup_last_status", Gauge, BACKUP, Cluster,
         "Result of the last backup attempt of the VM: 1 ok, 0 failed."),
     m!("virtguard_backup_duration_seconds", Gauge, BACKUP, Cluster,

@@ -1,78 +1,31 @@
 //! The backup status ConfigMaps written by the backup engine and read by cluster mode
-//! (DESIGN §4 step 7; proposed format, to be confirmed with the backup engine).
+//! (DESIGN §4 step 7).
 //!
 //! One ConfigMap `virtguard-status` per namespace, labelled `virtguard.io/status=true`. Each
-//! data key is a VM name; its value is one JSON object about that VM's last backup:
+//! data key is a VM name; its value is the JSON of
+//! [`virtguard_api::status::BackupStatusRecord`] — the contract lives in the api crate, shared with
+//! the writer (`virtguard backup`), so the two cannot drift:
 //!
 //! ```json
-//! {"lastAttempt": "2026-11-21T23:33:02Z", "lastSuccess": "2026-11-21T23:33:02Z",
-//!  "result": "Succeeded", "consistency": "application", "durationSeconds": 41.5,
-//!  "freezeSeconds": 0.8, "bytesRead": 10737418240, "bytesNew": 52428800, "bytesStored": 20971520}
+//! {"lastAttemptTimestamp": 1763768000, "lastSuccessTimestamp": 1763768041, "result": "Succeeded",
+//!  "consistency": "application-consistent", "backupId": "20261121T233302Z-3f9a",
+//!  "durationSeconds": 41.5, "freezeSeconds": 0.8, "bytesRead": 10737418240,
+//!  "bytesNew": 52428800, "bytesStored": 20971520}
 //! ```
 //!
-//! * `lastAttempt` (required), `lastSuccess` (absent or null before the first success): RFC 3339.
-//! * `result`: `Succeeded` or `Failed`; `consistency`: `application` (frozen by the guest agent)
-//!   or `crash`. Field names are camelCase; unknown fields are ignored (forward compatible).
-//! * Error text is deliberately absent: it would tempt a label; it belongs in events and logs.
+//! Timestamps are Unix seconds; unknown fields are ignored (forward compatible); failure reasons
+//! are short fixed codes and never become labels here.
 //!
 //! A malformed entry never fails a scrape: it is skipped (and logged), the other VMs render.
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use virtguard_api::status::{BackupResult, BackupStatusRecord};
 
 use crate::render::{Exposition, Num};
 
 /// One VM's last backup, as stored in the status ConfigMap.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupStatus {
-    /// When the last attempt finished.
-    pub last_attempt: DateTime<Utc>,
-    /// When the last successful backup finished.
-    #[serde(default)]
-    pub last_success: Option<DateTime<Utc>>,
-    /// Outcome of the last attempt.
-    pub result: BackupResult,
-    /// Consistency of the last attempt.
-    #[serde(default)]
-    pub consistency: Option<Consistency>,
-    /// Duration of the last attempt.
-    #[serde(default)]
-    pub duration_seconds: Option<f64>,
-    /// How long the guest filesystems stayed frozen.
-    #[serde(default)]
-    pub freeze_seconds: Option<f64>,
-    /// Bytes read from the disks.
-    #[serde(default)]
-    pub bytes_read: Option<u64>,
-    /// Bytes new to the repository (before compression).
-    #[serde(default)]
-    pub bytes_new: Option<u64>,
-    /// Bytes stored in the repository (after compression).
-    #[serde(default)]
-    pub bytes_stored: Option<u64>,
-}
-
-/// Outcome of a backup attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum BackupResult {
-    /// The backup committed its manifest.
-    Succeeded,
-    /// It did not.
-    Failed,
-}
-
-/// Consistency of a backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    /// Guest filesystems were frozen through the agent.
-    Application,
-    /// No freeze (no agent, paused VM, or freeze failed).
-    Crash,
-}
+pub type BackupStatus = BackupStatusRecord;
 
 /// Parses one ConfigMap's `data`: VM name → status. Malformed entries are skipped.
 pub fn parse_configmap(
@@ -90,8 +43,8 @@ pub fn parse_configmap(
         .collect()
 }
 
-fn ts(t: &DateTime<Utc>) -> Num {
-    Num::Float(t.timestamp_millis() as f64 / 1000.0)
+fn ts(t: i64) -> Num {
+    Num::Float(t as f64)
 }
 
 /// Renders the `virtguard_backup_*` families for `(namespace, vm, status)` entries (sorted by
@@ -100,23 +53,22 @@ pub fn render(out: &mut Exposition, entries: &[(String, String, BackupStatus)]) 
     type Get = fn(&BackupStatus) -> Option<Num>;
     let families: [(&str, Get); 6] = [
         ("virtguard_backup_last_success_timestamp_seconds", |s| {
-            s.last_success.as_ref().map(ts)
+            s.last_success_timestamp.map(ts)
         }),
         ("virtguard_backup_last_attempt_timestamp_seconds", |s| {
-            Some(ts(&s.last_attempt))
+            Some(ts(s.last_attempt_timestamp))
         }),
         ("virtguard_backup_last_status", |s| {
             Some(Num::Int(u64::from(s.result == BackupResult::Succeeded)))
         }),
         ("virtguard_backup_duration_seconds", |s| {
-            s.duration_seconds.map(Num::Float)
+            Some(Num::Float(s.duration_seconds))
         }),
         ("virtguard_backup_freeze_seconds", |s| {
-            s.freeze_seconds.map(Num::Float)
+            Some(Num::Float(s.freeze_seconds))
         }),
         ("virtguard_backup_consistency", |s| {
-            s.consistency
-                .map(|c| Num::Int(u64::from(c == Consistency::Application)))
+            s.consistency.map(|c| Num::Float(c.metric_value()))
         }),
     ];
     for (metric, get) in families {
@@ -134,9 +86,7 @@ pub fn render(out: &mut Exposition, entries: &[(String, String, BackupStatus)]) 
             ("new", s.bytes_new),
             ("stored", s.bytes_stored),
         ] {
-            if let Some(v) = v {
-                f.sample(&[ns, vm, kind], &[], Num::Int(v));
-            }
+            f.sample(&[ns, vm, kind], &[], Num::Int(v));
         }
     }
 }
@@ -150,11 +100,11 @@ mod tests {
         let mut data = BTreeMap::new();
         data.insert(
             "db".to_string(),
-            r#"{"lastAttempt":"2026-11-21T23:33:02Z","lastSuccess":"2026-11-21T23:33:02.5Z","result":"Succeeded","consistency":"application","durationSeconds":41.5,"freezeSeconds":0.8,"bytesRead":100,"bytesNew":10,"bytesStored":5,"future":1}"#.to_string(),
+            r#"{"lastAttemptTimestamp":1795303900,"lastSuccessTimestamp":1795303982,"result":"Succeeded","consistency":"application-consistent","durationSeconds":41.5,"freezeSeconds":0.8,"bytesRead":100,"bytesNew":10,"bytesStored":5,"future":1}"#.to_string(),
         );
         data.insert(
             "web".to_string(),
-            r#"{"lastAttempt":"2026-11-22T01:00:00Z","lastSuccess":null,"result":"Failed","consistency":"crash"}"#.to_string(),
+            r#"{"lastAttemptTimestamp":1795309200,"result":"Failed","reason":"snapshot","consistency":"crash-consistent","durationSeconds":3.0,"freezeSeconds":0.0,"bytesRead":0,"bytesNew":0,"bytesStored":0}"#.to_string(),
         );
         data.insert("broken".to_string(), "{not json".to_string());
         let parsed = parse_configmap("prod", &data);
@@ -167,7 +117,7 @@ mod tests {
         render(&mut out, &entries);
         let text = out.into_string();
         for line in [
-            "virtguard_backup_last_success_timestamp_seconds{namespace=\"prod\",name=\"db\"} 1795303982.5\n",
+            "virtguard_backup_last_success_timestamp_seconds{namespace=\"prod\",name=\"db\"} 1795303982\n",
             "virtguard_backup_last_status{namespace=\"prod\",name=\"db\"} 1\n",
             "virtguard_backup_last_status{namespace=\"prod\",name=\"web\"} 0\n",
             "virtguard_backup_consistency{namespace=\"prod\",name=\"web\"} 0\n",
