@@ -5,6 +5,8 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = virtguard::cli::Cli::parse();
+    // kube (ring) and the AWS SDK (aws-lc-rs) both link rustls providers: pick one up front.
+    virtguard::cluster::install_crypto_provider();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

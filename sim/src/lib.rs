@@ -92,6 +92,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Selects rustls' process-wide crypto provider (ring) unless one is installed already. In a
+/// build where another crate also enables aws-lc-rs (a workspace build with the AWS SDK), rustls
+/// cannot choose by itself and the first TLS client (kube, reqwest) would panic.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Controller timings. Defaults are small so tests run fast.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -207,6 +214,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 impl Sim {
     /// Start the API server, the export server and the controllers, and apply the scenario.
     pub async fn start(config: SimConfig) -> Result<Sim> {
+        install_crypto_provider();
         let (tmp, state_dir) = match &config.state_dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -323,6 +331,7 @@ impl Sim {
 
     /// A kube client built from the written kubeconfig, exactly as a user's would be.
     pub async fn client(&self) -> Result<kube::Client> {
+        install_crypto_provider();
         let err = |m: String| Error::Client {
             path: self.kubeconfig.clone(),
             message: m,
