@@ -42,6 +42,24 @@ async fn sim() -> Sim {
     sim
 }
 
+/// A fresh, initialised local repository (the TempDir keeps it alive).
+fn init_repo(sim: &Sim) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let o = virtguard(sim, &repo, &["init"]);
+    assert!(o.status.success(), "{}", text(&o));
+    (dir, repo)
+}
+
+/// Makes the snapshot of `prod/web-root` never get `creationTime` (the guest stays frozen).
+fn never_cut(sim: &Sim) {
+    sim.inject(FaultRule {
+        op: "snapshot-no-creation-time".into(),
+        target: Some("prod/web-root".into()),
+        ..Default::default()
+    });
+}
+
 /// Runs the binary; blocks this worker only (the sim keeps serving on the others).
 fn virtguard(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
     tokio::task::block_in_place(|| run(sim, repo, args))
@@ -70,10 +88,7 @@ fn text(o: &Output) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_all_namespaces_skips_opted_out_and_summarises() {
     let sim = sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let o = virtguard(&sim, &repo, &["init"]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (_dir, repo) = init_repo(&sim);
 
     let o = virtguard(&sim, &repo, &["backup", "--all-namespaces"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -106,9 +121,7 @@ async fn a_failed_vm_gives_exit_1_and_names_the_vm_and_reason() {
         message: Some("injected: backend offline".into()),
         ..Default::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    let (_dir, repo) = init_repo(&sim);
     let o = virtguard(&sim, &repo, &["backup", "--all-namespaces"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -126,9 +139,7 @@ async fn a_failed_vm_gives_exit_1_and_names_the_vm_and_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_selection_is_a_usage_error() {
     let sim = sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    let (_dir, repo) = init_repo(&sim);
     let o = virtguard(&sim, &repo, &["backup", "--vm", "just-a-name"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
@@ -164,14 +175,8 @@ fn last_freeze_action(sim: &Sim, vmi: &str) -> Option<virtguard_sim::FreezeActio
 async fn sigterm_while_frozen_thaws_and_cleans_up() {
     let sim = sim().await;
     // The snapshot is never cut, so the run sits with the guest frozen.
-    sim.inject(FaultRule {
-        op: "snapshot-no-creation-time".into(),
-        target: Some("prod/web-root".into()),
-        ..Default::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    never_cut(&sim);
+    let (_dir, repo) = init_repo(&sim);
     let child = Command::new(env!("CARGO_BIN_EXE_virtguard"))
         .args(["--repo", repo.to_str().unwrap(), "--quiet"])
         .args([
@@ -225,14 +230,8 @@ async fn sigterm_while_frozen_thaws_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_that_is_never_cut_times_out_thawed() {
     let sim = sim().await;
-    sim.inject(FaultRule {
-        op: "snapshot-no-creation-time".into(),
-        target: Some("prod/web-root".into()),
-        ..Default::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    assert!(virtguard(&sim, &repo, &["init"]).status.success());
+    never_cut(&sim);
+    let (_dir, repo) = init_repo(&sim);
     let o = virtguard(
         &sim,
         &repo,

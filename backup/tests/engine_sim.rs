@@ -79,6 +79,21 @@ async fn env() -> Env {
     }
 }
 
+/// Backs up VM `prod/<vm>` with the default configuration.
+async fn backup(
+    e: &Env,
+    vm: &str,
+) -> Result<virtguard::engine::backup::VmBackupReport, virtguard::engine::EngineError> {
+    backup_vm(
+        &e.client,
+        e.repo.clone(),
+        "prod",
+        vm,
+        &BackupConfig::default(),
+    )
+    .await
+}
+
 fn sha(path: &std::path::Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
@@ -184,15 +199,7 @@ async fn snapshot_error_thaws_cleans_up_and_writes_no_manifest() {
         message: Some("rbd: quota exceeded".into()),
         ..Default::default()
     });
-    let err = backup_vm(
-        &e.client,
-        e.repo.clone(),
-        "prod",
-        "db",
-        &BackupConfig::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = backup(&e, "db").await.unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("prod/db") && msg.contains("quota exceeded"),
@@ -224,16 +231,7 @@ async fn snapshot_error_thaws_cleans_up_and_writes_no_manifest() {
 #[tokio::test]
 async fn unknown_vm_is_a_clear_error() {
     let e = env().await;
-    let err = backup_vm(
-        &e.client,
-        e.repo.clone(),
-        "prod",
-        "ghost",
-        &BackupConfig::default(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = backup(&e, "ghost").await.unwrap_err().to_string();
     assert!(
         err.contains("prod/ghost") && err.contains("not found"),
         "{err}"
@@ -253,28 +251,12 @@ async fn a_vm_is_not_backed_up_twice_at_once() {
     )
     .await
     .unwrap();
-    let err = backup_vm(
-        &e.client,
-        e.repo.clone(),
-        "prod",
-        "noagent",
-        &BackupConfig::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = backup(&e, "noagent").await.unwrap_err();
     assert_eq!(err.reason(), "busy");
     assert!(err.to_string().contains("20261122T000000Z-0000"), "{err}");
     other.release().await;
     // Released: the next run goes ahead, and leaves no lease behind.
-    backup_vm(
-        &e.client,
-        e.repo.clone(),
-        "prod",
-        "noagent",
-        &BackupConfig::default(),
-    )
-    .await
-    .unwrap();
+    backup(&e, "noagent").await.unwrap();
     let leases =
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(e.client.clone(), "prod")
             .list(&ListParams::default())
