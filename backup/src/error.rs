@@ -112,6 +112,10 @@ pub enum Error {
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
 
+    /// `--dispatch jobs` could not create or follow its Jobs.
+    #[error(transparent)]
+    Dispatch(#[from] crate::engine::dispatch::DispatchError),
+
     /// The cluster could not be reached or configured.
     #[error("connecting to the Kubernetes API: {0} (set KUBECONFIG, or run inside a pod with a service account)")]
     KubeConfig(String),

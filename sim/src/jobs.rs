@@ -7,13 +7,15 @@
 //! plus `KUBECONFIG` pointing at the sim's kubeconfig (there is no service account). Output goes
 //! to `<state>/jobs/<ns>_<name>.log`. Status: `startTime` and `active: 1` at start, then
 //! `succeeded: 1` + condition `Complete` or `failed: 1` + condition `Failed` with the exit
-//! code. Deleting the Job kills the process. No Pods are created, no retries (`backoffLimit`
+//! code. Deleting the Job stops the process like the kubelet stops a pod: SIGTERM, then SIGKILL
+//! after `terminationGracePeriodSeconds`. `envFrom` Secret/ConfigMap refs are honoured. No Pods are created, no retries (`backoffLimit`
 //! is ignored), no parallelism. Jobs with other images fail at once with reason
 //! `ImageNotSimulated`. CronJobs are stored but never scheduled.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,8 @@ pub struct JobsState {
     bin: Option<PathBuf>,
     pub(crate) kubeconfig: OnceLock<PathBuf>,
     children: tokio::sync::Mutex<HashMap<String, (String, tokio::process::Child)>>,
+    /// terminationGracePeriodSeconds of running Jobs, by uid.
+    grace: Mutex<HashMap<String, Duration>>,
     runs: Mutex<Vec<JobRun>>,
 }
 
@@ -49,6 +53,7 @@ impl JobsState {
             bin,
             kubeconfig: OnceLock::new(),
             children: tokio::sync::Mutex::new(HashMap::new()),
+            grace: Mutex::new(HashMap::new()),
             runs: Mutex::new(Vec::new()),
         }
     }
@@ -97,7 +102,69 @@ fn env_value(inner: &Inner, ns: &str, e: &Value) -> Option<String> {
     None
 }
 
-/// One pass: start new Jobs, reap finished ones, kill deleted ones.
+/// Variables from the container's `envFrom` (`secretRef` / `configMapRef`, with `prefix`), in
+/// order; a later `env` entry overrides them, as in a real pod. A missing optional source is
+/// skipped; a missing required one leaves its variables unset (a real pod would not start).
+fn env_from(inner: &Inner, ns: &str, c: &Value) -> Vec<(String, String)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::new();
+    for src in c
+        .get("envFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let prefix = src.get("prefix").and_then(Value::as_str).unwrap_or("");
+        let (plural, r) = match (src.get("secretRef"), src.get("configMapRef")) {
+            (Some(r), _) => ("secrets", r),
+            (None, Some(r)) => ("configmaps", r),
+            _ => continue,
+        };
+        let Some(name) = r.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(obj) = inner.store.get(inner.rid("", plural), ns, name) else {
+            continue;
+        };
+        if let Some(d) = obj.get("data").and_then(Value::as_object) {
+            for (k, v) in d {
+                let v = v.as_str().unwrap_or("");
+                let v = if plural == "secrets" {
+                    b64.decode(v).ok().and_then(|b| String::from_utf8(b).ok())
+                } else {
+                    Some(v.to_string())
+                };
+                if let Some(v) = v {
+                    out.push((format!("{prefix}{k}"), v));
+                }
+            }
+        }
+        if let Some(d) = obj.get("stringData").and_then(Value::as_object) {
+            for (k, v) in d {
+                if let Some(v) = v.as_str() {
+                    out.push((format!("{prefix}{k}"), v.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Stops a Job's process the way the kubelet stops a pod: SIGTERM, then SIGKILL after the pod's
+/// `terminationGracePeriodSeconds` (default 30 s), in the background.
+fn terminate(mut c: tokio::process::Child, grace: Duration) {
+    let Some(pid) = c.id() else { return };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    tokio::spawn(async move {
+        if tokio::time::timeout(grace, c.wait()).await.is_err() {
+            let _ = c.kill().await;
+        }
+    });
+}
+
+/// One pass: start new Jobs, reap finished ones, stop deleted ones.
 pub(crate) async fn reconcile(inner: &Inner) {
     let res = inner.rid("batch", "jobs");
     let (jobs, _) = inner.store.list(res, None);
@@ -113,8 +180,15 @@ pub(crate) async fn reconcile(inner: &Inner) {
         .cloned()
         .collect();
     for k in gone {
-        if let Some((_, mut c)) = children.remove(&k) {
-            let _ = c.kill().await;
+        if let Some((_, c)) = children.remove(&k) {
+            let grace = inner
+                .jobs
+                .grace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&k)
+                .unwrap_or(Duration::from_secs(30));
+            terminate(c, grace);
         }
     }
     for job in jobs {
@@ -209,6 +283,9 @@ pub(crate) async fn reconcile(inner: &Inner) {
             cmd.env("KUBECONFIG", kc);
         }
         cmd.env("POD_NAMESPACE", &ns);
+        for (k, v) in env_from(inner, &ns, &c) {
+            cmd.env(k, v);
+        }
         for e in c
             .get("env")
             .and_then(Value::as_array)
@@ -235,6 +312,16 @@ pub(crate) async fn reconcile(inner: &Inner) {
                         exit_code: None,
                         log: log.clone(),
                     });
+                let grace = job
+                    .pointer("/spec/template/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(30);
+                inner
+                    .jobs
+                    .grace
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uid.clone(), Duration::from_secs(grace));
                 children.insert(uid, (key, child));
                 let _ = inner.store.mutate(res, &ns, &name, |o| {
                     o["status"] = json!({"startTime": now_rfc3339(), "active": 1, "ready": 1});

@@ -46,6 +46,42 @@ pub struct BackupArgs {
     /// Longest wait for a VirtualMachineExport to become Ready
     #[arg(long, default_value = "10m")]
     pub export_timeout: humantime::Duration,
+    /// Where the data moves: `inline` backs up in this process; `jobs` creates one Kubernetes
+    /// Job per VM (at most --parallel at once) that runs `virtguard backup --vm NS/NAME`, waits
+    /// for them and summarises
+    #[arg(long, value_enum, default_value_t = Dispatch::Inline)]
+    pub dispatch: Dispatch,
+    /// With --dispatch jobs: this process's own Job, whose pod template (image, service account,
+    /// Secret env, volumes) the per-VM Jobs copy and which owns them. In a CronJob set it from
+    /// the downward API label batch.kubernetes.io/job-name
+    #[arg(long, env = "VIRTGUARD_OWNER_JOB")]
+    pub owner_job: Option<String>,
+    /// With --dispatch jobs: namespace of the per-VM Jobs [default: $POD_NAMESPACE, else the
+    /// kubeconfig's namespace]
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub job_namespace: Option<String>,
+    /// With --dispatch jobs and no owner Job: the image of the per-VM Jobs
+    #[arg(long)]
+    pub job_image: Option<String>,
+    /// With --dispatch jobs and no owner Job: their service account
+    #[arg(long)]
+    pub job_service_account: Option<String>,
+    /// With --dispatch jobs and no owner Job: a Secret whose keys become their environment
+    /// (repository credentials, VIRTGUARD_KEY)
+    #[arg(long)]
+    pub job_env_secret: Option<String>,
+    /// With --dispatch jobs: a per-VM Job running longer than this fails
+    #[arg(long, default_value = "12h")]
+    pub job_deadline: humantime::Duration,
+}
+
+/// Where `virtguard backup` moves the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dispatch {
+    /// In this process
+    Inline,
+    /// One Kubernetes Job per VM
+    Jobs,
 }
 
 /// `virtguard cleanup`: what to delete.
@@ -138,6 +174,9 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
         println!("no VMs selected");
         return Ok(());
     }
+    if a.dispatch == Dispatch::Jobs {
+        return dispatch_jobs(config, &client, vms, &a).await;
+    }
     let cfg = BackupConfig {
         unfreeze_timeout: a.unfreeze_timeout.into(),
         snapshot_created_timeout: a.snapshot_created_timeout.into(),
@@ -195,6 +234,116 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
             Err(e) => {
                 println!("{vm:<40} {:<8} {}", "FAILED", e.reason());
                 failed.push(format!("{e}"));
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::BackupsFailed {
+            failed: failed.len(),
+            total,
+            details: failed.join("\n  "),
+        })
+    }
+}
+
+/// `virtguard backup --dispatch jobs`: one Job per VM, then the summary.
+async fn dispatch_jobs(
+    config: &Config,
+    client: &Client,
+    vms: Vec<(String, String)>,
+    a: &BackupArgs,
+) -> Result<()> {
+    use crate::engine::dispatch::{self, DispatchConfig};
+    let namespace = a
+        .job_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    // Locations only: credentials reach the children through the Secret in their template.
+    let mut child_args = vec![
+        format!("--repo={}", config.repo),
+        format!("--unfreeze-timeout={}", a.unfreeze_timeout),
+        format!("--snapshot-created-timeout={}", a.snapshot_created_timeout),
+        format!("--snapshot-ready-timeout={}", a.snapshot_ready_timeout),
+        format!("--export-timeout={}", a.export_timeout),
+    ];
+    if let Some(e) = &config.s3_endpoint {
+        child_args.push(format!("--s3-endpoint={e}"));
+    }
+    if let Some(r) = &config.s3_region {
+        child_args.push(format!("--s3-region={r}"));
+    }
+    if config.s3_path_style {
+        child_args.push("--s3-path-style".into());
+    }
+    let cfg = DispatchConfig {
+        namespace: namespace.clone(),
+        parallel: a.parallel.max(1),
+        owner_job: a.owner_job.clone().filter(|n| !n.is_empty()),
+        image: a.job_image.clone(),
+        service_account: a.job_service_account.clone(),
+        env_secret: a.job_env_secret.clone(),
+        child_args,
+        job_deadline: a.job_deadline.into(),
+    };
+    if cfg.owner_job.is_none() && cfg.image.is_none() {
+        return Err(Error::Invalid(
+            dispatch::DispatchError::NoTemplate.to_string(),
+        ));
+    }
+    let run = crate::repo::format::BackupId::new_now()
+        .as_str()
+        .to_string();
+    let total = vms.len();
+    eprintln!("dispatching {total} VM(s) as Jobs in namespace {namespace} (run {run}, at most {} at once)", cfg.parallel);
+    let results = tokio::select! {
+        r = dispatch::dispatch(client, vms, &cfg, &run) => r?,
+        signal = shutdown_signal() => {
+            eprintln!("{signal}: stopping; deleting the unfinished per-VM Jobs (their pods thaw and clean up)");
+            match dispatch::cancel(client, &namespace, &run).await {
+                Ok(deleted) => for d in deleted { eprintln!("deleted Job {namespace}/{d}") },
+                Err(e) => eprintln!("{e}; delete Jobs labelled {}={run} by hand", dispatch::DISPATCH_RUN),
+            }
+            return Err(Error::Interrupted { signal });
+        }
+    };
+    let mut failed = Vec::new();
+    println!(
+        "{:<40} {:<8} {:<24} {:>9} {:>9} {:>12}  JOB",
+        "VM", "RESULT", "CONSISTENCY", "FREEZE", "DURATION", "STORED"
+    );
+    for o in &results {
+        let st = o.status.as_ref();
+        let consistency = st
+            .and_then(|s| s.consistency)
+            .and_then(|c| serde_json::to_value(c).ok())
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        match &o.result {
+            Ok(()) => println!(
+                "{:<40} {:<8} {:<24} {:>8.2}s {:>8.1}s {:>12}  {}",
+                o.vm,
+                "ok",
+                consistency,
+                st.map_or(0.0, |s| s.freeze_seconds),
+                st.map_or(0.0, |s| s.duration_seconds),
+                indicatif::HumanBytes(st.map_or(0, |s| s.bytes_stored)),
+                o.job
+            ),
+            Err(e) => {
+                let reason = st
+                    .and_then(|s| s.reason.clone())
+                    .unwrap_or_else(|| "job".into());
+                println!(
+                    "{:<40} {:<8} {:<24} {:>9} {:>9} {:>12}  {}",
+                    o.vm, "FAILED", reason, "", "", "", o.job
+                );
+                failed.push(format!(
+                    "{}: {e} (logs: kubectl logs -n {namespace} job/{})",
+                    o.vm, o.job
+                ));
             }
         }
     }

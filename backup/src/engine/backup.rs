@@ -539,7 +539,8 @@ async fn stream(
     Ok((freeze, stats))
 }
 
-async fn read_status(client: &Client, namespace: &str, vm: &str) -> Option<BackupStatusRecord> {
+/// The status record of `vm` in the namespace's status ConfigMap, if any.
+pub async fn read_status(client: &Client, namespace: &str, vm: &str) -> Option<BackupStatusRecord> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(labels::STATUS_CONFIGMAP)
         .await
