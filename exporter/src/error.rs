@@ -72,4 +72,14 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A command-line flag has an unusable value (permanent: fix the flag).
+    #[error("invalid {flag} value `{value}`: {reason}")]
+    InvalidFlag {
+        /// The flag.
+        flag: &'static str,
+        /// The offending value.
+        value: String,
+        /// Why it is refused and what to do.
+        reason: String,
+    },
 }

@@ -4,7 +4,9 @@
 //!   alert rules and dashboards depend on.
 //! * [`node`] — node mode (DaemonSet): libvirt discovery, stats collection, identity mapping;
 //!   the only `unsafe` code of the project is in [`node::ffi`].
-//! * [`cluster`] — cluster mode (so far only the backup status ConfigMap format).
+//! * [`cluster`] — cluster mode (Deployment): reflectors over VMIMs, VMIs, VM snapshots,
+//!   restored PVCs and the backup status ConfigMaps, rendered at scrape time.
+//! * [`allowlist`] — `--vmi-label-allowlist`: VMI labels copied onto per-VM series.
 //! * [`http`] — `/metrics`, `/healthz`, `/readyz`, optional TLS, graceful shutdown.
 //! * [`render`] — Prometheus text exposition, rendered fresh on every scrape.
 //! * [`error`] — the crate's error type.
@@ -12,6 +14,7 @@
 //! Node mode reads libvirt domain stats of the VMs on its node; cluster mode (Deployment) reads
 //! Kubernetes objects through reflectors. See DESIGN §2.
 
+pub mod allowlist;
 pub mod catalog;
 pub mod cluster;
 pub mod error;
