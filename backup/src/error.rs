@@ -116,6 +116,10 @@ pub enum Error {
     #[error(transparent)]
     Dispatch(#[from] crate::engine::dispatch::DispatchError),
 
+    /// A restore into the cluster failed (the message names the object and what to do).
+    #[error(transparent)]
+    Restore(#[from] crate::engine::restore::RestoreError),
+
     /// The cluster could not be reached or configured.
     #[error("connecting to the Kubernetes API: {0} (set KUBECONFIG, or run inside a pod with a service account)")]
     KubeConfig(String),

@@ -108,6 +108,9 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
     match command {
         Command::Backup(a) => super::cluster_cmds::backup(config, open(config).await?, a).await,
         Command::Cleanup(a) => super::cluster_cmds::cleanup(a).await,
+        Command::Restore(a) => super::restore_cmds::restore(config, a).await,
+        Command::Download(a) => super::restore_cmds::download(config, a).await,
+        Command::RestoreVolume(a) => super::restore_cmds::restore_volume(config, a).await,
         Command::Init(a) => {
             let store = config.store().await?;
             let encrypted = config.key.is_some();

@@ -10,8 +10,10 @@
 
 mod cluster_cmds;
 mod commands;
+mod restore_cmds;
 
 pub use cluster_cmds::{BackupArgs, CleanupArgs};
+pub use restore_cmds::{DownloadArgs, RestoreArgs, RestoreVolumeArgs};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,6 +123,13 @@ pub enum Command {
     Backup(BackupArgs),
     /// Delete objects left behind by killed backup runs (only objects virtguard created)
     Cleanup(CleanupArgs),
+    /// Restore a VM from a backup into the cluster (as a copy, or in place)
+    Restore(RestoreArgs),
+    /// Write one disk of a backup to a local raw or qcow2 file
+    Download(DownloadArgs),
+    /// Internal: write one volume into a PVC (what restore Jobs run)
+    #[command(hide = true)]
+    RestoreVolume(RestoreVolumeArgs),
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod dispatch;
+pub mod restore;
 
 /// Errors of the engine. Each names the VM and the step.
 #[derive(Debug, thiserror::Error)]
