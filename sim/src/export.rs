@@ -322,7 +322,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, req: Request<Incoming>) -> Response
             };
             let drop_after = inner
                 .faults
-                .object("export-drop-after", &ns, &[&name])
+                .object_event("export-drop-after", &ns, &[&name])
                 .and_then(|r| r.bytes);
             let range = req
                 .headers()

@@ -12,7 +12,7 @@
 //! | `snapshot-no-creation-time` | the VolumeSnapshot never even gets `creationTime` |
 //! | `snapshot-error` | the VolumeSnapshot gets `status.error` with `message` |
 //! | `export-never-ready` | the VirtualMachineExport (target = its name) stays `Pending` |
-//! | `export-drop-after` | downloads from that export stop after `bytes` bytes (connection dropped) |
+//! | `export-drop-after` | downloads from that export stop after `bytes` bytes (connection dropped); `call`/`times` count downloads |
 //! | `upload-fail` | the CDI upload proxy answers `status` for that PVC |
 
 use std::sync::Mutex;
@@ -140,6 +140,28 @@ impl Faults {
     /// REST calls: op is `<verb> <plural>`.
     pub fn api_call(&self, verb: &str, plural: &str, ns: &str, name: &str) -> Option<ApiError> {
         self.call(&format!("{verb} {plural}"), ns, name)
+    }
+
+    /// A counted object fault (e.g. one download of an export): like [`Faults::object`], but the
+    /// event counts against the rule, which then honours `call` / `times` like a call fault.
+    pub fn object_event(&self, op: &str, ns: &str, names: &[&str]) -> Option<FaultRule> {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fired = None;
+        for (rule, count) in rules.iter_mut() {
+            if rule.op != op || !rule.targets(ns, names) {
+                continue;
+            }
+            *count += 1;
+            let fires = match (rule.call, rule.times) {
+                (Some(n), _) => *count == n,
+                (None, Some(t)) => *count <= t,
+                (None, None) => true,
+            };
+            if fires && fired.is_none() {
+                fired = Some(rule.clone());
+            }
+        }
+        fired
     }
 
     /// An object fault: the first rule with `op` targeting any of `names` in `ns`.

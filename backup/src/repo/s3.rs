@@ -146,7 +146,28 @@ impl S3Store {
             }
             _ => false,
         };
-        let mut message = DisplayErrorContext(&e).to_string();
+        let mut message = match &e {
+            // The server's own words, without the SDK's debug dump.
+            SdkError::ServiceError(se) => format!(
+                "{}: {}",
+                code.as_deref().unwrap_or("error"),
+                se.err().message().unwrap_or("(no message)")
+            ),
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                format!(
+                    "cannot reach {}: {cause} (check --s3-endpoint / VIRTGUARD_S3_ENDPOINT and that the server is up)",
+                    self.opts
+                        .endpoint
+                        .as_deref()
+                        .unwrap_or("the AWS S3 endpoint")
+                )
+            }
+            _ => DisplayErrorContext(&e).to_string(),
+        };
         if let Some(s) = status {
             message = format!("HTTP {s}: {message}");
         }

@@ -130,6 +130,8 @@ pub enum FaultPlan {
     EveryNth(u64),
     /// Every PUT fails with 500, forever.
     AllPutsFail,
+    /// Every PUT of a chunk (`/chunks/` in the path) fails with 500, forever.
+    ChunkPutsFail,
 }
 
 /// An HTTP/1.1 proxy in front of S3 that injects faults; one upstream connection per request.
@@ -295,6 +297,7 @@ async fn serve_conn(
         let fault = match plan {
             FaultPlan::EveryNth(k) if n % k == 0 => ROTATION[((n / k) as usize) % ROTATION.len()],
             FaultPlan::AllPutsFail if is_put => Fault::Status500,
+            FaultPlan::ChunkPutsFail if is_put && head.contains("/chunks/") => Fault::Status500,
             _ => Fault::Pass,
         };
         if fault != Fault::Pass {
