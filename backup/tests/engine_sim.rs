@@ -28,6 +28,7 @@ vms:
     disks:
       - {name: root, size: 12Mi, content: {random: 1}}
       - {name: data, size: 8Mi, content: {pattern: "row,"}, used: 2Mi}
+      - {name: logs, size: 3Mi, content: {random: 4}}
   - namespace: prod
     name: noagent
     guestAgent: false
@@ -116,12 +117,13 @@ async fn backs_up_three_kinds_of_vm_and_restores_identical_images() {
     let cfg = BackupConfig::default();
     let want_root = sha(&e.sim.pvc_path("prod", "db-root").unwrap());
     let want_data = sha(&e.sim.pvc_path("prod", "db-data").unwrap());
+    let want_logs = sha(&e.sim.pvc_path("prod", "db-logs").unwrap());
 
     let r = backup_vm(&e.client, e.repo.clone(), "prod", "db", &cfg)
         .await
         .unwrap();
     assert_eq!(r.consistency, Consistency::ApplicationConsistent);
-    assert_eq!(r.volumes.len(), 2);
+    assert_eq!(r.volumes.len(), 3);
     assert!(
         r.freeze > Duration::ZERO && r.freeze < Duration::from_secs(5),
         "{:?}",
@@ -141,7 +143,11 @@ async fn backs_up_three_kinds_of_vm_and_restores_identical_images() {
     let backup = e.repo.find_backup(&r.backup_id).await.unwrap();
     let manifest = e.repo.load_manifest(&backup).await.unwrap();
     let out = tempfile::tempdir().unwrap();
-    for (vol, want) in [("root", &want_root), ("data", &want_data)] {
+    for (vol, want) in [
+        ("root", &want_root),
+        ("data", &want_data),
+        ("logs", &want_logs),
+    ] {
         let target = out.path().join(vol);
         virtguard::repo::restore::restore_to_file(
             &e.repo,
@@ -187,6 +193,70 @@ async fn backs_up_three_kinds_of_vm_and_restores_identical_images() {
         common::cluster::leftovers(&e.client).await,
         0,
         "every temporary object is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_after_the_snapshot_instant_are_not_in_the_backup() {
+    let e = env().await;
+    let disk = e.sim.pvc_path("prod", "noagent-root").unwrap();
+    let before = sha(&disk);
+    let client = e.client.clone();
+    let repo = e.repo.clone();
+    let run = tokio::spawn(async move {
+        backup_vm(&client, repo, "prod", "noagent", &BackupConfig::default()).await
+    });
+    // As soon as the snapshot has its creationTime (readyToUse comes 800 ms later and the
+    // export after that), overwrite the live disk.
+    let snaps = Api::<virtguard_api::VolumeSnapshot>::namespaced(e.client.clone(), "prod");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cut = snaps
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|s| {
+                s.status
+                    .as_ref()
+                    .and_then(|st| st.creation_time.as_ref())
+                    .is_some()
+            });
+        if cut {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no snapshot was cut");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(&[0xEE; 256 * 1024]).unwrap();
+        f.sync_all().unwrap();
+    }
+    assert_ne!(sha(&disk), before);
+    let r = run.await.unwrap().unwrap();
+
+    let backup = e.repo.find_backup(&r.backup_id).await.unwrap();
+    let manifest = e.repo.load_manifest(&backup).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("root");
+    virtguard::repo::restore::restore_to_file(
+        &e.repo,
+        &manifest,
+        "root",
+        &target,
+        &RestoreOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sha(&target),
+        before,
+        "the backup is the disk at the snapshot instant"
     );
 }
 
