@@ -11,6 +11,13 @@
 //! after `terminationGracePeriodSeconds`. `envFrom` Secret/ConfigMap refs are honoured. No Pods are created, no retries (`backoffLimit`
 //! is ignored), no parallelism. Jobs with other images fail at once with reason
 //! `ImageNotSimulated`. CronJobs are stored but never scheduled.
+//!
+//! PVC volumes: there is no container filesystem, so paths are mapped in the arguments. A
+//! `volumeDevices[].devicePath` of a `persistentVolumeClaim` pod volume becomes the PVC's
+//! backing file; a `volumeMounts[].mountPath` of one becomes a directory
+//! `<state>/jobs/<ns>_<job>.mnt/<volume>/` holding `disk.img`, a symlink to the PVC's backing
+//! file (CDI's layout of a Filesystem-mode disk). An argument equal to a device path, or
+//! starting with `<mountPath>/` (also after `--flag=`), is rewritten.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -164,6 +171,101 @@ fn terminate(mut c: tokio::process::Child, grace: Duration) {
     });
 }
 
+/// Rewrites container paths of PVC volumes in `args` into host paths (see the module docs).
+fn map_volume_paths(
+    inner: &Inner,
+    job: &Value,
+    c: &Value,
+    ns: &str,
+    name: &str,
+    args: Vec<String>,
+) -> Option<Vec<String>> {
+    let claims: HashMap<String, String> = job
+        .pointer("/spec/template/spec/volumes")
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter_map(|v| {
+                    Some((
+                        v.get("name")?.as_str()?.to_string(),
+                        v.pointer("/persistentVolumeClaim/claimName")?
+                            .as_str()?
+                            .to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // (container path, host path, is a mount directory)
+    let mut map: Vec<(String, String, bool)> = Vec::new();
+    let list = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for d in list("volumeDevices") {
+        let (Some(vol), Some(path)) = (
+            d.get("name").and_then(Value::as_str),
+            d.get("devicePath").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        if let Some(claim) = claims.get(vol) {
+            let file = crate::snapshot::pvc_file(inner, ns, claim).ok()?;
+            map.push((path.to_string(), file.display().to_string(), false));
+        }
+    }
+    for m in list("volumeMounts") {
+        let (Some(vol), Some(path)) = (
+            m.get("name").and_then(Value::as_str),
+            m.get("mountPath").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let Some(claim) = claims.get(vol) else {
+            continue;
+        };
+        let file = crate::snapshot::pvc_file(inner, ns, claim).ok()?;
+        let dir = inner
+            .state_dir
+            .join("jobs")
+            .join(format!("{ns}_{name}.mnt"))
+            .join(vol);
+        let _ = std::fs::create_dir_all(&dir);
+        let link = dir.join("disk.img");
+        let _ = std::fs::remove_file(&link);
+        if std::os::unix::fs::symlink(&file, &link).is_ok() {
+            map.push((
+                path.trim_end_matches('/').to_string(),
+                dir.display().to_string(),
+                true,
+            ));
+        }
+    }
+    let mapped = args
+        .into_iter()
+        .map(|a| {
+            let (flag, value) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (format!("{f}="), v.to_string()),
+                _ => (String::new(), a.clone()),
+            };
+            for (from, to, dir) in &map {
+                if !dir && value == *from {
+                    return format!("{flag}{to}");
+                }
+                if *dir {
+                    if let Some(rest) = value.strip_prefix(&format!("{from}/")) {
+                        return format!("{flag}{to}/{rest}");
+                    }
+                }
+            }
+            a
+        })
+        .collect();
+    Some(mapped)
+}
+
 /// One pass: start new Jobs, reap finished ones, stop deleted ones.
 pub(crate) async fn reconcile(inner: &Inner) {
     let res = inner.rid("batch", "jobs");
@@ -259,6 +361,10 @@ pub(crate) async fn reconcile(inner: &Inner) {
             args.remove(0);
         }
         args.extend(strs(c.get("args")));
+        // Like a pod, the process starts once its PVCs are bound.
+        let Some(args) = map_volume_paths(inner, &job, &c, &ns, &name, args) else {
+            continue;
+        };
         let bin = inner
             .jobs
             .bin

@@ -1124,6 +1124,10 @@ async fn execute_inner(
     }
     // The VM last.
     let vmapi: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &vm_ar());
+    if live_vm.is_some() {
+        // Re-read: stopping it changed its resourceVersion.
+        live_vm = get_opt(ctx.client, ns, &vm_ar(), "VirtualMachine", &plan.name).await?;
+    }
     match (plan.mode, live_vm) {
         (Mode::InPlace, Some(live)) => {
             let mut obj = plan.vm.clone();

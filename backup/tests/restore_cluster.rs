@@ -1,0 +1,604 @@
+//! `virtguard restore` and `virtguard download`: the real binary against the simulated cluster
+//! (CDI upload proxy, Jobs run as local processes) and real repositories (s3s-fs and local).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use virtguard_api::{DataVolume, VirtualMachine};
+use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
+
+const SCENARIO: &str = r#"
+namespaces: [prod, dr]
+storageClasses:
+  - {name: fast, driver: sim.csi.virtguard.io, default: true, snapshotClass: fast-snap}
+  - {name: ssd, driver: sim.csi.virtguard.io}
+nads:
+  - {namespace: prod, name: br-data}
+vms:
+  - namespace: prod
+    name: db
+    running: false
+    networks: [br-data]
+    disks:
+      - {name: root, size: 6Mi, content: {random: 7}, used: 2Mi}
+      - {name: data, size: 3Mi, content: {pattern: "data"}}
+"#;
+
+const MAC0: &str = "02:aa:bb:cc:dd:01";
+const MAC1: &str = "02:aa:bb:cc:dd:02";
+const UUID: &str = "5d307ca9-b3ef-428c-8861-06e72d69f223";
+
+async fn sim() -> Sim {
+    virtguard::cluster::install_crypto_provider();
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
+        virtguard_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_virtguard"))),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Give the VM a fixed identity: MACs, firmware UUID, Spiderpool fixed-IP annotations.
+    let vms: Api<VirtualMachine> = Api::namespaced(sim.client().await.unwrap(), "prod");
+    let patch = json!({
+        "metadata": {"annotations": {"ipam.spidernet.io/ippool": "{\"ipv4\":[\"pool-a\"]}", "team": "dba"}},
+        "spec": {"template": {
+            "metadata": {"annotations": {"ipam.spidernet.io/ippools": "[{\"interface\":\"net1\",\"ipv4\":[\"pool-a\"]}]"}},
+            "spec": {"domain": {
+                "firmware": {"uuid": UUID},
+                "devices": {"interfaces": [
+                    {"name": "default", "masquerade": {}, "macAddress": MAC0},
+                    {"name": "br-data", "bridge": {}, "macAddress": MAC1}
+                ]}
+            }}
+        }}
+    });
+    vms.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    sim
+}
+
+fn virtguard(sim: &Sim, repo: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_virtguard"))
+            .args(["--repo", repo, "--quiet"])
+            .args(args)
+            .env("KUBECONFIG", sim.kubeconfig_path())
+            .env_remove("VIRTGUARD_KEY")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn sha(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A local repository with a backup of prod/db (1 MiB chunks, so the zero tail is 4 chunks).
+fn local_backup(sim: &Sim) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    let o = virtguard(sim, &repo, &["init", "--chunk-size", "1MiB"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = virtguard(sim, &repo, &["backup", "--vm", "prod/db"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    (dir, repo)
+}
+
+async fn vm(sim: &Sim, ns: &str, name: &str) -> Option<Value> {
+    let api: Api<VirtualMachine> = Api::namespaced(sim.client().await.unwrap(), ns);
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .map(|v| serde_json::to_value(v).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_into_another_namespace_with_new_name_and_storage_class_map() {
+    let Some(s3) = common::S3Server::start() else {
+        return;
+    };
+    let sim = sim().await;
+    let repo = format!("s3://{}/vg", common::BUCKET);
+    let s3env = [
+        ("VIRTGUARD_S3_ENDPOINT", s3.endpoint()),
+        ("VIRTGUARD_S3_PATH_STYLE", "true".to_string()),
+        ("AWS_ACCESS_KEY_ID", common::ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = s3env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = virtguard(&sim, &repo, &["init", "--chunk-size", "1MiB"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = virtguard(&sim, &repo, &["backup", "--vm", "prod/db"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let root_sha = sha(&sim.pvc_path("prod", "db-root").unwrap());
+    let data_sha = sha(&sim.pvc_path("prod", "db-data").unwrap());
+
+    // Dry run: prints the objects, creates nothing.
+    let args = [
+        "restore",
+        "prod/db@latest",
+        "--target-namespace",
+        "dr",
+        "--name",
+        "db-copy",
+        "--storage-class-map",
+        "fast=ssd",
+    ];
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let o = virtguard(&sim, &repo, &dry, &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("kind: DataVolume")
+            && out.contains("kind: VirtualMachine")
+            && out.contains("name: db-copy-root"),
+        "{}",
+        text(&o)
+    );
+    assert!(vm(&sim, "dr", "db-copy").await.is_none());
+
+    let o = virtguard(&sim, &repo, &args, &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning:")
+            && err.contains("NetworkAttachmentDefinition dr/br-data does not exist"),
+        "{}",
+        text(&o)
+    );
+
+    // Bytes equal the backup.
+    assert_eq!(sha(&sim.pvc_path("dr", "db-copy-root").unwrap()), root_sha);
+    assert_eq!(sha(&sim.pvc_path("dr", "db-copy-data").unwrap()), data_sha);
+
+    let v = vm(&sim, "dr", "db-copy")
+        .await
+        .expect("VM dr/db-copy created");
+    let spec = &v["spec"]["template"]["spec"];
+    let claims: Vec<&str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            v.pointer("/persistentVolumeClaim/claimName")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert_eq!(claims, vec!["db-copy-root", "db-copy-data"], "{v}");
+    for i in spec["domain"]["devices"]["interfaces"].as_array().unwrap() {
+        assert!(i.get("macAddress").is_none(), "MAC kept: {i}");
+    }
+    let uuid = spec["domain"]["firmware"]["uuid"].as_str().unwrap();
+    assert_ne!(uuid, UUID);
+    let anns = format!(
+        "{}{}",
+        v["metadata"]["annotations"], v["spec"]["template"]["metadata"]["annotations"]
+    );
+    assert!(!anns.contains("ipam.spidernet.io"), "{anns}");
+    assert!(
+        anns.contains("\"team\":\"dba\""),
+        "other annotations are kept: {anns}"
+    );
+    assert_eq!(v["spec"]["runStrategy"], "Halted");
+    assert!(v["metadata"]["uid"] != json!(null));
+
+    // Storage class mapped.
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(sim.client().await.unwrap(), "dr");
+    let pvc = pvcs.get("db-copy-root").await.unwrap();
+    assert_eq!(pvc.spec.unwrap().storage_class_name.as_deref(), Some("ssd"));
+
+    // The original is untouched, and a second identical restore is refused.
+    let orig = vm(&sim, "prod", "db").await.unwrap();
+    assert_eq!(
+        orig["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"],
+        UUID
+    );
+    let o = virtguard(&sim, &repo, &args, &env);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("VirtualMachine dr/db-copy already exists")
+            && err.contains("--in-place")
+            && err.contains("--name"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_place_restore_brings_back_overwritten_disk_and_keeps_identity() {
+    let sim = sim().await;
+    let (_dir, repo) = local_backup(&sim);
+    let root = sim.pvc_path("prod", "db-root").unwrap();
+    let before = sha(&root);
+    std::fs::write(&root, vec![0xEEu8; 6 << 20]).unwrap();
+    assert_ne!(sha(&root), before);
+
+    // Without --in-place: the name clash is refused and nothing changes.
+    let o = virtguard(&sim, &repo, &["restore", "prod/db@latest"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("VirtualMachine prod/db already exists"),
+        "{}",
+        text(&o)
+    );
+
+    // A running VM is not touched without --force.
+    let vms: Api<VirtualMachine> = Api::namespaced(sim.client().await.unwrap(), "prod");
+    vms.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"runStrategy": "Always"}})),
+    )
+    .await
+    .unwrap();
+    common::cluster::wait_running(&sim.client().await.unwrap(), "prod", "db").await;
+    let o = virtguard(
+        &sim,
+        &repo,
+        &["restore", "prod/db@latest", "--in-place"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is running"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(&root).unwrap()[0],
+        0xEE,
+        "nothing was written"
+    );
+
+    let o = virtguard(
+        &sim,
+        &repo,
+        &["restore", "prod/db@latest", "--in-place", "--force"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let root = sim.pvc_path("prod", "db-root").unwrap();
+    assert_eq!(sha(&root), before, "content is the backup's again");
+    let v = vm(&sim, "prod", "db").await.unwrap();
+    let spec = &v["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["domain"]["devices"]["interfaces"][0]["macAddress"],
+        MAC0
+    );
+    assert_eq!(
+        spec["domain"]["devices"]["interfaces"][1]["macAddress"],
+        MAC1
+    );
+    assert_eq!(spec["domain"]["firmware"]["uuid"], UUID);
+    assert!(
+        v["metadata"]["annotations"]["ipam.spidernet.io/ippool"].is_string(),
+        "{v}"
+    );
+    assert_eq!(v["spec"]["runStrategy"], "Halted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_method_writes_the_pvc_from_the_repository() {
+    let sim = sim().await;
+    let (_dir, repo) = local_backup(&sim);
+    let o = virtguard(
+        &sim,
+        &repo,
+        &[
+            "restore",
+            "prod/db@latest",
+            "--target-namespace",
+            "dr",
+            "--method",
+            "job",
+            "--timeout",
+            "50s",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        sha(&sim.pvc_path("dr", "db-root").unwrap()),
+        sha(&sim.pvc_path("prod", "db-root").unwrap())
+    );
+    assert_eq!(
+        sha(&sim.pvc_path("dr", "db-data").unwrap()),
+        sha(&sim.pvc_path("prod", "db-data").unwrap())
+    );
+    let runs = sim.job_runs();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for r in &runs {
+        assert_eq!(
+            r.exit_code,
+            Some(0),
+            "{r:?}: {}",
+            std::fs::read_to_string(&r.log).unwrap_or_default()
+        );
+        assert_eq!(r.args[0], "restore-volume");
+        assert!(
+            !r.args.iter().any(|a| a.contains(&repo)),
+            "repository not on the command line: {:?}",
+            r.args
+        );
+    }
+    let v = vm(&sim, "dr", "db").await.unwrap();
+    assert_eq!(
+        v["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "db-root"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_500_then_401_is_retried_with_a_new_token() {
+    let sim = sim().await;
+    let (_dir, repo) = local_backup(&sim);
+    for (call, status) in [(1, 500), (2, 401)] {
+        sim.inject(FaultRule {
+            op: "upload-fail".into(),
+            target: Some("dr/db-root".into()),
+            call: Some(call),
+            status: Some(status),
+            message: Some(format!("injected {status}")),
+            ..Default::default()
+        });
+    }
+    let o = virtguard(
+        &sim,
+        &repo,
+        &["restore", "prod/db@latest", "--target-namespace", "dr"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("HTTP 500"), "{}", text(&o));
+    assert!(err.contains("401; requesting a new token"), "{}", text(&o));
+    let root_line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find(|l| l.starts_with("root "))
+        .unwrap()
+        .to_string();
+    assert!(
+        root_line.split_whitespace().any(|w| w == "3"),
+        "3 attempts: {root_line}"
+    );
+    assert_eq!(
+        sha(&sim.pvc_path("dr", "db-root").unwrap()),
+        sha(&sim.pvc_path("prod", "db-root").unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_and_corruption_leaves_no_vm() {
+    let sim = sim().await;
+    let (dir, repo) = local_backup(&sim);
+
+    let o = virtguard(&sim, &repo, &["restore", "20250101T000000Z-abcd"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not found"),
+        "{}",
+        text(&o)
+    );
+
+    let o = virtguard(
+        &sim,
+        &repo,
+        &["restore", "prod/db@latest", "--target-namespace", "nowhere"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("target namespace `nowhere` does not exist"),
+        "{}",
+        text(&o)
+    );
+
+    // Flip a byte in every stored chunk.
+    let mut n = 0;
+    for d in std::fs::read_dir(Path::new(&repo).join("chunks")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            let last = b.len() - 1;
+            b[last] ^= 0x55;
+            std::fs::write(&p, b).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    let o = virtguard(
+        &sim,
+        &repo,
+        &[
+            "restore",
+            "prod/db@latest",
+            "--target-namespace",
+            "dr",
+            "--start",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("chunks/") && err.contains("corrupt"),
+        "{}",
+        text(&o)
+    );
+    assert!(vm(&sim, "dr", "db").await.is_none(), "no half-restored VM");
+    let dvs: Api<DataVolume> = Api::namespaced(sim.client().await.unwrap(), "dr");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        dvs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "the DataVolumes were deleted"
+    );
+    drop(dir);
+
+    // Wrong key on an encrypted repository.
+    let kdir = tempfile::tempdir().unwrap();
+    let key = kdir.path().join("key");
+    let bad = kdir.path().join("bad");
+    std::fs::write(&key, "right horse battery").unwrap();
+    std::fs::write(&bad, "wrong").unwrap();
+    let erepo = kdir.path().join("repo").display().to_string();
+    let kf = key.display().to_string();
+    let o = virtguard(
+        &sim,
+        &erepo,
+        &[
+            "--key-file",
+            &kf,
+            "init",
+            "--kdf-memory-kib",
+            "1024",
+            "--kdf-iterations",
+            "1",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = virtguard(
+        &sim,
+        &erepo,
+        &["--key-file", &kf, "backup", "--vm", "prod/db"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = virtguard(
+        &sim,
+        &erepo,
+        &[
+            "--key-file",
+            &bad.display().to_string(),
+            "restore",
+            "prod/db@latest",
+            "--target-namespace",
+            "dr",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not unlock"),
+        "{}",
+        text(&o)
+    );
+    assert!(vm(&sim, "dr", "db").await.is_none());
+}
+
+#[test]
+fn download_raw_and_qcow2_equal_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let mut data = vec![0u8; 5 << 20];
+    for (i, b) in data.iter_mut().enumerate().take(2 << 20) {
+        *b = (i * 31 % 251) as u8;
+    }
+    data[(4 << 20) + 7] = 9;
+    std::fs::write(&img, &data).unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_virtguard"))
+            .args(["--repo", &repo, "--quiet"])
+            .args(args)
+            .env_remove("VIRTGUARD_KEY")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+    run(&["init", "--chunk-size", "1MiB"]);
+    run(&[
+        "backup-file",
+        img.to_str().unwrap(),
+        "--vm",
+        "lab/vm1",
+        "--volume",
+        "root",
+    ]);
+    let raw = dir.path().join("out.raw");
+    run(&[
+        "download",
+        "lab/vm1@latest",
+        "root",
+        "-o",
+        raw.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&raw).unwrap(), data);
+    let qcow = dir.path().join("out.qcow2");
+    run(&[
+        "download",
+        "lab/vm1@latest",
+        "root",
+        "-o",
+        qcow.to_str().unwrap(),
+        "--format",
+        "qcow2",
+    ]);
+    let qemu_img = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output();
+    if qemu_img.is_err() && std::env::var("VIRTGUARD_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("SKIP: qemu-img not installed");
+        return;
+    }
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(&img)
+        .arg(&qcow)
+        .output()
+        .expect("qemu-img (apt install qemu-utils)");
+    assert!(o.status.success(), "{}", text(&o));
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&qcow)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    // An existing file is not overwritten without --force.
+    let o = Command::new(env!("CARGO_BIN_EXE_virtguard"))
+        .args([
+            "--repo",
+            &repo,
+            "--quiet",
+            "download",
+            "lab/vm1@latest",
+            "root",
+            "-o",
+            raw.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
