@@ -38,6 +38,8 @@ use crate::Inner;
 
 pub const AGENT_ANNOTATION: &str = "virtguard.io/sim-guest-agent";
 pub const AGENT_SOCKET_ANNOTATION: &str = "virtguard.io/sim-guest-agent-socket";
+/// VMI annotation `URI DOMAIN`: freeze/thaw go to that libvirt domain's real guest agent.
+pub const AGENT_LIBVIRT_ANNOTATION: &str = "virtguard.io/sim-guest-agent-libvirt";
 pub const TIMELINE_ANNOTATION: &str = "virtguard.io/sim-timeline";
 pub const NODE: &str = "sim-node-1";
 
@@ -209,7 +211,7 @@ fn vm_action(inner: &Inner, ns: &str, name: &str, action: &str) -> Result<(), Ap
     Ok(())
 }
 
-async fn freeze_call(
+pub(crate) async fn freeze_call(
     inner: &Arc<Inner>,
     ns: &str,
     name: &str,
@@ -285,21 +287,10 @@ async fn freeze_call(
             if freeze { "Freeze" } else { "Unfreeze" }
         ))));
     }
-    if let Some(sock) = vmi
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(AGENT_SOCKET_ANNOTATION))
-        .and_then(Value::as_str)
-    {
-        let cmd = if freeze {
-            "guest-fsfreeze-freeze"
-        } else {
-            "guest-fsfreeze-thaw"
-        };
-        if let Err(e) = guest_agent_command(sock, cmd).await {
-            return Err(fail(ApiError::internal(format!(
-                "Internal error occurred: server error. command {cmd} on the guest agent at {sock} failed: {e}"
-            ))));
-        }
+    if let Some(Err(e)) = real_agent(&vmi, freeze).await {
+        return Err(fail(ApiError::internal(format!(
+            "Internal error occurred: server error. {e}"
+        ))));
     }
     if freeze {
         inner.kubevirt.frozen().insert(
@@ -320,6 +311,55 @@ async fn freeze_call(
     });
     inner.kubevirt.record(&key, act, 200, timeout, "");
     Ok(())
+}
+
+/// Freezes or thaws the VMI's real guest, when it has one: through a QEMU guest agent socket
+/// (annotation [`AGENT_SOCKET_ANNOTATION`]) or through libvirt (annotation
+/// [`AGENT_LIBVIRT_ANNOTATION`] = `URI DOMAIN`: `virsh domfsfreeze` / `domfsthaw`, the same
+/// libvirt call KubeVirt's virt-launcher makes). `None` when the VMI is purely simulated.
+pub async fn real_agent(vmi: &Value, freeze: bool) -> Option<Result<(), String>> {
+    let annotations = vmi.pointer("/metadata/annotations")?;
+    if let Some(sock) = annotations
+        .get(AGENT_SOCKET_ANNOTATION)
+        .and_then(Value::as_str)
+    {
+        let cmd = if freeze {
+            "guest-fsfreeze-freeze"
+        } else {
+            "guest-fsfreeze-thaw"
+        };
+        return Some(
+            guest_agent_command(sock, cmd)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("command {cmd} on the guest agent at {sock} failed: {e}")),
+        );
+    }
+    let target = annotations
+        .get(AGENT_LIBVIRT_ANNOTATION)
+        .and_then(Value::as_str)?;
+    let Some((uri, domain)) = target.split_once(' ') else {
+        return Some(Err(format!(
+            "annotation {AGENT_LIBVIRT_ANNOTATION} must be `URI DOMAIN`, not {target:?}"
+        )));
+    };
+    let verb = if freeze { "domfsfreeze" } else { "domfsthaw" };
+    let run = tokio::process::Command::new("virsh")
+        .args(["-c", uri, verb, domain])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    Some(
+        match tokio::time::timeout(Duration::from_secs(30), run).await {
+            Err(_) => Err(format!("virsh {verb} {domain} timed out after 30 s")),
+            Ok(Err(e)) => Err(format!("running virsh {verb}: {e}")),
+            Ok(Ok(o)) if o.status.success() => Ok(()),
+            Ok(Ok(o)) => Err(format!(
+                "virsh {verb} {domain} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+        },
+    )
 }
 
 /// Send `guest-sync` then `cmd` to a QEMU guest agent socket; returns the command's reply.
@@ -405,15 +445,9 @@ pub(crate) async fn safety_thaws(inner: &Arc<Inner>) {
         let Some((ns, name)) = key.split_once('/') else {
             continue;
         };
-        let sock = inner.store.get(vmi_res, ns, name).and_then(|v| {
-            v.pointer("/metadata/annotations")
-                .and_then(|a| a.get(AGENT_SOCKET_ANNOTATION))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
         let mut msg = String::from("unfreezeTimeout expired");
-        if let Some(sock) = sock {
-            if let Err(e) = guest_agent_command(&sock, "guest-fsfreeze-thaw").await {
+        if let Some(vmi) = inner.store.get(vmi_res, ns, name) {
+            if let Some(Err(e)) = real_agent(&vmi, false).await {
                 msg = format!("unfreezeTimeout expired; thaw on the guest agent failed: {e}");
             }
         }

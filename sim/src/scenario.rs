@@ -16,6 +16,7 @@
 //!     running: true                  # default true
 //!     guestAgent: true               # default true
 //!     guestAgentSocket: /run/qga.sock  # optional: freeze/thaw reach this real agent
+//!     guestAgentLibvirt: {uri: "qemu+unix:///system?socket=/x", domain: prod_db}  # or via libvirt
 //!     labels: {app: db}
 //!     networks: [br-data]            # Multus networks (bridge interfaces)
 //!     disks:
@@ -76,6 +77,16 @@ fn yes() -> bool {
     true
 }
 
+/// A real guest agent reached through libvirt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtAgent {
+    /// libvirt connection URI.
+    pub uri: String,
+    /// Domain name.
+    pub domain: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmSpec {
@@ -88,6 +99,9 @@ pub struct VmSpec {
     pub guest_agent: bool,
     #[serde(default)]
     pub guest_agent_socket: Option<String>,
+    /// `{uri, domain}`: freeze/thaw go through libvirt to that domain's real guest agent.
+    #[serde(default)]
+    pub guest_agent_libvirt: Option<LibvirtAgent>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -252,6 +266,12 @@ pub(crate) fn apply(inner: &Inner, s: &Scenario) -> Result<(), Error> {
         let mut annotations: BTreeMap<String, String> = vm.annotations.clone();
         if !vm.guest_agent {
             annotations.insert(crate::kubevirt::AGENT_ANNOTATION.into(), "false".into());
+        }
+        if let Some(l) = &vm.guest_agent_libvirt {
+            annotations.insert(
+                crate::kubevirt::AGENT_LIBVIRT_ANNOTATION.into(),
+                format!("{} {}", l.uri, l.domain),
+            );
         }
         if let Some(sock) = &vm.guest_agent_socket {
             annotations.insert(
