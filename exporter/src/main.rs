@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use virtguard_exporter::allowlist::VmiLabelAllowlist;
 use virtguard_exporter::cluster::{ClusterCollector, ClusterConfig};
 use virtguard_exporter::http::{self, MetricsSource, TlsFiles};
+use virtguard_exporter::node::vmi_labels::VmiLabelSource;
 use virtguard_exporter::node::{self, NodeCollector, NodeConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,7 +83,8 @@ struct Config {
     #[arg(long, env = "VIRTGUARD_EXPORTER_NAMESPACE")]
     namespace: Option<String>,
     /// VMI labels to copy onto per-VM series as `label_<key>` (comma-separated keys, e.g.
-    /// `app,team`); nothing is copied by default.
+    /// `app,team`); nothing is copied by default. In node mode this makes the exporter watch the
+    /// VMIs of its node (label kubevirt.io/nodeName) and so needs a kubeconfig or ServiceAccount.
     #[arg(long, value_delimiter = ',', env = "VIRTGUARD_VMI_LABEL_ALLOWLIST")]
     vmi_label_allowlist: Vec<String>,
     /// Time in-flight requests get to finish after SIGTERM.
@@ -109,6 +111,18 @@ fn job_operations(names: &[String]) -> anyhow::Result<Vec<i32>> {
         }
     }
     Ok(out)
+}
+
+/// A Kubernetes client from the usual places: in-cluster ServiceAccount, else `KUBECONFIG` /
+/// `~/.kube/config`.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    // A workspace build links two rustls providers; kube's client needs one chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kube_cfg = kube::Config::infer().await.context(
+        "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
+    )?;
+    kube::Client::try_from(kube_cfg)
+        .context("building the Kubernetes client from the inferred configuration")
 }
 
 async fn shutdown_signal() {
@@ -163,16 +177,18 @@ async fn run() -> anyhow::Result<()> {
                 job_operations: job_operations(&cfg.job_operations)?,
                 hook: None,
             };
-            Arc::new(NodeCollector::new(node_cfg)?)
+            let collector = NodeCollector::new(node_cfg)?;
+            if vmi_labels.is_empty() {
+                Arc::new(collector)
+            } else {
+                // Only with allow-listed labels does node mode talk to the API (DESIGN §2).
+                let client = kube_client().await?;
+                let src = VmiLabelSource::start(client, vmi_labels, &cfg.node_name);
+                Arc::new(collector.with_vmi_labels(src))
+            }
         }
         Mode::Cluster => {
-            // A workspace build links two rustls providers; kube's client needs one chosen.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let kube_cfg = kube::Config::infer().await.context(
-                "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
-            )?;
-            let client = kube::Client::try_from(kube_cfg)
-                .context("building the Kubernetes client from the inferred configuration")?;
+            let client = kube_client().await?;
             let cluster_cfg = ClusterConfig {
                 namespace: cfg.namespace.clone().filter(|n| !n.is_empty()),
                 vmi_labels,

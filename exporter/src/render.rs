@@ -157,17 +157,30 @@ pub struct ConnectionCounts {
 /// Renders the per-VM families of a node-mode scrape. `vms` should be sorted by identity for a
 /// stable output (the collector does so).
 pub fn render_node(out: &mut Exposition, node: &str, vms: &[VmStats], conns: ConnectionCounts) {
+    render_node_labelled(out, node, vms, &[], conns);
+}
+
+/// [`render_node`] with extra (allow-listed VMI) labels per VM: `extra[i]` is appended to every
+/// series of `vms[i]`; a shorter (e.g. empty) `extra` adds nothing to the VMs past its end.
+pub fn render_node_labelled(
+    out: &mut Exposition,
+    node: &str,
+    vms: &[VmStats],
+    extra: &[Vec<(String, String)>],
+    conns: ConnectionCounts,
+) {
     let no_extra: &[(String, String)] = &[];
-    let ok = || vms.iter().filter(|v| v.success);
+    let ex = |i: usize| extra.get(i).map(Vec::as_slice).unwrap_or(no_extra);
+    let ok = || vms.iter().enumerate().filter(|(_, v)| v.success);
     for (pos, (_, metric)) in NET_FIELDS.iter().enumerate() {
         let mut f = out.family(metric);
-        for vm in ok() {
+        for (i, vm) in ok() {
             let id = &vm.identity;
             for d in &vm.interfaces {
                 if let Some(v) = d.values[pos] {
                     f.sample(
                         &[&id.namespace, &id.name, node, &d.label],
-                        no_extra,
+                        ex(i),
                         Num::Int(v),
                     );
                 }
@@ -176,24 +189,24 @@ pub fn render_node(out: &mut Exposition, node: &str, vms: &[VmStats], conns: Con
     }
     for (pos, (_, metric, unit)) in BLOCK_FIELDS.iter().enumerate() {
         let mut f = out.family(metric);
-        for vm in ok() {
+        for (i, vm) in ok() {
             let id = &vm.identity;
             for d in &vm.drives {
                 if let Some(v) = d.values[pos] {
                     let labels = [id.namespace.as_str(), &id.name, node, &d.label];
-                    f.sample(&labels, no_extra, Num::from_raw(v, *unit));
+                    f.sample(&labels, ex(i), Num::from_raw(v, *unit));
                 }
             }
         }
     }
     for (pos, (_, metric, unit)) in MEM_FIELDS.iter().enumerate() {
         let mut f = out.family(metric);
-        for vm in ok() {
+        for (i, vm) in ok() {
             if let Some(v) = vm.memory[pos] {
                 let id = &vm.identity;
                 f.sample(
                     &[&id.namespace, &id.name, node],
-                    no_extra,
+                    ex(i),
                     Num::from_raw(v, *unit),
                 );
             }
@@ -201,32 +214,32 @@ pub fn render_node(out: &mut Exposition, node: &str, vms: &[VmStats], conns: Con
     }
     for (pos, (metric, unit)) in JOB_FIELDS.iter().enumerate() {
         let mut f = out.family(metric);
-        for vm in ok() {
+        for (i, vm) in ok() {
             if let Some(v) = vm.migration.as_ref().and_then(|m| m[pos]) {
                 let id = &vm.identity;
                 f.sample(
                     &[&id.namespace, &id.name, node],
-                    no_extra,
+                    ex(i),
                     Num::from_raw(v, *unit),
                 );
             }
         }
     }
     let mut f = out.family("virtguard_vmi_scrape_success");
-    for vm in vms {
+    for (i, vm) in vms.iter().enumerate() {
         let id = &vm.identity;
         f.sample(
             &[&id.namespace, &id.name, node],
-            no_extra,
+            ex(i),
             Num::Int(u64::from(vm.success)),
         );
     }
     let mut f = out.family("virtguard_vmi_scrape_duration_seconds");
-    for vm in vms {
+    for (i, vm) in vms.iter().enumerate() {
         let id = &vm.identity;
         f.sample(
             &[&id.namespace, &id.name, node],
-            no_extra,
+            ex(i),
             Num::Float(vm.duration_seconds),
         );
     }
@@ -292,6 +305,33 @@ mod tests {
         assert!(s.contains("{mode=\"a\"} +Inf\n"));
         assert!(s.contains("{mode=\"b\"} NaN\n"));
         assert!(s.contains("{mode=\"c\"} 0.0000001\n"));
+    }
+
+    #[test]
+    fn extra_vmi_labels_go_on_every_series_of_their_vm_only() {
+        use crate::node::stats::Identity;
+        let vm = |name: &str| VmStats {
+            success: true,
+            ..VmStats::failed(
+                Identity {
+                    namespace: "prod".into(),
+                    name: name.into(),
+                },
+                0.5,
+            )
+        };
+        let vms = [vm("a"), vm("b")];
+        let extra = vec![vec![("label_team".to_string(), "blue".to_string())]];
+        let mut e = Exposition::default();
+        render_node_labelled(&mut e, "n", &vms, &extra, ConnectionCounts::default());
+        let s = e.into_string();
+        assert!(s.contains(
+            "virtguard_vmi_scrape_success{namespace=\"prod\",name=\"a\",node=\"n\",label_team=\"blue\"} 1\n"
+        ));
+        assert!(s.contains(
+            "virtguard_vmi_scrape_success{namespace=\"prod\",name=\"b\",node=\"n\"} 1\n"
+        ));
+        assert!(s.contains("virtguard_exporter_libvirt_connections{node=\"n\",state=\"up\"} 0\n"));
     }
 
     #[test]

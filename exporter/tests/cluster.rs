@@ -56,17 +56,13 @@ impl Drop for Exporter {
     }
 }
 
-fn start_exporter(kubeconfig: &Path, extra: &[&str]) -> Exporter {
+/// Starts the exporter binary with `args` (besides `--listen`) and `KUBECONFIG`.
+fn start_exporter(kubeconfig: &Path, args: &[&str]) -> Exporter {
     let port = free_port();
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_virtguard-exporter"))
-        .args([
-            "--mode",
-            "cluster",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(extra)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -232,7 +228,10 @@ async fn follows_the_cluster_through_watches() {
     let _ = require_peer!(require_binary("promtool"));
     let sim = start_sim().await;
     let client = sim.client().await.unwrap();
-    let e = start_exporter(sim.kubeconfig_path(), &["--vmi-label-allowlist", "team"]);
+    let e = start_exporter(
+        sim.kubeconfig_path(),
+        &["--mode", "cluster", "--vmi-label-allowlist", "team"],
+    );
     wait_ready(&e, 20).await;
 
     // Guest state of the running VMIs; the allow-listed label only.
@@ -501,7 +500,7 @@ async fn readiness_waits_for_every_reflector_and_an_absent_crd_breaks_nothing() 
         status: Some(500),
         ..Default::default()
     });
-    let e = start_exporter(sim.kubeconfig_path(), &[]);
+    let e = start_exporter(sim.kubeconfig_path(), &["--mode", "cluster"]);
     let synced = |k: &str| format!("virtguard_exporter_reflector_synced{{kind=\"{k}\"}}");
     let errors = |k: &str, r: &str| {
         format!("virtguard_exporter_watch_errors_total{{kind=\"{k}\",reason=\"{r}\"}}")
@@ -565,4 +564,86 @@ async fn readiness_waits_for_every_reflector_and_an_absent_crd_breaks_nothing() 
     })
     .await;
     assert_eq!(get(e.port, "/readyz").await.0, 200);
+}
+
+/// Node mode with `--vmi-label-allowlist`: the VMIs of its own node (KubeVirt's
+/// `kubevirt.io/nodeName` label) are followed through one watch and their allow-listed labels
+/// appear on the libvirt series (libvirt's test driver serves domains named `<ns>_<name>`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_mode_copies_allow_listed_labels_of_its_own_vmis() {
+    let sim = start_sim().await;
+    let client = sim.client().await.unwrap();
+    let vmis =
+        Api::<virtguard_api::kubevirt::VirtualMachineInstance>::namespaced(client.clone(), "prod");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vmis.list(&Default::default()).await.unwrap().items.len() < 2 {
+        assert!(Instant::now() < deadline, "VMIs never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // db runs on node-a (this exporter's node); web on node-b, with a label that must not show.
+    for (vmi, node, team) in [("db", "node-a", "blue"), ("web", "node-b", "red")] {
+        vmis.patch(
+            vmi,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"kubevirt.io/nodeName": node, "team": team}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let xml = dir.path().join("node.xml");
+    std::fs::write(
+        &xml,
+        "<node>\n\
+         <domain type='test'><name>prod_db</name><memory>524288</memory><os><type>hvm</type></os></domain>\n\
+         <domain type='test'><name>prod_web</name><memory>524288</memory><os><type>hvm</type></os></domain>\n\
+         </node>\n",
+    )
+    .unwrap();
+    let uri = format!("test://{}", xml.display());
+    let e = start_exporter(
+        sim.kubeconfig_path(),
+        &[
+            "--mode",
+            "node",
+            "--node-name",
+            "node-a",
+            "--libvirt-socket-glob",
+            "",
+            "--libvirt-uri",
+            &uri,
+            "--vmi-label-allowlist",
+            "team",
+        ],
+    );
+    wait_ready(&e, 20).await;
+    let db = |team: &str| {
+        format!("virtguard_vmi_scrape_success{{namespace=\"prod\",name=\"db\",node=\"node-a\",label_team=\"{team}\"}}")
+    };
+    let web = "virtguard_vmi_scrape_success{namespace=\"prod\",name=\"web\",node=\"node-a\"}";
+    let text = wait_metrics(&e, "db labelled", 10, |t| is(t, &db("blue"), 1.0)).await;
+    assert!(
+        is(&text, web, 1.0),
+        "another node's VMI lends no labels\n{text}"
+    );
+    assert!(!text.contains("label_team=\"red\""), "{text}");
+    assert!(is(
+        &text,
+        "virtguard_exporter_reflector_objects{kind=\"VirtualMachineInstance\"}",
+        1.0
+    ));
+    promtool_check(&text).unwrap();
+    vmis.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "green"}}})),
+    )
+    .await
+    .unwrap();
+    wait_metrics(&e, "the new label", 10, |t| {
+        is(t, &db("green"), 1.0) && !t.contains("label_team=\"blue\"")
+    })
+    .await;
 }

@@ -25,6 +25,7 @@
 
 pub mod ffi;
 pub mod stats;
+pub mod vmi_labels;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -159,6 +160,7 @@ pub struct NodeCollector {
     cfg: NodeConfig,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     sem: Arc<Semaphore>,
+    vmi_labels: Option<vmi_labels::VmiLabelSource>,
 }
 
 impl NodeCollector {
@@ -177,7 +179,14 @@ impl NodeCollector {
             cfg,
             slots: Mutex::new(HashMap::new()),
             sem,
+            vmi_labels: None,
         })
+    }
+
+    /// Adds allow-listed VMI labels from the API to every per-VM series (`--vmi-label-allowlist`).
+    pub fn with_vmi_labels(mut self, source: vmi_labels::VmiLabelSource) -> NodeCollector {
+        self.vmi_labels = Some(source);
+        self
     }
 
     /// The URIs to query now: explicit ones, then one per socket matching a glob (sorted).
@@ -310,7 +319,21 @@ impl NodeCollector {
         let s = self.scrape().await;
         // ~1.2 KiB per VM with a NIC and a disk; avoids regrowing the buffer.
         let mut out = crate::render::Exposition::with_capacity(4096 + s.vms.len() * 2048);
-        crate::render::render_node(&mut out, &self.cfg.node_name, &s.vms, s.connections);
+        let extra = match &self.vmi_labels {
+            Some(src) => src.extras(&s.vms),
+            None => Vec::new(),
+        };
+        crate::render::render_node_labelled(
+            &mut out,
+            &self.cfg.node_name,
+            &s.vms,
+            &extra,
+            s.connections,
+        );
+        if let Some(src) = &self.vmi_labels {
+            let n = src.len();
+            crate::cluster::render_health(&mut out, &[(src.health(), n)]);
+        }
         crate::render::render_self(&mut out, "node", start.elapsed().as_secs_f64());
         out.into_string()
     }
@@ -321,9 +344,9 @@ impl crate::http::MetricsSource for NodeCollector {
         Box::pin(NodeCollector::render(self))
     }
 
-    /// Node mode has nothing to sync: ready as soon as it serves.
+    /// Ready as soon as it serves; with `--vmi-label-allowlist`, once the VMI labels synced.
     fn ready(&self) -> bool {
-        true
+        self.vmi_labels.as_ref().is_none_or(|s| s.ready())
     }
 }
 
