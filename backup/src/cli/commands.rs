@@ -164,7 +164,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 let pb = bar(config, size, true);
                 let opts = RestoreOptions {
                     concurrency: config.concurrency,
-                    check_digest: true,
+                    check_digest: a.verify_target,
                 };
                 let res = restore_to_file(&repo, &m, &a.volume, &a.path, &opts, pb.clone()).await;
                 if let Some(p) = pb {

@@ -138,7 +138,7 @@ pub struct InitArgs {
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub chunk_size: u64,
     /// zstd compression level (1..19)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = crate::repo::config::DEFAULT_COMPRESSION_LEVEL)]
     pub compression_level: i32,
     /// Argon2id memory cost in KiB for deriving the key-wrapping key
     #[arg(long, default_value_t = 65536)]
@@ -183,6 +183,10 @@ pub struct RestoreFileArgs {
     /// Overwrite an existing regular file
     #[arg(long)]
     pub force: bool,
+    /// Also re-read the whole target after writing and check its image digest (every chunk
+    /// is verified against its id before it is written either way)
+    #[arg(long)]
+    pub verify_target: bool,
 }
 
 #[derive(Debug, Args)]

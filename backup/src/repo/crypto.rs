@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 
@@ -201,6 +201,10 @@ impl Crypto {
     }
 
     /// Encodes a blob: header, optional zstd, optional encryption. `compress` = try zstd.
+    ///
+    /// The blob is built in one buffer: header (and nonce) first, zstd writes its frame right
+    /// after them and the AEAD encrypts that in place, so a chunk's bytes are copied once (by
+    /// the compressor, or one copy when stored raw).
     pub fn encode_blob(
         &self,
         magic: [u8; 4],
@@ -208,19 +212,18 @@ impl Crypto {
         raw: &[u8],
         compress: bool,
     ) -> Result<Vec<u8>> {
-        let compressed = if compress {
-            self.try_compress(raw)
-        } else {
-            None
-        };
+        let prefix = BLOB_HEADER_LEN + if self.keys.is_some() { NONCE_LEN } else { 0 };
+        let mut out = Vec::with_capacity(
+            prefix + TAG_LEN + zstd::zstd_safe::compress_bound(raw.len()).max(raw.len()),
+        );
+        out.resize(prefix, 0);
         let mut flags = 0u16;
-        let payload: &[u8] = match &compressed {
-            Some(c) => {
-                flags |= FLAG_ZSTD;
-                c
-            }
-            None => raw,
-        };
+        if compress && self.compress_after(raw, &mut out) {
+            flags |= FLAG_ZSTD;
+        } else {
+            out.truncate(prefix);
+            out.extend_from_slice(raw);
+        }
         if self.keys.is_some() {
             flags |= FLAG_ENCRYPTED;
         }
@@ -230,42 +233,46 @@ impl Crypto {
             raw_len: raw.len() as u64,
         }
         .encode();
-        let mut out = Vec::with_capacity(BLOB_HEADER_LEN + NONCE_LEN + payload.len() + TAG_LEN);
-        out.extend_from_slice(&header);
-        match &self.keys {
-            None => out.extend_from_slice(payload),
-            Some(k) => {
-                let nonce: [u8; NONCE_LEN] = rand::random();
-                let aad = [&header[..], key.as_bytes()].concat();
-                let ct = ChaCha20Poly1305::new(&k.data)
-                    .encrypt(
-                        Nonce::from_slice(&nonce),
-                        Payload {
-                            msg: payload,
-                            aad: &aad,
-                        },
-                    )
-                    .map_err(|_| Error::Crypto(format!("encrypting `{key}` failed")))?;
-                out.extend_from_slice(&nonce);
-                out.extend_from_slice(&ct);
-            }
+        out[..BLOB_HEADER_LEN].copy_from_slice(&header);
+        if let Some(k) = &self.keys {
+            let nonce: [u8; NONCE_LEN] = rand::random();
+            out[BLOB_HEADER_LEN..prefix].copy_from_slice(&nonce);
+            let aad = [&header[..], key.as_bytes()].concat();
+            let tag = ChaCha20Poly1305::new(&k.data)
+                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[prefix..])
+                .map_err(|_| Error::Crypto(format!("encrypting `{key}` failed")))?;
+            out.extend_from_slice(&tag);
         }
         Ok(out)
     }
 
-    /// zstd-compresses when it helps; a 64 KiB sample decides quickly for incompressible data.
-    fn try_compress(&self, raw: &[u8]) -> Option<Vec<u8>> {
+    /// Appends the zstd frame of `raw` to `out` when it is smaller than `raw`; returns whether
+    /// it did (on `false`, `out` may hold garbage after its original length). A 64 KiB sample
+    /// from the middle decides quickly for incompressible data (≥ 97% of its size → raw).
+    /// Uses this thread's reusable compression context (no per-chunk table allocation).
+    fn compress_after(&self, raw: &[u8], out: &mut Vec<u8>) -> bool {
         const SAMPLE: usize = 64 * 1024;
-        if raw.len() > 4 * SAMPLE {
-            let mid = raw.len() / 2;
-            let sample = &raw[mid..mid + SAMPLE];
-            let c = zstd::bulk::compress(sample, 1).ok()?;
-            if c.len() * 100 > SAMPLE * 97 {
-                return None;
+        let level = self.zstd_level;
+        ZSTD_CCTX.with(|cell| {
+            let mut cctx = cell.borrow_mut();
+            if raw.len() > 4 * SAMPLE {
+                let mid = raw.len() / 2;
+                let sample = &raw[mid..mid + SAMPLE];
+                let mut probe = Vec::with_capacity(zstd::zstd_safe::compress_bound(SAMPLE));
+                match zstd_into(&mut cctx, 1, sample, &mut probe) {
+                    Some(n) if n * 100 <= SAMPLE * 97 => {}
+                    _ => return false,
+                }
             }
-        }
-        let c = zstd::bulk::compress(raw, self.zstd_level).ok()?;
-        (c.len() < raw.len()).then_some(c)
+            let start = out.len();
+            match zstd_into(&mut cctx, level, raw, out) {
+                Some(n) => n < raw.len(),
+                None => {
+                    out.truncate(start);
+                    false
+                }
+            }
+        })
     }
 
     /// Decodes a blob read from `key`: checks the header, decrypts, decompresses.
@@ -311,18 +318,7 @@ impl Crypto {
             }
         };
         let raw = if header.flags & FLAG_ZSTD != 0 {
-            // Stream-decode so that a lying header cannot make us allocate more than the frame
-            // really produces; read one byte more than promised to detect overlong frames.
-            use std::io::Read;
-            let bad = |e: std::io::Error| {
-                Error::corrupt(key, format!("zstd payload does not decode: {e}"))
-            };
-            let mut out = Vec::with_capacity(header.raw_len.min(64 << 20) as usize);
-            let dec = zstd::stream::read::Decoder::with_buffer(payload).map_err(bad)?;
-            dec.take(header.raw_len + 1)
-                .read_to_end(&mut out)
-                .map_err(bad)?;
-            out
+            decompress(key, payload, header.raw_len)?
         } else {
             payload.to_vec()
         };
@@ -338,6 +334,74 @@ impl Crypto {
         }
         Ok(raw)
     }
+}
+
+thread_local! {
+    /// One zstd compression context per thread (the blocking pool's threads live on), so
+    /// the hash and chain tables are allocated once, not per chunk.
+    static ZSTD_CCTX: std::cell::RefCell<zstd::zstd_safe::CCtx<'static>> =
+        std::cell::RefCell::new(zstd::zstd_safe::CCtx::create());
+    static ZSTD_DCTX: std::cell::RefCell<zstd::zstd_safe::DCtx<'static>> =
+        std::cell::RefCell::new(zstd::zstd_safe::DCtx::create());
+}
+
+/// Appends one zstd frame (with its content size) of `src` at `level` to `out`; returns the
+/// frame's length, or `None` if zstd failed (the caller stores the bytes raw).
+fn zstd_into(
+    cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    level: i32,
+    src: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<usize> {
+    use zstd::zstd_safe::{
+        zstd_sys::ZSTD_EndDirective, CParameter, InBuffer, OutBuffer, ResetDirective,
+    };
+    let start = out.len();
+    out.reserve(zstd::zstd_safe::compress_bound(src.len()));
+    cctx.reset(ResetDirective::SessionAndParameters).ok()?;
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .ok()?;
+    cctx.set_pledged_src_size(Some(src.len() as u64)).ok()?;
+    let mut input = InBuffer::around(src);
+    let mut output = OutBuffer::around_pos(out, start);
+    // With compress_bound of room the frame is finished in one call; loop defensively.
+    for _ in 0..4 {
+        if cctx
+            .compress_stream2(&mut output, &mut input, ZSTD_EndDirective::ZSTD_e_end)
+            .ok()?
+            == 0
+        {
+            let end = output.pos();
+            return Some(end - start);
+        }
+    }
+    None
+}
+
+/// Decodes a zstd payload that must produce exactly `raw_len` bytes. Up to 64 MiB the output
+/// is allocated once at `raw_len` and decoded in one pass (a frame producing more fails as
+/// "destination too small"); larger lengths are stream-decoded so that a lying header cannot
+/// force an allocation bigger than what the frame really produces.
+fn decompress(key: &str, payload: &[u8], raw_len: u64) -> Result<Vec<u8>> {
+    let bad = |e: String| Error::corrupt(key, format!("zstd payload does not decode: {e}"));
+    if raw_len <= 64 << 20 {
+        let mut out = Vec::with_capacity(raw_len as usize);
+        ZSTD_DCTX.with(|cell| {
+            let mut dctx = cell.borrow_mut();
+            let _ = dctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+            dctx.decompress(&mut out, payload)
+                .map(|_| ())
+                .map_err(|code| bad(zstd::zstd_safe::get_error_name(code).to_string()))
+        })?;
+        return Ok(out);
+    }
+    use std::io::Read;
+    let mut out = Vec::with_capacity(64 << 20);
+    let dec = zstd::stream::read::Decoder::with_buffer(payload).map_err(|e| bad(e.to_string()))?;
+    dec.take(raw_len + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -402,6 +466,31 @@ mod tests {
             Err(Error::WrongKey { .. })
         ));
         assert!(!format!("{c:?}").contains(&cfg.wrapped_key));
+    }
+
+    #[test]
+    fn reused_contexts_across_levels_and_lengths() {
+        // The thread-local zstd contexts switch level and frame size between calls; every
+        // blob must decode to its input, and a header length off by one either way fails.
+        let text = b"some words repeat, some words repeat more often than others\n".repeat(9000);
+        for (level, len) in [(1, text.len()), (19, 1000), (2, 300_000), (3, 17)] {
+            let c = Crypto::plain(level);
+            let b = c.encode_blob(CHUNK_MAGIC, "k", &text[..len], true).unwrap();
+            assert_eq!(c.decode_blob(CHUNK_MAGIC, "k", &b).unwrap(), &text[..len]);
+            if b[6] & 1 == 1 {
+                for wrong in [len as u64 - 1, len as u64 + 1] {
+                    let mut w = b.clone();
+                    w[8..16].copy_from_slice(&wrong.to_le_bytes());
+                    assert!(c.decode_blob(CHUNK_MAGIC, "k", &w).is_err(), "len {wrong}");
+                }
+            }
+        }
+        let (c, _) = Crypto::create(b"k", MEM, 1, 2).unwrap();
+        let b = c
+            .encode_blob(CHUNK_MAGIC, "chunks/ab/x", &text, true)
+            .unwrap();
+        assert!(b.len() < text.len() / 5);
+        assert_eq!(c.decode_blob(CHUNK_MAGIC, "chunks/ab/x", &b).unwrap(), text);
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             chunk_size: super::format::DEFAULT_CHUNK_SIZE,
-            compression_level: 3,
+            compression_level: super::config::DEFAULT_COMPRESSION_LEVEL,
             key: None,
             kdf_memory_kib: 64 * 1024,
             kdf_iterations: 3,
