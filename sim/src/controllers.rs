@@ -48,6 +48,7 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
             crate::kubevirt::reconcile(&inner, &mut kv);
             crate::kubevirt::safety_thaws(&inner).await;
             crate::export::reconcile(&inner, &mut exports);
+            crate::cbt::reconcile(&inner).await;
             crate::cdi::reconcile(&inner);
             crate::jobs::reconcile(&inner).await;
             tokio::select! {

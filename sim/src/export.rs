@@ -258,6 +258,9 @@ fn export_error(code: u16, msg: &str) -> Response<Body> {
 pub(crate) async fn serve(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segs.first() == Some(&crate::cbt::URL_PREFIX) {
+        return crate::cbt::serve(inner, req, &segs[1..]).await;
+    }
     let (ns, name, rest) = match segs.as_slice() {
         [ns, name, rest @ ..] if !rest.is_empty() => {
             (ns.to_string(), name.to_string(), rest.to_vec())
@@ -451,7 +454,7 @@ pub fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-async fn serve_raw(
+pub(crate) async fn serve_raw(
     path: PathBuf,
     range: Option<&str>,
     head: bool,

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod api;
+pub mod cbt;
 pub mod cdi;
 pub mod controllers;
 pub mod disk;

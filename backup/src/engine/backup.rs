@@ -315,19 +315,37 @@ async fn run(
         };
     in_flight(namespace, &backup_id, true);
 
-    let outcome = stream(
-        client,
-        &mut session,
-        namespace,
-        name,
-        &pvcs,
-        &classes,
-        consistency,
-        &run_labels,
-        cfg,
-        &backup_id,
-    )
-    .await;
+    // >>> changed block tracking (engine/cbt.rs): a running VM with CBT Enabled is read through
+    // a pull-mode VirtualMachineBackup (changed extents only) instead of snapshots + export.
+    let outcome = if super::cbt::applies(&vm, vmi.as_ref()) {
+        super::cbt::stream(
+            client,
+            &mut session,
+            namespace,
+            name,
+            &pvcs,
+            consistency,
+            &run_labels,
+            cfg,
+            &backup_id,
+        )
+        .await
+    } else {
+        stream(
+            client,
+            &mut session,
+            namespace,
+            name,
+            &pvcs,
+            &classes,
+            consistency,
+            &run_labels,
+            cfg,
+            &backup_id,
+        )
+        .await
+    };
+    // <<< changed block tracking
     lease.release().await;
     // Cleanup on every path; a cleanup failure does not hide the run's own error.
     match cluster::cleanup::cleanup(client, Some(namespace), Some(&backup_id)).await {

@@ -9,6 +9,7 @@
 //! write the VM's status record. Cleanup and the thaw run on every exit path.
 
 pub mod backup;
+pub mod cbt;
 pub mod dispatch;
 pub mod restore;
 

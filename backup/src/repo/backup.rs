@@ -27,6 +27,9 @@ use super::repository::{cpu, BackupRef, Repository};
 use super::source::VolumeSource;
 use crate::error::{Error, Result};
 
+/// Chunk reuse from a changed-extent list (changed block tracking), see its module docs.
+mod reuse;
+
 /// How to choose the parent backup used for deduplication.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ParentPolicy {

@@ -1,0 +1,272 @@
+//! Incremental backups through KubeVirt changed block tracking (pull-mode VirtualMachineBackup)
+//! against the simulated cluster and a local repository: a full backup, then an incremental one
+//! that reads only the chunks written in between, restores byte-identical, leaves nothing behind;
+//! a tracker whose checkpoint is not the parent's forces a full backup; a VM without CBT keeps the
+//! snapshot path.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::ListParams;
+use kube::Api;
+use sha2::{Digest, Sha256};
+use virtguard::cluster;
+use virtguard::engine::backup::{backup_vm, BackupConfig, VmBackupReport};
+use virtguard::engine::cbt::{CHECKPOINT_LABEL, TYPE_LABEL};
+use virtguard::repo::repository::InitOptions;
+use virtguard::repo::{LocalStore, Manifest, Repository, RestoreOptions};
+use virtguard_api::{VirtualMachine, VirtualMachineBackup};
+use virtguard_sim::{FreezeAction, Scenario, Sim, SimConfig};
+
+const MIB: u64 = 1 << 20;
+
+const SCENARIO: &str = r#"
+namespaces: [prod]
+vms:
+  - namespace: prod
+    name: cbt
+    annotations: {virtguard.io/sim-changed-block-tracking: "true"}
+    disks:
+      - {name: root, size: 16Mi, content: {random: 1}}
+      - {name: data, size: 8Mi, content: {pattern: "row,"}, used: 2Mi}
+  - namespace: prod
+    name: plain
+    disks:
+      - {name: root, size: 4Mi, content: {random: 2}}
+"#;
+
+async fn new_repo(dir: &std::path::Path) -> Arc<Repository> {
+    let store = Arc::new(LocalStore::new(dir.to_path_buf()));
+    let repo = Repository::init(
+        store,
+        InitOptions {
+            chunk_size: MIB as u32,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    Arc::new(repo)
+}
+
+async fn start() -> (Sim, kube::Client) {
+    cluster::install_crypto_provider();
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client().await.unwrap();
+    for name in ["cbt", "plain"] {
+        common::cluster::wait_running(&client, "prod", name).await;
+    }
+    // CBT is reported Enabled by the sim's controller.
+    let vms = Api::<VirtualMachine>::namespaced(client.clone(), "prod");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let vm = vms.get("cbt").await.unwrap();
+            let state = vm
+                .status
+                .and_then(|s| s.extra.get("changedBlockTracking").cloned())
+                .and_then(|c| c.get("state").cloned());
+            if state == Some(serde_json::json!("Enabled")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    (sim, client)
+}
+
+fn sha(path: &std::path::Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn poke(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+async fn backup(client: &kube::Client, repo: &Arc<Repository>, vm: &str) -> VmBackupReport {
+    backup_vm(client, repo.clone(), "prod", vm, &BackupConfig::default())
+        .await
+        .unwrap()
+}
+
+async fn manifest(repo: &Arc<Repository>, id: &str) -> Manifest {
+    let b = repo.find_backup(id).await.unwrap();
+    repo.load_manifest(&b).await.unwrap()
+}
+
+/// Restores every volume of `id` and compares with the expected sha256 per volume.
+async fn assert_restores(repo: &Arc<Repository>, id: &str, want: &[(&str, String)]) {
+    let m = manifest(repo, id).await;
+    let out = tempfile::tempdir().unwrap();
+    for (vol, sum) in want {
+        let target = out.path().join(vol);
+        virtguard::repo::restore::restore_to_file(
+            repo,
+            &m,
+            vol,
+            &target,
+            &RestoreOptions::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(&sha(&target), sum, "backup {id}, volume {vol}");
+    }
+}
+
+fn checkpoints(sim: &Sim) -> Vec<String> {
+    let dir = sim.state_dir().join("checkpoints").join("prod");
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn assert_clean(sim: &Sim, client: &kube::Client) {
+    assert_eq!(
+        common::cluster::leftovers(client).await,
+        0,
+        "run objects left"
+    );
+    let vmbs = Api::<VirtualMachineBackup>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        vmbs.items.is_empty(),
+        "VirtualMachineBackups left: {:?}",
+        vmbs.items
+    );
+    // The sim drops checkpoint copies once no backup serves them: only the tracker's remains.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(checkpoints(sim).len(), 1, "{:?}", checkpoints(sim));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_then_incremental_reads_only_changed_chunks() {
+    let (sim, client) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("a")).await;
+    let root = sim.pvc_path("prod", "cbt-root").unwrap();
+    let data = sim.pvc_path("prod", "cbt-data").unwrap();
+    let disk_bytes = 24 * MIB;
+
+    // 1. No parent: a full pull backup, quiesced through the freeze subresource.
+    let want1 = vec![("root", sha(&root)), ("data", sha(&data))];
+    let r1 = backup(&client, &repo, "cbt").await;
+    let m1 = manifest(&repo, &r1.backup_id).await;
+    assert_eq!(m1.labels[TYPE_LABEL], "Full");
+    let cp1 = m1.labels[CHECKPOINT_LABEL].clone();
+    assert!(!cp1.is_empty());
+    let log: Vec<_> = sim
+        .freeze_log()
+        .into_iter()
+        .filter(|f| f.vmi == "prod/cbt")
+        .map(|f| f.action)
+        .collect();
+    assert_eq!(log, vec![FreezeAction::Freeze, FreezeAction::Unfreeze]);
+    assert!(
+        r1.bytes_read > 2 * MIB,
+        "full backup reads the data: {}",
+        r1.bytes_read
+    );
+    assert_restores(&repo, &r1.backup_id, &want1).await;
+    assert_clean(&sim, &client).await;
+
+    // 2. Write into three chunks (two of root, one formerly-zero chunk of data).
+    poke(&root, MIB + 5, b"changed root 1");
+    poke(&root, 9 * MIB + 4096, &[0xAB; 10_000]);
+    poke(&data, 6 * MIB + 17, b"new data where there were zeros");
+    let want2 = vec![("root", sha(&root)), ("data", sha(&data))];
+    let r2 = backup(&client, &repo, "cbt").await;
+    let m2 = manifest(&repo, &r2.backup_id).await;
+    assert_eq!(m2.labels[TYPE_LABEL], "Incremental");
+    assert_ne!(m2.labels[CHECKPOINT_LABEL], cp1);
+    assert_eq!(
+        m2.parent.as_ref().map(|p| p.to_string()),
+        Some(r1.backup_id.clone())
+    );
+    assert_eq!(
+        r2.bytes_read,
+        3 * MIB,
+        "only the three written chunks are read (of {disk_bytes} bytes)"
+    );
+    assert!(r2.bytes_new <= 3 * MIB && r2.bytes_new > 0);
+    assert_restores(&repo, &r2.backup_id, &want2).await;
+    assert_restores(&repo, &r1.backup_id, &want1).await;
+    assert_clean(&sim, &client).await;
+
+    // 3. Another repository backs the VM up meanwhile: the tracker moves on, so the next
+    // backup into the first repository cannot trust the map and must be full — and exact.
+    let other = new_repo(&dir.path().join("b")).await;
+    let rb = backup(&client, &other, "cbt").await;
+    assert_eq!(
+        manifest(&other, &rb.backup_id).await.labels[TYPE_LABEL],
+        "Full"
+    );
+    poke(&root, 14 * MIB, b"after the other repository's backup");
+    let want3 = vec![("root", sha(&root)), ("data", sha(&data))];
+    let r3 = backup(&client, &repo, "cbt").await;
+    let m3 = manifest(&repo, &r3.backup_id).await;
+    assert_eq!(
+        m3.labels[TYPE_LABEL], "Full",
+        "tracker checkpoint is not the parent's"
+    );
+    assert!(r3.bytes_read > 3 * MIB);
+    assert_restores(&repo, &r3.backup_id, &want3).await;
+
+    // 4. ... after which incremental resumes.
+    poke(&data, 0, b"x");
+    let want4 = vec![("root", sha(&root)), ("data", sha(&data))];
+    let r4 = backup(&client, &repo, "cbt").await;
+    assert_eq!(
+        manifest(&repo, &r4.backup_id).await.labels[TYPE_LABEL],
+        "Incremental"
+    );
+    assert_eq!(r4.bytes_read, MIB);
+    assert_restores(&repo, &r4.backup_id, &want4).await;
+    assert_clean(&sim, &client).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_without_cbt_uses_the_snapshot_path() {
+    let (sim, client) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path()).await;
+    let want = vec![("root", sha(&sim.pvc_path("prod", "plain-root").unwrap()))];
+    let r = backup(&client, &repo, "plain").await;
+    let m = manifest(&repo, &r.backup_id).await;
+    assert!(!m.labels.contains_key(CHECKPOINT_LABEL), "{:?}", m.labels);
+    assert!(r.bytes_read >= 4 * MIB - MIB);
+    assert_restores(&repo, &r.backup_id, &want).await;
+    // No tracker, no VirtualMachineBackup, no checkpoint for it.
+    assert!(sim
+        .object(
+            "backup.kubevirt.io",
+            "virtualmachinebackuptrackers",
+            "prod",
+            "virtguard-plain"
+        )
+        .is_none());
+    assert!(checkpoints(&sim).is_empty());
+    assert_eq!(common::cluster::leftovers(&client).await, 0);
+}
