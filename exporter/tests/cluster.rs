@@ -12,7 +12,7 @@
 //! * `readiness_waits_for_every_reflector_and_an_absent_crd_breaks_nothing`: `/readyz` is 503
 //!   while a kind cannot be listed, 200 once it recovers through the watcher's backoff; a kind
 //!   answering 404 (CRD not installed) holds up neither readiness nor the other kinds, and is
-//!   picked up without a restart once it is served.
+//!   picked up without a restart once it is served. `--namespace` keeps other namespaces out.
 #![allow(clippy::unwrap_used)] // test code
 
 use std::io::Write as _;
@@ -36,6 +36,7 @@ namespaces: [prod]
 vms:
   - {namespace: prod, name: db, labels: {team: blue, secret: s3cr3t}}
   - {namespace: prod, name: web, guestAgent: false}
+  - {namespace: default, name: other}
 "#;
 
 /// The exporter process; killed on drop (also when the test panics).
@@ -244,6 +245,10 @@ async fn follows_the_cluster_through_watches() {
     })
     .await;
     assert!(is(&text, frozen_db, 0.0), "{text}");
+    assert!(
+        text.contains("virtguard_vmi_guest_agent_connected{namespace=\"default\",name=\"other\""),
+        "all namespaces by default\n{text}"
+    );
     assert!(
         !text.contains("s3cr3t"),
         "a label that is not allow-listed leaked"
@@ -500,7 +505,10 @@ async fn readiness_waits_for_every_reflector_and_an_absent_crd_breaks_nothing() 
         status: Some(500),
         ..Default::default()
     });
-    let e = start_exporter(sim.kubeconfig_path(), &["--mode", "cluster"]);
+    let e = start_exporter(
+        sim.kubeconfig_path(),
+        &["--mode", "cluster", "--namespace", "prod"],
+    );
     let synced = |k: &str| format!("virtguard_exporter_reflector_synced{{kind=\"{k}\"}}");
     let errors = |k: &str, r: &str| {
         format!("virtguard_exporter_watch_errors_total{{kind=\"{k}\",reason=\"{r}\"}}")
@@ -532,6 +540,7 @@ async fn readiness_waits_for_every_reflector_and_an_absent_crd_breaks_nothing() 
         text.contains("virtguard_vmi_guest_agent_connected{namespace=\"prod\",name=\"db\""),
         "the other kinds render: {text}"
     );
+    assert!(!text.contains("name=\"other\""), "--namespace prod: {text}");
     assert!(
         !text.contains("kubevirt_vmsnapshot_succeeded_timestamp_seconds"),
         "{text}"
