@@ -16,7 +16,9 @@ set -euo pipefail
 SIZE_MIB=${1:-2048}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$(mktemp -d /tmp/vg-bench.XXXXXX)}
-mkdir -p "$WORK"
+mkdir -p "$WORK/tmp"
+# restic writes its temporary pack files to $TMPDIR: keep them on the benchmark's file system.
+export TMPDIR="$WORK/tmp"
 S3S=${S3S_FS:-$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")}
 for tool in restic zstd python3 /usr/bin/time "$S3S"; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "missing: $tool" >&2; exit 2; }
