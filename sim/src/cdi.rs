@@ -11,7 +11,8 @@
 //!   `POST /v1beta1/upload` and `/v1beta1/upload-async` with `Authorization: Bearer <token>`;
 //!   the body may be raw, gzip or zstd (detected by magic bytes, as CDI does); it is written
 //!   sparsely into the PVC's file, which keeps the PVC size (400 when the image is larger).
-//!   503 while the DataVolume is not `UploadReady`. `cdiconfigs/config` carries
+//!   503 while the DataVolume is not `UploadReady`. Fault `upload-fail` answers its `status`;
+//!   with 401 the token used is also invalidated (like an expired token). `cdiconfigs/config` carries
 //!   `status.uploadProxyURL`.
 
 use std::collections::{HashMap, HashSet};
@@ -91,19 +92,30 @@ pub(crate) async fn upload(inner: Arc<Inner>, req: Request<Incoming>) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string());
-    let target = token.and_then(|t| {
+    let target = token.as_ref().and_then(|t| {
         inner
             .cdi
             .tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&t)
+            .get(t)
             .cloned()
     });
     let Some((ns, pvc)) = target else {
         return plain(401, "Unauthorized: invalid or missing upload token".into());
     };
     if let Some(e) = inner.faults.call("upload-fail", &ns, &pvc) {
+        if e.code == 401 {
+            // Like an expired token: it stays invalid, the client needs a new one.
+            if let Some(t) = &token {
+                inner
+                    .cdi
+                    .tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(t);
+            }
+        }
         return plain(e.code, e.message.clone());
     }
     if dv_phase(&inner, &ns, &pvc).as_deref() != Some("UploadReady") {

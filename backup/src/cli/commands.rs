@@ -203,15 +203,17 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 }
                 Output::Table => {
                     println!(
-                        "{:<22} {:<16} {:<20} {:>7} {:>10} {:>10}  CONSISTENCY",
-                        "ID", "NAMESPACE", "VM", "VOLUMES", "SIZE", "NEW"
+                        "{:<22} {:<16} {:<20} {:<20} {:>9} {:>7} {:>10} {:>10}  CONSISTENCY",
+                        "ID", "NAMESPACE", "VM", "FINISHED", "DURATION", "VOLUMES", "SIZE", "NEW"
                     );
                     for m in &manifests {
                         println!(
-                            "{:<22} {:<16} {:<20} {:>7} {:>10} {:>10}  {}",
+                            "{:<22} {:<16} {:<20} {:<20} {:>8.1}s {:>7} {:>10} {:>10}  {}",
                             m.id.as_str(),
                             m.namespace,
                             m.vm,
+                            m.finished.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                            duration_secs(m),
                             m.volumes.len(),
                             human(m.volumes.iter().map(|v| v.size).sum()),
                             human(m.volumes.iter().map(|v| v.bytes_stored).sum()),
@@ -230,8 +232,10 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 Output::Json => println!("{}", String::from_utf8_lossy(&m.encode())),
                 Output::Table => {
                     println!("backup      {r}");
+                    println!("vm          {}/{}", m.namespace, m.vm);
                     println!("started     {}", m.started.to_rfc3339());
                     println!("finished    {}", m.finished.to_rfc3339());
+                    println!("duration    {:.1}s", duration_secs(&m));
                     println!("consistency {}", consistency(&m.consistency));
                     if let Some(p) = &m.parent {
                         println!("parent      {p}");
@@ -404,8 +408,15 @@ fn consistency(c: &crate::repo::format::Consistency) -> &'static str {
     }
 }
 
+/// Seconds from the backup's start to its commit.
+fn duration_secs(m: &Manifest) -> f64 {
+    (m.finished - m.started).num_milliseconds().max(0) as f64 / 1000.0
+}
+
 fn summary_json(m: &Manifest) -> serde_json::Value {
     json!({
+        "duration_seconds": duration_secs(m),
+        "tool_version": m.tool_version,
         "id": m.id,
         "namespace": m.namespace,
         "vm": m.vm,

@@ -30,7 +30,8 @@
 //!      its magic bytes; an all-zero 4 MiB chunk costs a few hundred bytes on the wire). Every
 //!      chunk is verified against its id as it is fetched, and the whole-image digest recorded
 //!      at backup time is recomputed on the way: a mismatch aborts the body, so CDI never marks
-//!      the upload complete. 5xx answers are retried with backoff, a 401 with a fresh token.
+//!      the upload complete. 5xx answers are retried with backoff; every retry uses a fresh token (a 401 means the token expired, and a
+//!      proxy that answers before reading the body may look like a reset connection).
 //!    * `job`: a PVC and a Job running `virtguard restore-volume`, which writes the volume
 //!      directly and sparsely from the repository into the PVC (Block mode: `volumeDevices`
 //!      at [`JOB_DEVICE_PATH`]; Filesystem mode: `disk.img` under [`JOB_MOUNT_PATH`]). The
@@ -1671,16 +1672,7 @@ async fn upload_volume(
                     .chars()
                     .take(300)
                     .collect();
-                if code == 401 {
-                    ctx.progress.line(&format!(
-                        "volume {}: upload proxy answered 401; requesting a new token",
-                        v.volume
-                    ));
-                    token = upload_token(ctx, ns, &v.claim).await?;
-                    (true, format!("401 {text}"))
-                } else {
-                    (code >= 500, format!("HTTP {code}: {text}"))
-                }
+                (code >= 500 || code == 401, format!("HTTP {code}: {text}"))
             }
             Err(e) => (true, format!("{e}")),
         };
@@ -1688,12 +1680,15 @@ async fn upload_volume(
             return Err(up_err(format!("{msg} (after {attempts} attempt(s))")));
         }
         ctx.progress.line(&format!(
-            "volume {}: upload attempt {attempts} failed ({msg}); retrying",
+            "volume {}: upload attempt {attempts} failed ({msg}); retrying with a new token",
             v.volume
         ));
         tokio::time::sleep(Duration::from_millis(250 * (1 << attempts.min(5)))).await;
         // CDI needs the upload server again.
         wait_dv(ctx, ns, &v.claim, "UploadReady", req.timeout).await?;
+        // A fresh token every time: a 401 means the token expired, and when the proxy answers
+        // before reading the body the client may only see a reset connection, not the 401.
+        token = upload_token(ctx, ns, &v.claim).await?;
     };
     wait_dv(ctx, ns, &v.claim, "Succeeded", req.timeout).await?;
     ctx.progress.line(&format!(
