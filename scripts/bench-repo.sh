@@ -10,7 +10,8 @@
 #
 # Usage: scripts/bench-repo.sh [SIZE_MIB]   (default 2048; needs s3s-fs, restic, zstd, python3)
 # Env: WORK=dir for temporary files (default: a new dir under /tmp), KEEP=1 to keep it,
-#      VG=path of a prebuilt virtguard binary (default: build target/release/virtguard).
+#      VG=path of a prebuilt virtguard binary (default: build target/release/virtguard),
+#      INIT_ARGS="--compression-level 1" extra flags for both `virtguard init`s.
 set -euo pipefail
 
 SIZE_MIB=${1:-2048}
@@ -92,8 +93,10 @@ measure() {
 VGS=(--s3-endpoint "$EP" --s3-path-style -q)
 export RESTIC_PASSWORD=bench-password
 echo "== init"
-"$VG" init --repo s3://bench/plain "${VGS[@]}" >/dev/null
-VIRTGUARD_KEY=bench-password "$VG" init --repo s3://bench/enc "${VGS[@]}" >/dev/null
+# shellcheck disable=SC2086 # INIT_ARGS is a list of flags
+"$VG" init --repo s3://bench/plain "${VGS[@]}" ${INIT_ARGS:-} >/dev/null
+# shellcheck disable=SC2086
+VIRTGUARD_KEY=bench-password "$VG" init --repo s3://bench/enc "${VGS[@]}" ${INIT_ARGS:-} >/dev/null
 restic -r "s3:$EP/bench/restic" init >/dev/null
 
 echo "== full backup"
