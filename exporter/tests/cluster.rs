@@ -282,7 +282,7 @@ async fn follows_the_cluster_through_watches() {
         &client,
         "mig-ok",
         "db",
-        "Pending:0,Scheduling:1200,Running:2400,Succeeded:3600",
+        "Pending:0,Scheduling:2000,Running:4000,Succeeded:6000",
     )
     .await;
     let pending = "kubevirt_vmi_migrations_in_pending_phase";
