@@ -160,6 +160,27 @@ async fn copy_into_another_namespace_with_new_name_and_storage_class_map() {
         text(&o)
     );
     assert!(vm(&sim, "dr", "db-copy").await.is_none());
+    // A storage class that does not exist is warned about.
+    let o = virtguard(
+        &sim,
+        &repo,
+        &[
+            "restore",
+            "prod/db@latest",
+            "--target-namespace",
+            "dr",
+            "--storage-class-map",
+            "fast=gone",
+            "--dry-run",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("storage class `gone` does not exist"),
+        "{}",
+        text(&o)
+    );
 
     let o = virtguard(&sim, &repo, &args, &env);
     assert!(o.status.success(), "{}", text(&o));
@@ -319,6 +340,8 @@ async fn job_method_writes_the_pvc_from_the_repository() {
             "job",
             "--timeout",
             "50s",
+            "--start",
+            "--wait",
         ],
         &[],
     );
@@ -352,6 +375,11 @@ async fn job_method_writes_the_pvc_from_the_repository() {
         v["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
         "db-root"
     );
+    assert_eq!(v["spec"]["runStrategy"], "Always");
+    // --wait returned only once the VMI ran.
+    let vmis: Api<virtguard_api::VirtualMachineInstance> =
+        Api::namespaced(sim.client().await.unwrap(), "dr");
+    assert_eq!(vmis.get("db").await.unwrap().phase(), "Running");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -630,4 +658,59 @@ fn download_raw_and_qcow2_equal_the_original() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_deletes_what_the_restore_created() {
+    let sim = sim().await;
+    let (_dir, repo) = local_backup(&sim);
+    // The upload proxy keeps failing: the restore is busy retrying when the signal comes.
+    sim.inject(FaultRule {
+        op: "upload-fail".into(),
+        target: Some("dr/db-root".into()),
+        status: Some(503),
+        ..Default::default()
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_virtguard"))
+        .args([
+            "--repo",
+            &repo,
+            "--quiet",
+            "restore",
+            "prod/db@latest",
+            "--target-namespace",
+            "dr",
+        ])
+        .env("KUBECONFIG", sim.kubeconfig_path())
+        .env_remove("VIRTGUARD_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dvs: Api<DataVolume> = Api::namespaced(sim.client().await.unwrap(), "dr");
+    let mut seen = false;
+    for _ in 0..100 {
+        if dvs.get_opt("db-root").await.unwrap().is_some() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the restore never created its DataVolume");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    let o = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("interrupted by SIGTERM") && err.contains("deleted DataVolume dr/db-root"),
+        "{}",
+        text(&o)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(dvs.get_opt("db-root").await.unwrap().is_none());
+    assert!(vm(&sim, "dr", "db").await.is_none());
 }
