@@ -184,8 +184,7 @@ async fn quickstart_flow_on_a_real_guest_with_s3_and_prometheus() {
         .sim
         .freeze_log()
         .into_iter()
-        .filter(|r| r.vmi == "demo/guest" && r.status == 200)
-        .next_back()
+        .rfind(|r| r.vmi == "demo/guest" && r.status == 200)
         .unwrap();
     assert_eq!(last.action, virtguard_sim::FreezeAction::Unfreeze);
     let alert = prom
