@@ -671,7 +671,7 @@ async fn sigterm_deletes_what_the_restore_created() {
         status: Some(503),
         ..Default::default()
     });
-    let mut child = Command::new(env!("CARGO_BIN_EXE_virtguard"))
+    let child = Command::new(env!("CARGO_BIN_EXE_virtguard"))
         .args([
             "--repo",
             &repo,
