@@ -21,7 +21,7 @@ use virtguard::engine::cbt::{CHECKPOINT_LABEL, TYPE_LABEL};
 use virtguard::repo::repository::InitOptions;
 use virtguard::repo::{LocalStore, Manifest, Repository, RestoreOptions};
 use virtguard_api::{VirtualMachine, VirtualMachineBackup};
-use virtguard_sim::{FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
 
 const MIB: u64 = 1 << 20;
 
@@ -269,4 +269,84 @@ async fn vm_without_cbt_uses_the_snapshot_path() {
         .is_none());
     assert!(checkpoints(&sim).is_empty());
     assert_eq!(common::cluster::leftovers(&client).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cbt_failures_thaw_clean_up_and_commit_nothing() {
+    let (sim, client) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path()).await;
+
+    // KubeVirt fails the backup after quiescing: thawed, error names the backup and the cause.
+    sim.inject(FaultRule {
+        op: "backup-failed".into(),
+        target: Some("prod/*".into()),
+        message: Some("qemu: disk I/O error".into()),
+        ..Default::default()
+    });
+    let err = backup_vm(
+        &client,
+        repo.clone(),
+        "prod",
+        "cbt",
+        &BackupConfig::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("VirtualMachineBackup") && err.contains("qemu: disk I/O error"),
+        "{err}"
+    );
+    let log: Vec<_> = sim
+        .freeze_log()
+        .into_iter()
+        .filter(|f| f.vmi == "prod/cbt")
+        .map(|f| f.action)
+        .collect();
+    assert_eq!(log, vec![FreezeAction::Freeze, FreezeAction::Unfreeze]);
+    assert!(
+        repo.latest("prod", "cbt").await.unwrap().is_none(),
+        "no manifest"
+    );
+    assert_eq!(common::cluster::leftovers(&client).await, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(checkpoints(&sim).is_empty(), "{:?}", checkpoints(&sim));
+
+    // The API refuses the VirtualMachineBackup: the token Secret goes with the cleanup.
+    sim.clear_faults();
+    sim.inject(FaultRule {
+        op: "create virtualmachinebackups".into(),
+        times: Some(1),
+        ..Default::default()
+    });
+    let err = backup_vm(
+        &client,
+        repo.clone(),
+        "prod",
+        "cbt",
+        &BackupConfig::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("creating the VirtualMachineBackup"), "{err}");
+    assert!(repo.latest("prod", "cbt").await.unwrap().is_none());
+    assert_eq!(common::cluster::leftovers(&client).await, 0);
+
+    // Data downloads dropped mid-stream are re-requested: the backup is exact.
+    sim.clear_faults();
+    sim.inject(FaultRule {
+        op: "export-drop-after".into(),
+        target: Some("prod/*".into()),
+        times: Some(2),
+        bytes: Some(300_000),
+        ..Default::default()
+    });
+    let root = sim.pvc_path("prod", "cbt-root").unwrap();
+    let data = sim.pvc_path("prod", "cbt-data").unwrap();
+    let want = vec![("root", sha(&root)), ("data", sha(&data))];
+    let r = backup(&client, &repo, "cbt").await;
+    assert_restores(&repo, &r.backup_id, &want).await;
+    assert_clean(&sim, &client).await;
 }

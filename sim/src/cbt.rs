@@ -43,6 +43,10 @@
 //!   finds changes by comparing the images, so a block rewritten with identical bytes is not
 //!   reported (a subset of what QEMU would report; consumers must not rely on either).
 //!
+//! Faults: `backup-failed` (target = the backup) fails it after the quiesce, before the
+//! checkpoint (the guest is thawed; condition `Failed` with the rule's `message`);
+//! `export-drop-after` (target = the backup) drops `data` downloads after `bytes` bytes.
+//!
 //! Deleting the backup ends it (endpoints answer 404). TTL `spec.ttlDuration` (default 2 h)
 //! deletes it. Checkpoint copies are removed as soon as no live backup serves them and no
 //! tracker names them as its latest checkpoint.
@@ -372,9 +376,19 @@ async fn run_backup(inner: &Arc<Inner>, b: &Value) -> Result<Value, Failure> {
             Err(_) => "Failed",
         }
     };
+    let fault = inner
+        .faults
+        .object_event("backup-failed", &ns, &[&name])
+        .map(|r| {
+            r.message
+                .unwrap_or_else(|| "injected fault: checkpoint failed".into())
+        });
     let copies = files.clone();
     let cdir = dir.clone();
     let copied = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        if let Some(m) = fault {
+            return Err(m);
+        }
         for (vol, f) in &copies {
             crate::disk::copy_sparse(f, &cdir.join(format!("{vol}.img")), true)
                 .map_err(|e| e.to_string())?;
@@ -580,7 +594,11 @@ pub(crate) async fn serve(
         .get(hyper::header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    crate::export::serve_raw(img, range.as_deref(), head, None).await
+    let drop_after = inner
+        .faults
+        .object_event("export-drop-after", ns, &[name])
+        .and_then(|r| r.bytes);
+    crate::export::serve_raw(img, range.as_deref(), head, drop_after).await
 }
 
 #[cfg(test)]
