@@ -1951,6 +1951,81 @@ mod tests {
         assert!(!is_fixed_ip_annotation("ipam.spidernet.io"));
     }
 
+    /// A repository with one committed backup of `data` as volume `root` (64 KiB chunks).
+    async fn repo_with(data: &[u8]) -> (tempfile::TempDir, Arc<Repository>, Manifest) {
+        use crate::repo::repository::InitOptions;
+        use crate::repo::{BackupOptions, BackupSession, FileSource, LocalStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, data).unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("repo")));
+        let opts = InitOptions {
+            chunk_size: 64 << 10,
+            ..Default::default()
+        };
+        let repo = Arc::new(Repository::init(store, opts).await.unwrap());
+        let mut s = BackupSession::start(repo.clone(), "ns", "vm", BackupOptions::default())
+            .await
+            .unwrap();
+        let src: Arc<dyn crate::repo::VolumeSource> = Arc::new(FileSource::open(&img).unwrap());
+        s.write_volume("root", src, None).await.unwrap();
+        let m = s.commit().await.unwrap();
+        (dir, repo, m)
+    }
+
+    async fn collect(
+        repo: &Arc<Repository>,
+        m: &Manifest,
+        expected: &str,
+    ) -> (Vec<std::io::Result<Bytes>>, Arc<BodyState>) {
+        let index = Arc::new(repo.load_index(m, "root").await.unwrap());
+        let state = Arc::new(BodyState::default());
+        let body = upload_body(
+            repo.clone(),
+            index,
+            expected.to_string(),
+            4,
+            None,
+            state.clone(),
+        );
+        (body.collect().await, state)
+    }
+
+    #[tokio::test]
+    async fn upload_body_is_zstd_of_the_image_with_cheap_zero_chunks() {
+        let mut data = vec![0u8; 1 << 20];
+        for (i, b) in data.iter_mut().enumerate().take(200_000) {
+            *b = (i % 251) as u8;
+        }
+        let (_d, repo, m) = repo_with(&data).await;
+        let (frames, state) = collect(&repo, &m, &m.volumes[0].image_digest).await;
+        let mut wire = Vec::new();
+        for f in frames {
+            wire.extend_from_slice(&f.unwrap());
+        }
+        assert_eq!(zstd::stream::decode_all(&wire[..]).unwrap(), data);
+        assert_eq!(state.wire.load(Ordering::Relaxed), wire.len() as u64);
+        // 12 of 16 chunks are zero; each costs a few bytes.
+        assert_eq!(state.zero_chunks.load(Ordering::Relaxed), 12);
+        assert!(wire.len() < 20_000, "{} bytes on the wire", wire.len());
+        assert!(state.failure.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn upload_body_fails_on_a_digest_mismatch() {
+        let (_d, repo, m) = repo_with(&[7u8; 100_000]).await;
+        let (frames, state) = collect(&repo, &m, "0000").await;
+        assert!(
+            frames.last().unwrap().is_err(),
+            "the body must end with an error"
+        );
+        let err = state.failure.lock().unwrap().take().unwrap().to_string();
+        assert!(
+            err.contains("image digest") && err.contains("0000"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn unknown_volume_is_refused() {
         let mut o = objects();
