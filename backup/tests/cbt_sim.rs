@@ -350,3 +350,70 @@ async fn cbt_failures_thaw_clean_up_and_commit_nothing() {
     assert_restores(&repo, &r.backup_id, &want).await;
     assert_clean(&sim, &client).await;
 }
+
+/// Runs the real binary against the sim (blocks this worker only).
+fn virtguard(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> std::process::Output {
+    tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_virtguard"))
+            .args(["--repo", repo.to_str().unwrap(), "--quiet"])
+            .args(args)
+            .env("KUBECONFIG", sim.kubeconfig_path())
+            .env_remove("VIRTGUARD_KEY")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+}
+
+async fn status_record(client: &kube::Client) -> virtguard_api::status::BackupStatusRecord {
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "prod")
+        .get("virtguard-status")
+        .await
+        .unwrap();
+    serde_json::from_str(&cm.data.unwrap()["cbt"]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_backs_up_incrementally_and_reports_bytes_read() {
+    let (sim, client) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let show = |o: &std::process::Output| {
+        format!(
+            "{:?}\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let o = virtguard(&sim, &repo, &["init", "--chunk-size", "1MiB"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let o = virtguard(&sim, &repo, &["backup", "--vm", "prod/cbt"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let full = status_record(&client).await;
+    assert!(full.bytes_read > 2 * MIB, "{full:?}");
+
+    let root = sim.pvc_path("prod", "cbt-root").unwrap();
+    poke(&root, 7 * MIB + 3, b"one changed chunk");
+    let want = sha(&root);
+    let o = virtguard(&sim, &repo, &["backup", "--vm", "prod/cbt"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let inc = status_record(&client).await;
+    assert_eq!(inc.bytes_read, MIB, "{inc:?}");
+    let id = inc.backup_id.clone().unwrap();
+
+    let out = dir.path().join("root.img");
+    let o = virtguard(
+        &sim,
+        &repo,
+        &[
+            "restore-file",
+            &format!("prod/cbt/{id}"),
+            "root",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(sha(&out), want);
+    assert_clean(&sim, &client).await;
+}
