@@ -417,3 +417,31 @@ async fn the_binary_backs_up_incrementally_and_reports_bytes_read() {
     assert_eq!(sha(&out), want);
     assert_clean(&sim, &client).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_quiesce_is_never_recorded_as_application_consistent() {
+    let (sim, client) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path()).await;
+    sim.inject(FaultRule {
+        op: "freeze".into(),
+        target: Some("prod/cbt".into()),
+        ..Default::default()
+    });
+    let err = backup_vm(
+        &client,
+        repo.clone(),
+        "prod",
+        "cbt",
+        &BackupConfig::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("quiesceStatus Failed"), "{err}");
+    assert!(
+        repo.latest("prod", "cbt").await.unwrap().is_none(),
+        "no manifest"
+    );
+    assert_eq!(common::cluster::leftovers(&client).await, 0);
+}

@@ -31,7 +31,10 @@
 //!    Secret by the run's cleanup.
 //!
 //! The freeze window reported is an upper bound: from creating the VirtualMachineBackup to
-//! seeing it Ready, and only when KubeVirt reports `quiesceStatus: Succeeded`.
+//! seeing it Ready. When a quiesce was asked for and the VMI's
+//! `status.changedBlockTracking.backupStatus` does not report `quiesceStatus: Succeeded` for
+//! this backup, the run fails (`quiescing the guest`), as a failed freeze does on the snapshot
+//! path: an image is never recorded as application-consistent when it is not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -296,6 +299,24 @@ pub async fn stream(
     let result = async {
         let st = wait_ready(&api, &object, &vmb_name, cfg.export_timeout).await?;
         let window = created.elapsed();
+        // Like a failed freeze on the snapshot path: no application-consistent claim for an
+        // image KubeVirt could not quiesce.
+        let quiesce = read_quiesce(client, namespace, name, &vmb_name).await;
+        if consistency == Consistency::ApplicationConsistent
+            && quiesce.as_deref() != Some("Succeeded")
+        {
+            return Err(EngineError::Cluster {
+                vm: vm_id.clone(),
+                step: "quiescing the guest",
+                source: ClusterError::Freeze {
+                    object: vm_id.clone(),
+                    message: format!(
+                        "KubeVirt reports quiesceStatus {} for VirtualMachineBackup {object}",
+                        quiesce.as_deref().unwrap_or("(none)")
+                    ),
+                },
+            });
+        }
         let stats = pull(session, namespace, name, pvcs, &st, &token, &object).await?;
         Ok::<_, EngineError>((window, st, stats))
     }
@@ -312,22 +333,32 @@ pub async fn stream(
     let typ = st.type_.clone().unwrap_or_default();
     session.set_label(CHECKPOINT_LABEL, &checkpoint);
     session.set_label(TYPE_LABEL, &typ);
-    let quiesced = read_quiesce(client, namespace, name).await == Some("Succeeded".into());
+    let quiesced = consistency == Consistency::ApplicationConsistent;
     tracing::info!(vm = %vm_id, checkpoint = %checkpoint, kind = %typ, "changed block tracking backup read");
     Ok((if quiesced { window } else { Duration::ZERO }, stats))
 }
 
-async fn read_quiesce(client: &Client, namespace: &str, name: &str) -> Option<String> {
+/// `quiesceStatus` of backup `backup` from the VMI's `status.changedBlockTracking.backupStatus`.
+async fn read_quiesce(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    backup: &str,
+) -> Option<String> {
     let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
         .ok()??;
-    vmi.status?
+    let st = vmi
+        .status?
         .extra
         .get("changedBlockTracking")?
-        .pointer("/backupStatus/quiesceStatus")?
-        .as_str()
-        .map(str::to_string)
+        .get("backupStatus")?
+        .clone();
+    if st.get("backupName")?.as_str()? != backup {
+        return None;
+    }
+    st.get("quiesceStatus")?.as_str().map(str::to_string)
 }
 
 async fn pull(
