@@ -614,6 +614,12 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
             let running = st["phase"] == "Running";
             if running {
                 st["nodeName"] = json!(NODE);
+                // virt-controller labels a scheduled VMI with its node (what node agents select on).
+                if !o["metadata"]["labels"].is_object() {
+                    o["metadata"]["labels"] = json!({});
+                }
+                o["metadata"]["labels"]["kubevirt.io/nodeName"] = json!(NODE);
+                let st = &mut o["status"];
                 st["qosClass"] = json!("Burstable");
                 st["guestOSInfo"] = if agent { json!({"id": "sim", "name": "virtguard-sim guest"}) } else { json!({}) };
                 let vols: Vec<Value> = o["spec"]["volumes"].as_array().cloned().unwrap_or_default().iter().enumerate().map(|(i, v)| {
