@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::commands::human;
 use super::Config;
@@ -157,21 +157,55 @@ pub async fn resolve_backup(repo: &Repository, spec: &str) -> Result<BackupRef> 
     repo.find_backup(spec).await
 }
 
-/// Bars per volume on a terminal, plain lines otherwise.
+/// Bars per volume on a terminal; otherwise (unless --quiet) a plain line per volume every
+/// 10 seconds.
 struct CliProgress {
     multi: Option<MultiProgress>,
+    plain: bool,
 }
 
 impl CliProgress {
     fn new(config: &Config) -> Self {
-        let multi = (config.progress && std::io::stderr().is_terminal()).then(MultiProgress::new);
-        CliProgress { multi }
+        let tty = std::io::stderr().is_terminal();
+        let multi = (config.progress && tty).then(MultiProgress::new);
+        CliProgress {
+            multi,
+            plain: config.progress && !tty,
+        }
     }
 }
 
 impl restore::Progress for CliProgress {
     fn volume(&self, volume: &str, size: u64) -> Option<ProgressBar> {
-        let m = self.multi.as_ref()?;
+        let Some(m) = self.multi.as_ref() else {
+            if !self.plain {
+                return None;
+            }
+            let pb = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::hidden());
+            let watch = pb.clone();
+            let name = volume.to_string();
+            tokio::spawn(async move {
+                let t0 = std::time::Instant::now();
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if watch.is_finished() {
+                        break;
+                    }
+                    let done = watch.position();
+                    let secs = t0.elapsed().as_secs_f64().max(1e-3);
+                    eprintln!(
+                        "volume {name}: {} of {} ({:.0}%), {}/s",
+                        HumanBytes(done),
+                        HumanBytes(size),
+                        done as f64 * 100.0 / size.max(1) as f64,
+                        HumanBytes((done as f64 / secs) as u64)
+                    );
+                }
+            });
+            return Some(pb);
+        };
         let pb = m.add(ProgressBar::new(size));
         if let Ok(style) = ProgressStyle::with_template(
             "{prefix:>12} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
