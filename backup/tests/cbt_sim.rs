@@ -30,7 +30,7 @@ namespaces: [prod]
 vms:
   - namespace: prod
     name: cbt
-    annotations: {virtguard.io/sim-changed-block-tracking: "true"}
+    changedBlockTracking: true
     disks:
       - {name: root, size: 16Mi, content: {random: 1}}
       - {name: data, size: 8Mi, content: {pattern: "row,"}, used: 2Mi}

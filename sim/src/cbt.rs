@@ -6,7 +6,7 @@
 //! Real KubeVirt enables CBT for the VMs matched by `changedBlockTrackingLabelSelectors` in its
 //! CR (after a restart). The sim enables it for every VM annotated
 //! `virtguard.io/sim-changed-block-tracking: "true"` (on the VM or its template; the scenario's
-//! `annotations:` of a VM go to the template): the VM
+//! VM flag `changedBlockTracking: true` sets it on the template): the VM
 //! and its VMI get `status.changedBlockTracking.state: Enabled` (`v1.ChangedBlockTrackingStatus`).
 //!
 //! # VirtualMachineBackup (pull mode)

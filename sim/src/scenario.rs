@@ -17,6 +17,7 @@
 //!     guestAgent: true               # default true
 //!     guestAgentSocket: /run/qga.sock  # optional: freeze/thaw reach this real agent
 //!     guestAgentLibvirt: {uri: "qemu+unix:///system?socket=/x", domain: prod_db}  # or via libvirt
+//!     changedBlockTracking: true     # default false: CBT Enabled (see the `cbt` module)
 //!     labels: {app: db}
 //!     networks: [br-data]            # Multus networks (bridge interfaces)
 //!     disks:
@@ -102,6 +103,9 @@ pub struct VmSpec {
     /// `{uri, domain}`: freeze/thaw go through libvirt to that domain's real guest agent.
     #[serde(default)]
     pub guest_agent_libvirt: Option<LibvirtAgent>,
+    /// KubeVirt changed block tracking (annotation [`crate::cbt::CBT_ANNOTATION`]).
+    #[serde(default)]
+    pub changed_block_tracking: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -266,6 +270,9 @@ pub(crate) fn apply(inner: &Inner, s: &Scenario) -> Result<(), Error> {
         let mut annotations: BTreeMap<String, String> = vm.annotations.clone();
         if !vm.guest_agent {
             annotations.insert(crate::kubevirt::AGENT_ANNOTATION.into(), "false".into());
+        }
+        if vm.changed_block_tracking {
+            annotations.insert(crate::cbt::CBT_ANNOTATION.into(), "true".into());
         }
         if let Some(l) = &vm.guest_agent_libvirt {
             annotations.insert(
