@@ -308,9 +308,36 @@ impl Repository {
         }
     }
 
-    /// The newest committed backup of a VM.
+    /// The newest committed backup of a VM. Ids sort by time to the second only (the random
+    /// suffix orders backups of the same second arbitrarily), so when several backups share the
+    /// newest second their manifests' start times decide.
     pub async fn latest(&self, namespace: &str, vm: &str) -> Result<Option<BackupRef>> {
-        Ok(self.list_backups(Some(namespace), Some(vm)).await?.pop())
+        let mut all = self.list_backups(Some(namespace), Some(vm)).await?;
+        let Some(last) = all.pop() else {
+            return Ok(None);
+        };
+        let second = last.id.time();
+        let mut same_second: Vec<BackupRef> = all
+            .into_iter()
+            .rev()
+            .take_while(|r| second.is_some() && r.id.time() == second)
+            .collect();
+        if same_second.is_empty() {
+            return Ok(Some(last));
+        }
+        same_second.push(last.clone());
+        let mut newest: Option<(chrono::DateTime<chrono::Utc>, BackupRef)> = None;
+        for r in same_second {
+            match self.load_manifest(&r).await {
+                Ok(m) => {
+                    if newest.as_ref().is_none_or(|(t, _)| m.started > *t) {
+                        newest = Some((m.started, r));
+                    }
+                }
+                Err(e) => tracing::warn!(backup = %r, error = %e, "manifest unreadable"),
+            }
+        }
+        Ok(Some(newest.map(|(_, r)| r).unwrap_or(last)))
     }
 
     /// Reads and checks a manifest.
@@ -408,6 +435,51 @@ mod tests {
         ));
         let repo = Repository::open(store.clone(), Some(b"pw")).await.unwrap();
         assert!(repo.crypto().is_encrypted());
+    }
+
+    #[tokio::test]
+    async fn latest_orders_backups_of_the_same_second_by_start_time() {
+        use crate::repo::format::{Consistency, Manifest, REPO_FORMAT_VERSION};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
+        let repo = Repository::init(store, InitOptions::default())
+            .await
+            .unwrap();
+        let second = chrono::Utc::now();
+        let put = |suffix: u16, started_ms: i64| {
+            let started = second + chrono::Duration::milliseconds(started_ms);
+            Manifest {
+                format_version: REPO_FORMAT_VERSION,
+                id: BackupId::at(second, suffix),
+                namespace: "ns".into(),
+                vm: "vm".into(),
+                started,
+                finished: started,
+                consistency: Consistency::CrashConsistent,
+                parent: None,
+                volumes: vec![],
+                resources: None,
+                tool_version: "t".into(),
+                labels: Default::default(),
+            }
+        };
+        // Written later in the same second, but with the smaller random suffix.
+        let older = put(0xffff, 1);
+        let newer = put(0x0001, 500);
+        for m in [&older, &newer] {
+            let r = BackupRef {
+                namespace: "ns".into(),
+                vm: "vm".into(),
+                id: m.id.clone(),
+            };
+            repo.put_object(&r.manifest_key(), m.encode())
+                .await
+                .unwrap();
+        }
+        let latest = repo.latest("ns", "vm").await.unwrap().unwrap();
+        assert_eq!(latest.id, newer.id);
+        let earlier = BackupId::at(second - chrono::Duration::seconds(5), 0xffff);
+        assert!(earlier < newer.id && newer.id < older.id);
     }
 
     #[test]
