@@ -327,6 +327,16 @@ async fn in_place_restore_brings_back_overwritten_disk_and_keeps_identity() {
 #[tokio::test(flavor = "multi_thread")]
 async fn job_method_writes_the_pvc_from_the_repository() {
     let sim = sim().await;
+    // Scenario PVCs are Block; one becomes Filesystem, so both Job layouts are exercised.
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(sim.client().await.unwrap(), "prod");
+    pvcs.patch(
+        "db-data",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"volumeMode": "Filesystem"}})),
+    )
+    .await
+    .unwrap();
     let (_dir, repo) = local_backup(&sim);
     let o = virtguard(
         &sim,
@@ -356,6 +366,11 @@ async fn job_method_writes_the_pvc_from_the_repository() {
     );
     let runs = sim.job_runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
+    let modes: Vec<bool> = runs
+        .iter()
+        .map(|r| r.args.iter().any(|a| a == "--device"))
+        .collect();
+    assert!(modes.contains(&true) && modes.contains(&false), "{runs:?}");
     for r in &runs {
         assert_eq!(
             r.exit_code,
@@ -364,6 +379,8 @@ async fn job_method_writes_the_pvc_from_the_repository() {
             std::fs::read_to_string(&r.log).unwrap_or_default()
         );
         assert_eq!(r.args[0], "restore-volume");
+        let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+        assert!(log.contains("digest verified"), "{log}");
         assert!(
             !r.args.iter().any(|a| a.contains(&repo)),
             "repository not on the command line: {:?}",
