@@ -445,3 +445,109 @@ async fn a_failed_quiesce_is_never_recorded_as_application_consistent() {
     );
     assert_eq!(common::cluster::leftovers(&client).await, 0);
 }
+
+/// The sim's pull endpoints directly: token check, point-in-time data (writes after the
+/// checkpoint are not served), map, and 404 once the backup is deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn sim_pull_endpoints_serve_the_checkpoint_with_the_token_only() {
+    use kube::api::{DeleteParams, PostParams};
+    let (sim, client) = start().await;
+    let root = sim.pvc_path("prod", "cbt-root").unwrap();
+    let at_checkpoint = std::fs::read(&root).unwrap();
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "prod");
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("tok".into());
+    secret.data = Some(
+        [(
+            "token".to_string(),
+            k8s_openapi::ByteString(b"s3cret".to_vec()),
+        )]
+        .into(),
+    );
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let api = Api::<VirtualMachineBackup>::namespaced(client.clone(), "prod");
+    let vmb: VirtualMachineBackup = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "b1"},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "cbt"},
+                 "mode": "Pull", "skipQuiesce": true, "tokenSecretRef": "tok"}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &vmb).await.unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let b = api.get("b1").await.unwrap();
+            if let Some(st) = b.status.filter(|s| s.included_volumes.is_some()) {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.type_.as_deref(), Some("Full"));
+    // Written after the checkpoint: not in what the endpoint serves.
+    poke(&root, 0, b"after the checkpoint");
+
+    let vol = st
+        .included_volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.volume_name.as_deref() == Some("root"))
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(st.endpoint_cert.unwrap().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let data = vol.data_endpoint.unwrap();
+    let r = http.get(&data).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no token");
+    let r = http
+        .get(&data)
+        .header("x-kubevirt-export-token", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "wrong token");
+    let r = http
+        .get(&data)
+        .header("x-kubevirt-export-token", "s3cret")
+        .header("range", "bytes=0-1048575")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        &r.bytes().await.unwrap()[..],
+        &at_checkpoint[..MIB as usize]
+    );
+    let map: Vec<serde_json::Value> = http
+        .get(vol.map_endpoint.unwrap())
+        .header("x-kubevirt-export-token", "s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Random content: one extent covering the whole 16 MiB disk.
+    assert_eq!(map.len(), 1, "{map:?}");
+    assert_eq!(map[0]["start"], 0);
+    assert_eq!(map[0]["length"], 16 * MIB);
+
+    api.delete("b1", &DeleteParams::default()).await.unwrap();
+    let r = http
+        .get(&data)
+        .header("x-kubevirt-export-token", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "deleting the backup ends it");
+    // Source VirtualMachine (no tracker): the checkpoint copy goes with the backup.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(checkpoints(&sim).is_empty(), "{:?}", checkpoints(&sim));
+}
