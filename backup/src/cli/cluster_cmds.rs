@@ -278,6 +278,9 @@ async fn dispatch_jobs(
     if config.s3_path_style {
         child_args.push("--s3-path-style".into());
     }
+    if config.s3_sign_payload {
+        child_args.push("--s3-sign-payload".into());
+    }
     let cfg = DispatchConfig {
         namespace: namespace.clone(),
         parallel: a.parallel.max(1),

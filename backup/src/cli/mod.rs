@@ -53,6 +53,10 @@ pub struct GlobalArgs {
     /// Use path-style S3 URLs (needed by most non-AWS servers)
     #[arg(long, env = "VIRTGUARD_S3_PATH_STYLE", global = true)]
     pub s3_path_style: bool,
+    /// Sign chunk upload bodies (SigV4 payload hash) instead of UNSIGNED-PAYLOAD; for servers
+    /// that refuse unsigned uploads (costs a SHA-256 pass over every byte on both sides)
+    #[arg(long, env = "VIRTGUARD_S3_SIGN_PAYLOAD", global = true)]
+    pub s3_sign_payload: bool,
     /// Store operations in flight
     #[arg(
         long,
@@ -305,6 +309,7 @@ pub struct Config {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_path_style: bool,
+    pub s3_sign_payload: bool,
     pub store_concurrency: usize,
     pub concurrency: usize,
     pub retries: u32,
@@ -356,6 +361,7 @@ impl Config {
             s3_endpoint: g.s3_endpoint.clone(),
             s3_region: g.s3_region.clone(),
             s3_path_style: g.s3_path_style,
+            s3_sign_payload: g.s3_sign_payload,
             store_concurrency: g.store_concurrency.max(1),
             concurrency: g
                 .concurrency
@@ -376,6 +382,7 @@ impl Config {
             o.endpoint = self.s3_endpoint.clone();
             o.region = self.s3_region.clone();
             o.path_style = self.s3_path_style;
+            o.sign_payload = self.s3_sign_payload;
             let s3 = S3Store::connect(o).await?;
             Ok(Arc::new(LimitStore::new(
                 RetryStore::new(s3, self.retries, self.retry_base, max),
