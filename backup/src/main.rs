@@ -30,6 +30,9 @@ fn main() -> std::process::ExitCode {
                 Some(virtguard::Error::Invalid(_) | virtguard::Error::KubeConfig(_)) => {
                     std::process::ExitCode::from(2)
                 }
+                Some(virtguard::Error::Restore(r)) if r.is_usage() => {
+                    std::process::ExitCode::from(2)
+                }
                 _ => std::process::ExitCode::FAILURE,
             }
         }

@@ -240,7 +240,7 @@ async fn copy_into_another_namespace_with_new_name_and_storage_class_map() {
         UUID
     );
     let o = virtguard(&sim, &repo, &args, &env);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("VirtualMachine dr/db-copy already exists")
@@ -262,7 +262,7 @@ async fn in_place_restore_brings_back_overwritten_disk_and_keeps_identity() {
 
     // Without --in-place: the name clash is refused and nothing changes.
     let o = virtguard(&sim, &repo, &["restore", "prod/db@latest"], &[]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("VirtualMachine prod/db already exists"),
         "{}",
@@ -285,7 +285,7 @@ async fn in_place_restore_brings_back_overwritten_disk_and_keeps_identity() {
         &["restore", "prod/db@latest", "--in-place"],
         &[],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("is running"),
         "{}",
@@ -461,7 +461,7 @@ async fn bad_input_is_refused_and_corruption_leaves_no_vm() {
         &["restore", "prod/db@latest", "--target-namespace", "nowhere"],
         &[],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("target namespace `nowhere` does not exist"),
         "{}",

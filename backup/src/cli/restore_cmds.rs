@@ -258,6 +258,9 @@ fn job_env(config: &Config) -> Result<Vec<(String, String)>> {
     if config.s3_path_style {
         env.push(("VIRTGUARD_S3_PATH_STYLE".into(), "true".into()));
     }
+    if config.s3_sign_payload {
+        env.push(("VIRTGUARD_S3_SIGN_PAYLOAD".into(), "true".into()));
+    }
     for k in [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",

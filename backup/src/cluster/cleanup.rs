@@ -1,9 +1,11 @@
 //! Deleting what backup runs created — found by label, and never anything else.
 //!
 //! Selection is `app.kubernetes.io/managed-by=virtguard,virtguard.io/backup-id[=<id>]`: an
-//! object needs both labels to be touched. Deletion order follows dependencies: exports (they
+//! object needs both labels to be touched. Deletion order follows dependencies: changed-block-tracking
+//! VirtualMachineBackups (they serve the pull endpoints), exports (they
 //! mount the temporary PVCs), then PVCs (restored from the snapshots), then snapshots, then
-//! token Secrets, then the VM's backup Lease. A 404 counts as done (someone else cleaned up first).
+//! token Secrets, then the VM's backup Lease. A 404 counts as done (someone else cleaned up first),
+//! and a kind the API server does not serve is skipped.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
@@ -11,7 +13,7 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use virtguard_api::labels;
-use virtguard_api::{VirtualMachineExport, VolumeSnapshot};
+use virtguard_api::{VirtualMachineBackup, VirtualMachineExport, VolumeSnapshot};
 
 use super::{ClusterError, Result};
 
@@ -48,14 +50,17 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let list = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(ClusterError::api(
-            "listing",
-            "objects",
-            format!("{kind} ({selector})"),
-        ))?;
+    let list = match api.list(&ListParams::default().labels(selector)).await {
+        // The kind is not served (e.g. KubeVirt without the backup.kubevirt.io CRDs): nothing
+        // of that kind can have been created.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        other => other,
+    }
+    .map_err(ClusterError::api(
+        "listing",
+        "objects",
+        format!("{kind} ({selector})"),
+    ))?;
     for obj in list.items {
         let meta = obj.meta();
         let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
@@ -110,6 +115,7 @@ pub async fn cleanup(
 ) -> Result<CleanupReport> {
     let sel = selector(backup_id);
     let mut report = CleanupReport::default();
+    delete_kind::<VirtualMachineBackup>(client, namespace, &sel, &mut report).await?;
     delete_kind::<VirtualMachineExport>(client, namespace, &sel, &mut report).await?;
     delete_kind::<PersistentVolumeClaim>(client, namespace, &sel, &mut report).await?;
     delete_kind::<VolumeSnapshot>(client, namespace, &sel, &mut report).await?;

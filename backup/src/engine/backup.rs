@@ -258,9 +258,10 @@ async fn run(
         .is_some_and(|v| v.condition("Paused") == Some("True"));
     let agent = vmi.as_ref().is_some_and(|v| v.agent_connected());
 
-    // 2. Snapshot classes, before any freeze.
+    // 2. Snapshot classes, before any freeze (the CBT path takes no snapshots: none needed).
+    let use_cbt = super::cbt::applies(&vm, vmi.as_ref());
     let mut classes = Vec::new();
-    for p in &pvcs {
+    for p in pvcs.iter().filter(|_| !use_cbt) {
         let pvc_id = format!("{namespace}/{}", p.pvc);
         let driver = snapshot::csi_driver_of_pvc(client, namespace, &p.pvc)
             .await
@@ -317,7 +318,7 @@ async fn run(
 
     // >>> changed block tracking (engine/cbt.rs): a running VM with CBT Enabled is read through
     // a pull-mode VirtualMachineBackup (changed extents only) instead of snapshots + export.
-    let outcome = if super::cbt::applies(&vm, vmi.as_ref()) {
+    let outcome = if use_cbt {
         super::cbt::stream(
             client,
             &mut session,

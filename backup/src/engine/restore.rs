@@ -133,6 +133,20 @@ pub enum RestoreError {
     Repo(Box<crate::Error>),
 }
 
+impl RestoreError {
+    /// A refusal caused by how the command was asked (name clash, missing namespace, running VM
+    /// without --force, contradictory options): exit status 2, like other usage errors.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RestoreError::Exists { .. }
+                | RestoreError::NoNamespace(_)
+                | RestoreError::Running { .. }
+                | RestoreError::Invalid(_)
+        )
+    }
+}
+
 impl From<crate::Error> for RestoreError {
     fn from(e: crate::Error) -> Self {
         RestoreError::Repo(Box::new(e))

@@ -21,12 +21,14 @@ where
         .len()
 }
 
-/// Objects of any backup run still in the cluster (snapshots, PVCs, exports, Secrets, Leases).
+/// Objects of any backup run still in the cluster (snapshots, PVCs, exports, CBT backups,
+/// Secrets, Leases).
 pub async fn leftovers(client: &kube::Client) -> usize {
     let lp = ListParams::default().labels(&virtguard::cluster::cleanup::selector(None));
     count::<VolumeSnapshot>(client, &lp).await
         + count::<PersistentVolumeClaim>(client, &lp).await
         + count::<VirtualMachineExport>(client, &lp).await
+        + count::<virtguard_api::VirtualMachineBackup>(client, &lp).await
         + count::<Secret>(client, &lp).await
         + count::<Lease>(client, &lp).await
 }
