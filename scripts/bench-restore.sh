@@ -33,32 +33,7 @@ trap cleanup EXIT
 
 IMG="$WORK/disk.img"
 echo "== generating ${SIZE_MIB} MiB image (40% zeros, 40% text-like, 20% random; seed 42)"
-python3 - "$IMG" "$SIZE_MIB" <<'EOF'
-import random, sys
-path, size_mib = sys.argv[1], int(sys.argv[2])
-rng = random.Random(42)
-CH = 4 << 20
-words = [''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 10))) for _ in range(5000)]
-def text_block(n):
-    out, total = [], 0
-    while total < n:
-        line = ' '.join(rng.choice(words) for _ in range(rng.randint(4, 14))) + '\n'
-        out.append(line); total += len(line)
-    return ''.join(out).encode()[:n]
-pool = text_block(16 << 20)
-with open(path, 'wb') as f:
-    for i in range(size_mib // 4):
-        kind = i % 5
-        if kind in (0, 1):
-            f.seek(CH, 1)
-        elif kind in (2, 3):
-            start = rng.randrange(0, len(pool) - CH)
-            head = f'chunk {i}\n'.encode()
-            f.write(head + pool[start:start + CH - len(head)])
-        else:
-            f.write(rng.randbytes(CH))
-    f.truncate(size_mib << 20)
-EOF
+python3 "$ROOT/scripts/lib/gen-image.py" "$IMG" "$SIZE_MIB" 42 --sparse
 
 cat >"$WORK/scenario.yaml" <<EOF
 namespaces: [bench, dr]

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Writes a deterministic benchmark disk image: SIZE_MIB MiB in 4 MiB blocks, 40% zeros, 40%
-text-like (compressible), 20% random (incompressible). Usage: gen-image.py PATH SIZE_MIB [SEED]"""
+text-like (compressible), 20% random (incompressible). Usage: gen-image.py PATH SIZE_MIB [SEED]
+[--sparse] (--sparse: zero blocks are holes instead of written zeros; same content)."""
 import random
 import sys
 
-path, size_mib = sys.argv[1], int(sys.argv[2])
-rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 42)
+args = [a for a in sys.argv[1:] if a != '--sparse']
+sparse = '--sparse' in sys.argv[1:]
+path, size_mib = args[0], int(args[1])
+rng = random.Random(int(args[2]) if len(args) > 2 else 42)
 CH = 4 << 20
 words = [''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 10)))
          for _ in range(5000)]
@@ -25,7 +28,10 @@ with open(path, 'wb') as f:
     for i in range(size_mib // 4):
         kind = i % 5
         if kind in (0, 1):
-            f.seek(CH, 1)  # a hole: reads as zeros
+            if sparse:
+                f.seek(CH, 1)
+            else:
+                f.write(bytes(CH))
         elif kind in (2, 3):
             start = rng.randrange(0, len(pool) - CH)
             head = f'chunk {i}\n'.encode()
