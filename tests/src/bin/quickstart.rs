@@ -181,7 +181,7 @@ async fn main() -> Result<()> {
         if real {
             "real QEMU/TCG guest under a private libvirtd (freeze/thaw through its guest agent)"
         } else {
-            "simulated (no QEMU/libvirt/root here)"
+            "simulated (--no-guest, or no root/QEMU/libvirt here)"
         }
     );
     println!(
