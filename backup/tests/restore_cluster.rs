@@ -304,9 +304,23 @@ async fn in_place_restore_brings_back_overwritten_disk_and_keeps_identity() {
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let root = sim.pvc_path("prod", "db-root").unwrap();
-    assert_eq!(sha(&root), before, "content is the backup's again");
     let v = vm(&sim, "prod", "db").await.unwrap();
+    // The disk was restored into a new claim, the VM switched to it, the old claim deleted.
+    let claim = claim_of(&v, "root");
+    assert!(
+        claim.starts_with("db-root-r") && claim.len() == "db-root-r".len() + 4,
+        "{claim}"
+    );
+    let root = sim.pvc_path("prod", &claim).unwrap();
+    assert_eq!(sha(&root), before, "content is the backup's again");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("deleted the replaced disk prod/db-root"),
+        "{}",
+        text(&o)
+    );
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(sim.client().await.unwrap(), "prod");
+    assert!(pvcs.get_opt("db-root").await.unwrap().is_none());
     let spec = &v["spec"]["template"]["spec"];
     assert_eq!(
         spec["domain"]["devices"]["interfaces"][0]["macAddress"],
@@ -322,6 +336,93 @@ async fn in_place_restore_brings_back_overwritten_disk_and_keeps_identity() {
         "{v}"
     );
     assert_eq!(v["spec"]["runStrategy"], "Halted");
+
+    // A second in-place restore replaces the suffix instead of stacking another one.
+    let o = virtguard(
+        &sim,
+        &repo,
+        &["restore", "prod/db@latest", "--in-place"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let again = claim_of(&vm(&sim, "prod", "db").await.unwrap(), "root");
+    assert!(
+        again.starts_with("db-root-r") && again.len() == claim.len() && again != claim,
+        "{claim} -> {again}"
+    );
+    assert_eq!(sha(&sim.pvc_path("prod", &again).unwrap()), before);
+    assert!(pvcs.get_opt(&claim).await.unwrap().is_none());
+}
+
+/// The claim behind volume `volume` of a VM object.
+fn claim_of(vm: &Value, volume: &str) -> String {
+    let vols = vm["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let v = vols.iter().find(|v| v["name"] == volume).unwrap();
+    v.pointer("/persistentVolumeClaim/claimName")
+        .or_else(|| v.pointer("/dataVolume/name"))
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_in_place_restore_keeps_the_vm_and_its_old_disks() {
+    let sim = sim().await;
+    let (_dir, repo) = local_backup(&sim);
+    let root = sim.pvc_path("prod", "db-root").unwrap();
+    std::fs::write(&root, vec![0xEEu8; 6 << 20]).unwrap();
+    let vm_before = vm(&sim, "prod", "db").await.unwrap();
+    // Corrupt every stored chunk: the restore must fail part-way through the data.
+    for d in std::fs::read_dir(Path::new(&repo).join("chunks")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            let last = b.len() - 1;
+            b[last] ^= 0x55;
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    let o = virtguard(
+        &sim,
+        &repo,
+        &["restore", "prod/db@latest", "--in-place"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("corrupt"),
+        "{}",
+        text(&o)
+    );
+    // The VM still uses its old disks, whose data is untouched.
+    let v = vm(&sim, "prod", "db").await.unwrap();
+    assert_eq!(claim_of(&v, "root"), "db-root");
+    assert_eq!(claim_of(&v, "data"), "db-data");
+    assert_eq!(v["spec"]["template"], vm_before["spec"]["template"]);
+    let root = sim.pvc_path("prod", "db-root").unwrap();
+    assert!(std::fs::read(&root).unwrap().iter().all(|b| *b == 0xEE));
+    assert!(sim.pvc_path("prod", "db-data").is_ok());
+    // The staged disks were deleted again.
+    let dvs: Api<DataVolume> = Api::namespaced(sim.client().await.unwrap(), "prod");
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = dvs
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|d| d.metadata.name)
+            .filter(|n| n.starts_with("db-root-r") || n.starts_with("db-data-r"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left.is_empty(), "staged DataVolumes left: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

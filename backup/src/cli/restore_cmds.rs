@@ -366,8 +366,8 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
         if plan.mode == Mode::InPlace {
             for v in &plan.volumes {
                 println!(
-                    "# would delete and recreate DataVolume/PersistentVolumeClaim {}/{}",
-                    plan.namespace, v.claim
+                    "# volume {}: would restore into the new claim {}/{}, switch the VM to it, and only then delete the claim the VM uses for it now",
+                    v.volume, plan.namespace, v.claim
                 );
             }
         }
@@ -392,7 +392,9 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
     let result = tokio::select! {
         r = restore::execute(&ctx, &plan, &req) => r.map_err(Error::from),
         signal = shutdown_signal() => {
-            let what = if a.keep_partial {
+            let what = if created.committed() {
+                "the VM already used the restored disks; nothing was rolled back".to_string()
+            } else if a.keep_partial {
                 format!("kept (--keep-partial): {}", created.list().join(", "))
             } else {
                 let deleted = created.rollback(&client).await;
@@ -425,6 +427,9 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
             v.attempts,
             v.seconds
         );
+    }
+    for d in &report.replaced {
+        println!("deleted the replaced disk {d}");
     }
     println!(
         "restored backup {r} as VM {} in {:.1}s{}",

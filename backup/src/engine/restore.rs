@@ -17,10 +17,11 @@
 //!    * **in place**: names, MACs, firmware UUID and annotations are kept.
 //!
 //!    `runStrategy` is `Halted` unless `--start` (then `Always`); `spec.running` is removed.
-//! 3. [`check_target`] refuses what would overwrite something (an existing VM, PVC or
-//!    DataVolume name, unless in place), a missing target namespace, and collects warnings: a
-//!    Multus network (`spec.template.spec.networks[].multus.networkName`) without its
-//!    NetworkAttachmentDefinition in the target namespace, a storage class that does not exist.
+//! 3. [`check_target`] refuses what would overwrite something (an existing VM unless in place,
+//!    or a PVC or DataVolume of a name the restore creates), a missing target namespace, and
+//!    collects warnings: a Multus network (`spec.template.spec.networks[].multus.networkName`)
+//!    without its NetworkAttachmentDefinition in the target namespace, a storage class that does
+//!    not exist.
 //! 4. [`execute`] creates the disks, fills them, and creates (or, in place, replaces) the VM
 //!    **last**, so a failed restore never leaves a half-restored VM that could start. Two data
 //!    paths:
@@ -39,9 +40,15 @@
 //!      (`secretKeyRef` env), never through its command line.
 //!
 //!    Everything the run creates is recorded in a [`Created`] list; on any failure (and on
-//!    Ctrl-C / SIGTERM, see the CLI) it is deleted again unless `--keep-partial`. In place, the
-//!    VM's old disks are deleted before the new ones are created (their data is what the
-//!    backup replaces); a failed in-place restore leaves the VM stopped and is simply re-run.
+//!    Ctrl-C / SIGTERM, see the CLI) it is deleted again unless `--keep-partial`.
+//!
+//!    **In place never makes things worse**: the disks are restored into *new* claims (the old
+//!    name with the restore's suffix, `db-root` → `db-root-r3f9a`, see [`staged_claim_name`];
+//!    the suffix of an earlier in-place restore is replaced, not stacked), the VM's spec is
+//!    replaced to use them, and only then are the old claims deleted. Until that switch the VM's
+//!    old disks are untouched, so a failed or interrupted in-place restore leaves the VM
+//!    stopped with the disks it had; after the switch nothing is rolled back. The price is
+//!    room for a second copy of the disks during the restore.
 //!
 //! Objects this module creates carry the label [`RESTORE_ID`] (never `virtguard.io/backup-id`,
 //! so `virtguard cleanup` can never select a restored disk).
@@ -372,6 +379,33 @@ fn copy_claim_name(old_claim: &str, old_vm: &str, new_vm: &str) -> String {
     }
 }
 
+/// The claim name an in-place restore writes into: the old name with the restore's suffix
+/// `-r<4 hex>` (a suffix of an earlier in-place restore is replaced, not stacked). The old claim
+/// stays untouched until the VM has been switched to the new one, so a failed restore never
+/// costs the VM its disks.
+fn staged_claim_name(old_claim: &str, restore_id: &str) -> String {
+    let tag: String = restore_id
+        .rsplit('-')
+        .next()
+        .unwrap_or(restore_id)
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let tag = &tag[tag.len().saturating_sub(4)..];
+    let mut base = old_claim;
+    if let Some((b, t)) = old_claim.rsplit_once("-r") {
+        if t.len() == 4 && t.bytes().all(|c| c.is_ascii_hexdigit()) && !b.is_empty() {
+            base = b;
+        }
+    }
+    // CDI names pods after the DataVolume (`cdi-upload-<name>`): stay within a DNS label.
+    let max = 63 - "cdi-upload-".len() - 2 - tag.len();
+    let cut = base.char_indices().nth(max).map_or(base.len(), |(i, _)| i);
+    let base = base[..cut].trim_end_matches(['-', '.']);
+    format!("{base}-r{tag}")
+}
+
 /// Builds the plan (pure: no cluster access).
 pub fn plan(
     m: &Manifest,
@@ -435,7 +469,7 @@ pub fn plan(
             .to_string();
         let claim = match req.mode {
             Mode::Copy => copy_claim_name(&old_claim, &old_vm, &name),
-            Mode::InPlace => old_claim.clone(),
+            Mode::InPlace => staged_claim_name(&old_claim, restore_id),
         };
         crate::repo::format::check_name("claim name", &claim)?;
         let pvc = objs.pvcs.get(&old_claim);
@@ -806,15 +840,35 @@ async fn get_opt(
 
 /// Objects created by a restore run (deleted again on failure / interruption).
 #[derive(Debug, Default, Clone)]
-pub struct Created(Arc<Mutex<Vec<(String, String, String)>>>);
+pub struct Created(Arc<Mutex<CreatedInner>>);
+
+#[derive(Debug, Default)]
+struct CreatedInner {
+    items: Vec<(String, String, String)>,
+    /// Set once the VM uses what was created: nothing may be rolled back any more.
+    committed: bool,
+}
 
 impl Created {
     fn push(&self, kind: &str, ns: &str, name: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((
-            kind.to_string(),
-            ns.to_string(),
-            name.to_string(),
-        ));
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .items
+            .push((kind.to_string(), ns.to_string(), name.to_string()));
+    }
+
+    /// The VM now uses the created disks: forget them, so neither a later failure nor an
+    /// interruption deletes a disk the VM needs.
+    fn commit(&self) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.items.clear();
+        g.committed = true;
+    }
+
+    /// Whether the VM was already switched to the restored disks.
+    pub fn committed(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).committed
     }
 
     /// The recorded objects as `Kind ns/name`.
@@ -822,6 +876,7 @@ impl Created {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .items
             .iter()
             .map(|(k, ns, n)| format!("{k} {ns}/{n}"))
             .collect()
@@ -834,6 +889,7 @@ impl Created {
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .items
             .drain(..)
             .rev()
             .collect();
@@ -866,35 +922,32 @@ pub async fn check_target(client: &Client, plan: &Plan) -> Result<Vec<String>> {
     {
         return Err(RestoreError::NoNamespace(ns.clone()));
     }
-    if plan.mode == Mode::Copy {
-        if get_opt(client, ns, &vm_ar(), "VirtualMachine", &plan.name)
+    if plan.mode == Mode::Copy
+        && get_opt(client, ns, &vm_ar(), "VirtualMachine", &plan.name)
             .await?
             .is_some()
-        {
-            return Err(RestoreError::Exists {
-                kind: "VirtualMachine",
-                object: format!("{ns}/{}", plan.name),
+    {
+        return Err(RestoreError::Exists {
+            kind: "VirtualMachine",
+            object: format!("{ns}/{}", plan.name),
+        });
+    }
+    // Copy or in place, the restore only writes claims of new names (in place: staged names).
+    for v in &plan.volumes {
+        for (kind, r) in [("PersistentVolumeClaim", pvc_ar()), ("DataVolume", dv_ar())] {
+            if get_opt(client, ns, &r, kind, &v.claim).await?.is_none() {
+                continue;
+            }
+            return Err(match plan.mode {
+                Mode::Copy => RestoreError::Exists {
+                    kind,
+                    object: format!("{ns}/{}", v.claim),
+                },
+                Mode::InPlace => RestoreError::Invalid(format!(
+                    "{kind} {ns}/{} exists already (left by an earlier in-place restore run with --keep-partial?): run the restore again (each run picks a new claim suffix), or delete it if the VM does not use it",
+                    v.claim
+                )),
             });
-        }
-        for v in &plan.volumes {
-            if get_opt(client, ns, &pvc_ar(), "PersistentVolumeClaim", &v.claim)
-                .await?
-                .is_some()
-            {
-                return Err(RestoreError::Exists {
-                    kind: "PersistentVolumeClaim",
-                    object: format!("{ns}/{}", v.claim),
-                });
-            }
-            if get_opt(client, ns, &dv_ar(), "DataVolume", &v.claim)
-                .await?
-                .is_some()
-            {
-                return Err(RestoreError::Exists {
-                    kind: "DataVolume",
-                    object: format!("{ns}/{}", v.claim),
-                });
-            }
         }
     }
     let mut warnings = Vec::new();
@@ -947,6 +1000,8 @@ pub struct VolumeReport {
 pub struct RestoreReport {
     pub vm: String,
     pub volumes: Vec<VolumeReport>,
+    /// In place: the old disks (`ns/claim`) that were deleted after the VM was switched over.
+    pub replaced: Vec<String>,
     pub seconds: f64,
 }
 
@@ -1070,17 +1125,12 @@ async fn execute_inner(
     let t0 = Instant::now();
     let ns = plan.namespace.as_str();
     let mut live_vm = None;
+    let mut replaced = Vec::new();
     if plan.mode == Mode::InPlace {
         live_vm = get_opt(ctx.client, ns, &vm_ar(), "VirtualMachine", &plan.name).await?;
         stop_for_in_place(ctx, plan, req, live_vm.is_some()).await?;
-        for v in &plan.volumes {
-            ctx.progress.line(&format!(
-                "in place: deleting the old disk {ns}/{} of volume {}",
-                v.claim, v.volume
-            ));
-            delete_and_wait(ctx, ns, "DataVolume", &v.claim, req.timeout).await?;
-            delete_and_wait(ctx, ns, "PersistentVolumeClaim", &v.claim, req.timeout).await?;
-        }
+        // The old disks stay as they are until the VM has been switched to the new ones.
+        replaced = replaced_claims(ctx, plan, live_vm.as_ref()).await?;
     }
     let mut volumes = Vec::new();
     match plan.method {
@@ -1172,6 +1222,27 @@ async fn execute_inner(
         }
         _ => create(ctx, ns, "VirtualMachine", &plan.vm).await?,
     }
+    let mut replaced_deleted = Vec::new();
+    if plan.mode == Mode::InPlace {
+        // The VM now refers to the restored disks: they must survive whatever happens next.
+        ctx.created.commit();
+        for claim in &replaced {
+            ctx.progress.line(&format!(
+                "in place: deleting the replaced disk {ns}/{claim} (the VM now uses the restored one)"
+            ));
+            let deleted = async {
+                delete_and_wait(ctx, ns, "DataVolume", claim, req.timeout).await?;
+                delete_and_wait(ctx, ns, "PersistentVolumeClaim", claim, req.timeout).await
+            }
+            .await;
+            match deleted {
+                Ok(()) => replaced_deleted.push(format!("{ns}/{claim}")),
+                Err(e) => ctx.progress.line(&format!(
+                    "warning: the restore is complete, but the replaced disk {ns}/{claim} could not be deleted ({e}): delete it with `kubectl delete pvc -n {ns} {claim}` once you no longer need it"
+                )),
+            }
+        }
+    }
     ctx.progress.line(&format!(
         "VirtualMachine {ns}/{} {} (runStrategy {})",
         plan.name,
@@ -1214,8 +1285,55 @@ async fn execute_inner(
     Ok(RestoreReport {
         vm: format!("{ns}/{}", plan.name),
         volumes,
+        replaced: replaced_deleted,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// In place: the claims the restored volumes replace — what the live VM uses for each volume,
+/// or (no live VM) the backed-up claim name — when such a PVC or DataVolume exists and is not
+/// the new claim itself. They are deleted only after the VM uses the restored disks.
+async fn replaced_claims(
+    ctx: &Context<'_>,
+    plan: &Plan,
+    live_vm: Option<&Value>,
+) -> Result<Vec<String>> {
+    let ns = plan.namespace.as_str();
+    let live_vols = live_vm
+        .and_then(|vm| vm.pointer("/spec/template/spec/volumes"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for v in &plan.volumes {
+        let live = live_vols
+            .iter()
+            .find(|lv| lv.get("name").and_then(Value::as_str) == Some(v.volume.as_str()))
+            .and_then(|lv| {
+                lv.pointer("/persistentVolumeClaim/claimName")
+                    .or_else(|| lv.pointer("/dataVolume/name"))
+                    .and_then(Value::as_str)
+            });
+        let old = match (live_vm, live) {
+            (Some(_), Some(c)) => c.to_string(),
+            // The live VM no longer has this volume: nothing of it to replace.
+            (Some(_), None) => continue,
+            (None, _) => v.old_claim.clone(),
+        };
+        if old == v.claim || out.contains(&old) {
+            continue;
+        }
+        let exists = get_opt(ctx.client, ns, &pvc_ar(), "PersistentVolumeClaim", &old)
+            .await?
+            .is_some()
+            || get_opt(ctx.client, ns, &dv_ar(), "DataVolume", &old)
+                .await?
+                .is_some();
+        if exists {
+            out.push(old);
+        }
+    }
+    Ok(out)
 }
 
 async fn stop_for_in_place(
@@ -1890,7 +2008,7 @@ mod tests {
         req.target_namespace = None;
         req.name = None;
         req.start = true;
-        let p = plan(&manifest(), &objects(), &req, "r1").unwrap();
+        let p = plan(&manifest(), &objects(), &req, "20261201t071500z-3f9a").unwrap();
         let vm = &p.vm;
         assert_eq!(vm["metadata"]["name"], "db");
         assert_eq!(vm["spec"]["runStrategy"], "Always");
@@ -1911,11 +2029,31 @@ mod tests {
             vm["spec"]["template"]["metadata"]["annotations"]["cni.projectcalico.org/ipAddrs"],
             "[\"10.0.0.5\"]"
         );
+        // The disks go into staged claims; the VM spec points at them.
         assert_eq!(
             spec["volumes"][0]["persistentVolumeClaim"]["claimName"],
-            "db-root"
+            "db-root-r3f9a"
         );
-        assert_eq!(p.volumes[1].claim, "db-data");
+        assert_eq!(p.volumes[0].old_claim, "db-root");
+        assert_eq!(p.volumes[1].claim, "db-data-r3f9a");
+    }
+
+    #[test]
+    fn staged_claim_names() {
+        let id = "20261201t071500z-3f9a";
+        assert_eq!(staged_claim_name("db-root", id), "db-root-r3f9a");
+        // An earlier restore's suffix is replaced, not stacked.
+        assert_eq!(staged_claim_name("db-root-r1b2c", id), "db-root-r3f9a");
+        // A name that merely ends in `-r` plus something else keeps it.
+        assert_eq!(staged_claim_name("disk-rootfs", id), "disk-rootfs-r3f9a");
+        assert_eq!(staged_claim_name("-r1b2c", id), "-r1b2c-r3f9a");
+        // Long names are cut so that `cdi-upload-<name>` stays a DNS label.
+        let long = "a".repeat(80);
+        let n = staged_claim_name(&long, id);
+        assert!(
+            n.ends_with("-r3f9a") && "cdi-upload-".len() + n.len() <= 63,
+            "{n}"
+        );
     }
 
     #[test]
