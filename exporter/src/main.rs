@@ -87,6 +87,12 @@ struct Config {
     /// VMIs of its node (label kubevirt.io/nodeName) and so needs a kubeconfig or ServiceAccount.
     #[arg(long, value_delimiter = ',', env = "VIRTGUARD_VMI_LABEL_ALLOWLIST")]
     vmi_label_allowlist: Vec<String>,
+    /// Node mode: take the counters of SR-IOV NICs (invisible to libvirt) from the guest agent,
+    /// matched to the VMI's interfaces by MAC address and labelled source="guest-agent". Like
+    /// --vmi-label-allowlist, this makes node mode watch its node's VMIs (needs a kubeconfig or
+    /// ServiceAccount with read access to VMIs).
+    #[arg(long, env = "VIRTGUARD_GUEST_AGENT_NICS")]
+    guest_agent_nics: bool,
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -177,13 +183,17 @@ async fn run() -> anyhow::Result<()> {
                 job_operations: job_operations(&cfg.job_operations)?,
                 hook: None,
             };
-            let collector = NodeCollector::new(node_cfg)?;
-            if vmi_labels.is_empty() {
+            let mut collector = NodeCollector::new(node_cfg)?;
+            if vmi_labels.is_empty() && !cfg.guest_agent_nics {
                 Arc::new(collector)
             } else {
-                // Only with allow-listed labels does node mode talk to the API (DESIGN §2).
+                // Only with allow-listed labels or guest-agent NICs does node mode talk to the
+                // API (DESIGN §2): one reflector over this node's VMIs.
                 let client = kube_client().await?;
                 let src = VmiLabelSource::start(client, vmi_labels, &cfg.node_name);
+                if cfg.guest_agent_nics {
+                    collector = collector.with_guest_nics(src.nic_source());
+                }
                 Arc::new(collector.with_vmi_labels(src))
             }
         }

@@ -172,6 +172,20 @@ pub fn render_node_labelled(
     let no_extra: &[(String, String)] = &[];
     let ex = |i: usize| extra.get(i).map(Vec::as_slice).unwrap_or(no_extra);
     let ok = || vms.iter().enumerate().filter(|(_, v)| v.success);
+    // Guest-agent NICs carry `source="guest-agent"` after the VM's extra labels.
+    let agent_extra: Vec<Vec<(String, String)>> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| {
+            if vm.guest_agent_interfaces.is_empty() {
+                return Vec::new();
+            }
+            let mut e = ex(i).to_vec();
+            let (k, v) = crate::node::guest_nics::SOURCE_LABEL;
+            e.push((k.to_string(), v.to_string()));
+            e
+        })
+        .collect();
     for (pos, (_, metric)) in NET_FIELDS.iter().enumerate() {
         let mut f = out.family(metric);
         for (i, vm) in ok() {
@@ -181,6 +195,15 @@ pub fn render_node_labelled(
                     f.sample(
                         &[&id.namespace, &id.name, node, &d.label],
                         ex(i),
+                        Num::Int(v),
+                    );
+                }
+            }
+            for d in &vm.guest_agent_interfaces {
+                if let Some(v) = d.values[pos] {
+                    f.sample(
+                        &[&id.namespace, &id.name, node, &d.label],
+                        &agent_extra[i],
                         Num::Int(v),
                     );
                 }
@@ -320,7 +343,13 @@ mod tests {
                 0.5,
             )
         };
-        let vms = [vm("a"), vm("b")];
+        let mut vms = [vm("a"), vm("b")];
+        vms[1]
+            .guest_agent_interfaces
+            .push(crate::node::stats::Device {
+                label: "fast".into(),
+                values: [Some(7), None, None, None, None, None, None, None],
+            });
         let extra = vec![vec![("label_team".to_string(), "blue".to_string())]];
         let mut e = Exposition::default();
         render_node_labelled(&mut e, "n", &vms, &extra, ConnectionCounts::default());
@@ -332,6 +361,15 @@ mod tests {
             "virtguard_vmi_scrape_success{namespace=\"prod\",name=\"b\",node=\"n\"} 1\n"
         ));
         assert!(s.contains("virtguard_exporter_libvirt_connections{node=\"n\",state=\"up\"} 0\n"));
+        // A guest-agent NIC: its own series, marked with source="guest-agent"; nothing for the
+        // counters the agent did not give.
+        assert!(s.contains(
+            "kubevirt_vmi_network_receive_bytes_total{namespace=\"prod\",name=\"b\",node=\"n\",interface=\"fast\",source=\"guest-agent\"} 7\n"
+        ), "{s}");
+        assert!(
+            !s.contains("kubevirt_vmi_network_transmit_bytes_total{"),
+            "{s}"
+        );
     }
 
     #[test]

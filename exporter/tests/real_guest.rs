@@ -27,12 +27,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
 use virtguard_e2e::peers::{free_port, require_binary, Prometheus, PrometheusConfig};
-use virtguard_exporter::node::stats::VmStats;
+use virtguard_exporter::node::guest_nics::WantedNic;
+use virtguard_exporter::node::stats::{Identity, VmStats};
 use virtguard_exporter::node::{NodeCollector, NodeConfig, NodeScrape};
 
 const NS: &str = "default";
 const VM: &str = "testvm";
+/// MAC of the guest's second NIC, which libvirt does not know (an SR-IOV VF stand-in).
+const HIDDEN_NIC_MAC: &str = "02:5a:00:00:00:07";
 
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest")
@@ -271,6 +275,8 @@ fn real_guest_end_to_end() {
         disk_img.to_str().unwrap(),
         &tap_a,
         "10.77.0.2/24",
+        "256",
+        HIDDEN_NIC_MAC,
     ]));
     let xml_path = tmp.path().join("domain.xml");
     std::fs::write(&xml_path, &xml).unwrap();
@@ -341,6 +347,129 @@ fn real_guest_end_to_end() {
         "4 MiB written: {wb1} -> {wb2}"
     );
     assert!(wr2 > wr1, "write requests rose: {wr1} -> {wr2}");
+
+    // 2b. SR-IOV stand-in: the guest's eth1 is a NIC libvirt does not know (added through
+    // <qemu:commandline>), so its traffic is in no libvirt stats; with the VMI naming it
+    // (interface `fast`, its MAC) the collector takes its counters from the guest agent.
+    let agent_c = collector(vec![a.uri.clone()], Duration::from_secs(3), None).with_guest_nics(
+        Arc::new(|| {
+            HashMap::from([(
+                Identity {
+                    namespace: NS.into(),
+                    name: VM.into(),
+                },
+                vec![
+                    WantedNic {
+                        interface: "fast".into(),
+                        mac: HIDDEN_NIC_MAC.into(),
+                    },
+                    // Not in the guest: no series, no failure.
+                    WantedNic {
+                        interface: "absent".into(),
+                        mac: "02:5a:00:00:00:99".into(),
+                    },
+                ],
+            )])
+        }),
+    );
+    let hidden = |s: &NodeScrape| {
+        let v = vm(s, VM);
+        assert!(v.success);
+        assert!(
+            v.interfaces.iter().all(|d| d.label != "fast"),
+            "libvirt does not see the hidden NIC: {:?}",
+            v.interfaces
+        );
+        assert_eq!(
+            v.guest_agent_interfaces.len(),
+            1,
+            "{:?}",
+            v.guest_agent_interfaces
+        );
+        let d = &v.guest_agent_interfaces[0];
+        assert_eq!(d.label, "fast");
+        (d.values[1].unwrap(), d.values[3].unwrap()) // tx bytes, tx packets
+    };
+    // While eth1 is down the agent reports it without statistics: no series is invented.
+    let s_down = rt.block_on(agent_c.scrape());
+    assert!(vm(&s_down, VM).success);
+    assert!(
+        vm(&s_down, VM).guest_agent_interfaces.is_empty(),
+        "{:?}",
+        vm(&s_down, VM).guest_agent_interfaces
+    );
+    guest_exec(
+        &a,
+        &format!("{NS}_{VM}"),
+        &[
+            "sh",
+            "-c",
+            "ip link set eth1 up && ip addr add 10.0.2.15/24 dev eth1",
+        ],
+    );
+    let (txb1, txp1) = hidden(&rt.block_on(agent_c.scrape()));
+    guest_exec(
+        &a,
+        &format!("{NS}_{VM}"),
+        &["sh", "-c", "ping -c 5 -i 0.2 -W 1 10.0.2.2; true"],
+    );
+    let s_agent = rt.block_on(agent_c.scrape());
+    let (txb2, txp2) = hidden(&s_agent);
+    assert!(
+        txp2 >= txp1 + 3 && txb2 > txb1 + 3 * 42,
+        "the guest's traffic on the hidden NIC counts: tx packets {txp1} -> {txp2}, bytes {txb1} -> {txb2}"
+    );
+    // libvirt's own NIC is still reported from libvirt, unchanged in kind.
+    assert!(vm(&s_agent, VM)
+        .interfaces
+        .iter()
+        .any(|d| d.label == "default"));
+
+    // 2c. The same through the real binary with --guest-agent-nics: the VMI (in the simulated
+    // cluster, on node sim-node-1) declares `fast` as an SR-IOV interface with the hidden NIC's
+    // MAC; the exporter watches its node's VMIs and renders the agent's counters with
+    // source="guest-agent", and the mixed label sets pass promtool.
+    let sim = rt.block_on(sim_with_sriov_vmi());
+    let port_agent = free_port();
+    let agent_exporter = Proc(
+        Command::new(env!("CARGO_BIN_EXE_virtguard-exporter"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port_agent}"),
+                "--node-name",
+                "sim-node-1",
+                "--libvirt-socket-glob",
+                "",
+                "--libvirt-uri",
+                &a.uri,
+                "--guest-agent-nics",
+            ])
+            .env("KUBECONFIG", sim.kubeconfig_path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let series = format!(
+        "kubevirt_vmi_network_transmit_packets_total{{namespace=\"{NS}\",name=\"{VM}\",node=\"sim-node-1\",interface=\"fast\",source=\"guest-agent\"}} "
+    );
+    let mut text = String::new();
+    wait_for(
+        "the guest-agent NIC series",
+        Duration::from_secs(30),
+        || {
+            text = http_try(port_agent, "/metrics").unwrap_or_default();
+            text.contains(&series)
+        },
+    );
+    assert!(
+        text.contains(&format!(
+            "kubevirt_vmi_network_transmit_packets_total{{namespace=\"{NS}\",name=\"{VM}\",node=\"sim-node-1\",interface=\"default\"}} "
+        )),
+        "libvirt's NIC keeps its plain series\n{text}"
+    );
+    promtool_check_metrics(&text);
+    drop(agent_exporter);
+    drop(sim);
 
     // 3. The real binary, scraped by a real Prometheus; the documented queries find the guest.
     let port = free_port();
@@ -620,6 +749,97 @@ fn real_guest_end_to_end() {
     // The call stuck on the never-answering socket keeps its blocking thread; a plain runtime
     // drop would wait for it forever.
     rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+/// GET without assertions: None when the exporter is not up yet or answers non-200.
+fn http_try(port: u16, path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+fn promtool_check_metrics(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A simulated cluster in which VM default/testvm runs with an SR-IOV interface `fast` whose MAC
+/// is the hidden NIC's (virt-handler reports it in `status.interfaces`).
+async fn sim_with_sriov_vmi() -> virtguard_sim::Sim {
+    use kube::api::{Patch, PatchParams};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scenario = virtguard_sim::Scenario::from_yaml(
+        &format!(
+            "vms:\n  - {{namespace: {NS}, name: {VM}, running: false, disks: [{{name: root, size: 1Mi}}]}}\n"
+        ),
+        "real-guest",
+    )
+    .unwrap();
+    let sim = virtguard_sim::Sim::start(virtguard_sim::SimConfig {
+        scenario,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client().await.unwrap();
+    let vms: kube::Api<virtguard_api::kubevirt::VirtualMachine> =
+        kube::Api::namespaced(client.clone(), NS);
+    let patch = serde_json::json!({"spec": {
+        "runStrategy": "Always",
+        "running": null,
+        "template": {"spec": {
+            "domain": {"devices": {"interfaces": [
+                {"name": "default", "masquerade": {}},
+                {"name": "fast", "sriov": {}, "macAddress": HIDDEN_NIC_MAC},
+            ]}},
+            "networks": [
+                {"name": "default", "pod": {}},
+                {"name": "fast", "multus": {"networkName": "sriov-net"}},
+            ],
+        }},
+    }});
+    vms.patch(VM, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let vmis: kube::Api<virtguard_api::kubevirt::VirtualMachineInstance> =
+        kube::Api::namespaced(client, NS);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = vmis.get_opt(VM).await.unwrap() {
+            if !virtguard_exporter::node::guest_nics::wanted_from_vmi(&v).is_empty() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the VMI never reported `fast`");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim
 }
 
 fn http_get(port: u16, path: &str) -> String {

@@ -11,6 +11,8 @@
 //!   annotation `virtguard.io/sim-guest-agent-socket: <path>` freeze/thaw are also sent to a
 //!   real QEMU guest agent on that unix socket (`guest-sync`, then `guest-fsfreeze-freeze`/
 //!   `guest-fsfreeze-thaw`).
+//! - A Running VMI reports `status.interfaces` (name, mac: the spec's `macAddress` or a stable
+//!   generated one, infoSource) like virt-handler does.
 //! - `PUT .../virtualmachineinstances/{name}/freeze` with `{"unfreezeTimeout": "<duration>"}`:
 //!   404 if no VMI; 409 Conflict when the VMI is not Running; 400 when the body is unreadable,
 //!   lacks `unfreezeTimeout`, or it is negative; 500 when the guest agent is not connected;
@@ -630,6 +632,30 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
                     s
                 }).collect();
                 o["status"]["volumeStatus"] = json!(vols);
+                // virt-handler reports every interface with its MAC (from the domain, and from
+                // the guest agent when it runs); without a macAddress in the spec, libvirt's.
+                let ifaces: Vec<Value> = o["spec"]["domain"]["devices"]["interfaces"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|i| {
+                        let iname = i["name"].as_str().unwrap_or("");
+                        let mac = i["macAddress"].as_str().map(str::to_string).unwrap_or_else(|| {
+                            use sha2::Digest as _;
+                            let b = sha2::Sha256::digest(format!("{ns}/{name}/{iname}").as_bytes());
+                            format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+                        });
+                        json!({
+                            "name": iname,
+                            "mac": mac,
+                            "infoSource": if agent { "domain, guest-agent" } else { "domain" },
+                        })
+                    })
+                    .collect();
+                if !ifaces.is_empty() {
+                    o["status"]["interfaces"] = json!(ifaces);
+                }
                 let st = &mut o["status"];
                 let mut conds = vec![
                     json!({"type": "Ready", "status": "True", "lastProbeTime": null, "lastTransitionTime": null}),

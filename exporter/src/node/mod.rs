@@ -22,8 +22,12 @@
 //!
 //! Device labels need the domain XML (aliases are not in the stats); it is cached per domain and
 //! fetched again only when the domain restarted (new id) or a device appeared (hotplug).
+//!
+//! With `--guest-agent-nics`, VMs with SR-IOV NICs get one more call per scrape, to their guest
+//! agent, for the counters libvirt does not have ([`guest_nics`]).
 
 pub mod ffi;
+pub mod guest_nics;
 pub mod stats;
 pub mod vmi_labels;
 
@@ -161,7 +165,11 @@ pub struct NodeCollector {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     sem: Arc<Semaphore>,
     vmi_labels: Option<vmi_labels::VmiLabelSource>,
+    guest_nics: Option<guest_nics::NicSource>,
 }
+
+/// The NICs of each VM that need guest agent counters, for one scrape.
+type WantedNics = Arc<HashMap<Identity, Vec<guest_nics::WantedNic>>>;
 
 impl NodeCollector {
     /// Validates the configuration and creates the collector (no connection is opened yet).
@@ -180,12 +188,20 @@ impl NodeCollector {
             slots: Mutex::new(HashMap::new()),
             sem,
             vmi_labels: None,
+            guest_nics: None,
         })
     }
 
     /// Adds allow-listed VMI labels from the API to every per-VM series (`--vmi-label-allowlist`).
     pub fn with_vmi_labels(mut self, source: vmi_labels::VmiLabelSource) -> NodeCollector {
         self.vmi_labels = Some(source);
+        self
+    }
+
+    /// Takes the counters of NICs libvirt cannot see (SR-IOV) from the guest agent
+    /// (`--guest-agent-nics`); `source` names them once per scrape.
+    pub fn with_guest_nics(mut self, source: guest_nics::NicSource) -> NodeCollector {
+        self.guest_nics = Some(source);
         self
     }
 
@@ -237,7 +253,11 @@ impl NodeCollector {
                 })
                 .collect()
         };
-        let jobs = slots.into_iter().map(|slot| self.collect_slot(slot));
+        let wanted: WantedNics =
+            Arc::new(self.guest_nics.as_ref().map(|f| f()).unwrap_or_default());
+        let jobs = slots
+            .into_iter()
+            .map(|slot| self.collect_slot(slot, wanted.clone()));
         let results = futures::future::join_all(jobs).await;
 
         let mut out = NodeScrape::default();
@@ -276,7 +296,11 @@ impl NodeCollector {
         out
     }
 
-    async fn collect_slot(&self, slot: Arc<Slot>) -> (Arc<Slot>, Result<Vec<VmStats>>, f64) {
+    async fn collect_slot(
+        &self,
+        slot: Arc<Slot>,
+        wanted: WantedNics,
+    ) -> (Arc<Slot>, Result<Vec<VmStats>>, f64) {
         let start = Instant::now();
         let uri = slot.uri.clone();
         if slot.busy.swap(true, Ordering::SeqCst) {
@@ -291,7 +315,7 @@ impl NodeCollector {
             let g = guard.take();
             let handle = tokio::task::spawn_blocking(move || {
                 let _g = g;
-                collect_blocking(&s, &cfg)
+                collect_blocking(&s, &cfg, &wanted)
             });
             match handle.await {
                 Ok(r) => r,
@@ -351,7 +375,11 @@ impl crate::http::MetricsSource for NodeCollector {
 }
 
 /// The blocking part: open if needed, one GetAllDomainStats, then per-domain follow-ups.
-fn collect_blocking(slot: &Slot, cfg: &NodeConfig) -> Result<Vec<VmStats>> {
+fn collect_blocking(
+    slot: &Slot,
+    cfg: &NodeConfig,
+    wanted: &HashMap<Identity, Vec<guest_nics::WantedNic>>,
+) -> Result<Vec<VmStats>> {
     let mut inner = slot
         .inner
         .lock()
@@ -428,10 +456,40 @@ fn collect_blocking(slot: &Slot, cfg: &NodeConfig) -> Result<Vec<VmStats>> {
                 }
             }
         }
+        if vm.success {
+            if let Some(w) = wanted.get(&vm.identity) {
+                vm.guest_agent_interfaces = agent_nics(&rec.domain, &rec.name, &vm, w);
+            }
+        }
         vms.push(vm);
     }
     inner.labels.retain(|n, _| names.contains(n));
     Ok(vms)
+}
+
+/// Counters of the wanted NICs that libvirt did not report, from the guest agent. A failing
+/// agent costs only these series.
+fn agent_nics(
+    domain: &virt::domain::Domain,
+    domain_name: &str,
+    vm: &VmStats,
+    wanted: &[guest_nics::WantedNic],
+) -> Vec<stats::Device<8>> {
+    let missing: Vec<guest_nics::WantedNic> = wanted
+        .iter()
+        .filter(|w| !vm.interfaces.iter().any(|d| d.label == w.interface))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    match domain.qemu_agent_command(guest_nics::AGENT_COMMAND, guest_nics::AGENT_TIMEOUT_SECS, 0) {
+        Ok(answer) => guest_nics::parse_agent_interfaces(&answer, &missing),
+        Err(e) => {
+            tracing::debug!(domain = %domain_name, error = %e, "guest agent NIC statistics unavailable");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

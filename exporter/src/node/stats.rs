@@ -215,6 +215,9 @@ pub struct VmStats {
     pub duration_seconds: f64,
     /// Interfaces, unique labels.
     pub interfaces: Vec<Device<8>>,
+    /// NICs libvirt cannot see (SR-IOV), counted by the guest agent (`--guest-agent-nics`, see
+    /// [`super::guest_nics`]); labels unique and distinct from `interfaces`.
+    pub guest_agent_interfaces: Vec<Device<8>>,
     /// Drives, unique labels.
     pub drives: Vec<Device<8>>,
     /// Balloon values in the order of [`MEM_FIELDS`].
@@ -231,6 +234,7 @@ impl VmStats {
             success: false,
             duration_seconds,
             interfaces: Vec::new(),
+            guest_agent_interfaces: Vec::new(),
             drives: Vec::new(),
             memory: [None; 9],
             migration: None,
@@ -369,6 +373,7 @@ pub fn parse_domain(domain_name: &str, params: &Params, labels: &DeviceLabels) -
         success: true,
         duration_seconds: 0.0,
         interfaces: finish(net, &labels.net, Some("net")),
+        guest_agent_interfaces: Vec::new(),
         drives: finish(blk, &labels.block, None),
         memory,
         migration: None,

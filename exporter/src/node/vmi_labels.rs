@@ -1,7 +1,8 @@
-//! Node mode's optional source of VMI labels for `--vmi-label-allowlist`.
+//! Node mode's optional view of its node's VMIs: labels for `--vmi-label-allowlist`, SR-IOV
+//! NICs for `--guest-agent-nics` ([`super::guest_nics`]).
 //!
-//! libvirt knows a VM only by its domain name (`<namespace>_<name>`); its Kubernetes labels live
-//! in the API. So only when labels are allow-listed does node mode open a Kubernetes client and
+//! libvirt knows a VM only by its domain name (`<namespace>_<name>`); its Kubernetes labels and
+//! interfaces live in the API. So only with one of those flags does node mode open a Kubernetes client and
 //! follow the VMIs **of its own node** with one reflector (label selector
 //! `kubevirt.io/nodeName=<node>`, the label KubeVirt puts on every scheduled VMI and the same
 //! selection virt-handler uses) — never a LIST per scrape, never the whole cluster's VMIs. Without
@@ -74,6 +75,30 @@ impl VmiLabelSource {
                     .unwrap_or_default()
             })
             .collect()
+    }
+
+    /// Per-scrape lookup of the VMIs' SR-IOV NICs for `--guest-agent-nics` (reads the same
+    /// reflector store; no API call).
+    pub fn nic_source(&self) -> super::guest_nics::NicSource {
+        let store = self.vmis.store.clone();
+        Arc::new(move || {
+            store
+                .state()
+                .iter()
+                .filter_map(|v| {
+                    let wanted = super::guest_nics::wanted_from_vmi(v);
+                    (!wanted.is_empty()).then(|| {
+                        (
+                            super::stats::Identity {
+                                namespace: v.metadata.namespace.clone().unwrap_or_default(),
+                                name: v.metadata.name.clone().unwrap_or_default(),
+                            },
+                            wanted,
+                        )
+                    })
+                })
+                .collect()
+        })
     }
 
     /// VMIs in the store.
