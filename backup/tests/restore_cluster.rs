@@ -354,6 +354,22 @@ async fn in_place_restore_brings_back_overwritten_disk_and_keeps_identity() {
     assert!(pvcs.get_opt(&claim).await.unwrap().is_none());
 }
 
+/// Flips a byte in every chunk of a local repository (at least one must exist).
+fn corrupt_every_chunk(repo: &str) {
+    let mut n = 0;
+    for d in std::fs::read_dir(Path::new(repo).join("chunks")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            let last = b.len() - 1;
+            b[last] ^= 0x55;
+            std::fs::write(&p, b).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no chunks in {repo}");
+}
+
 /// The claim behind volume `volume` of a VM object.
 fn claim_of(vm: &Value, volume: &str) -> String {
     let vols = vm["spec"]["template"]["spec"]["volumes"]
@@ -375,15 +391,7 @@ async fn failed_in_place_restore_keeps_the_vm_and_its_old_disks() {
     std::fs::write(&root, vec![0xEEu8; 6 << 20]).unwrap();
     let vm_before = vm(&sim, "prod", "db").await.unwrap();
     // Corrupt every stored chunk: the restore must fail part-way through the data.
-    for d in std::fs::read_dir(Path::new(&repo).join("chunks")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            let mut b = std::fs::read(&p).unwrap();
-            let last = b.len() - 1;
-            b[last] ^= 0x55;
-            std::fs::write(&p, b).unwrap();
-        }
-    }
+    corrupt_every_chunk(&repo);
     let o = virtguard(
         &sim,
         &repo,
@@ -569,19 +577,7 @@ async fn bad_input_is_refused_and_corruption_leaves_no_vm() {
         text(&o)
     );
 
-    // Flip a byte in every stored chunk.
-    let mut n = 0;
-    for d in std::fs::read_dir(Path::new(&repo).join("chunks")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            let mut b = std::fs::read(&p).unwrap();
-            let last = b.len() - 1;
-            b[last] ^= 0x55;
-            std::fs::write(&p, b).unwrap();
-            n += 1;
-        }
-    }
-    assert!(n > 0);
+    corrupt_every_chunk(&repo);
     let o = virtguard(
         &sim,
         &repo,

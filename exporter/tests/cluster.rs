@@ -15,7 +15,6 @@
 //!   picked up without a restart once it is served. `--namespace` keeps other namespaces out.
 #![allow(clippy::unwrap_used)] // test code
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -187,25 +186,8 @@ fn status_configmap(records: &[(&str, &BackupStatusRecord)]) -> ConfigMap {
 }
 
 fn promtool_check(text: &str) -> Result<(), String> {
-    let promtool = require_binary("promtool").map_err(|e| e.to_string())?;
-    let mut p = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    if out.status.success() && out.stdout.is_empty() && out.stderr.is_empty() {
-        Ok(())
-    } else {
-        panic!(
-            "promtool check metrics on the cluster-mode exposition:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    virtguard_e2e::peers::promtool_check_metrics(text)
+        .map_err(|e| format!("on the cluster-mode exposition: {e}\n{text}"))
 }
 
 const PLURALS: [&str; 5] = [

@@ -9,9 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use virtguard_exporter::node::stats::{self, DeviceLabels, VmStats};
 use virtguard_exporter::render::{self, ConnectionCounts, Exposition};
@@ -78,45 +76,14 @@ fn golden_exposition_of_recorded_stats() {
 
 #[test]
 fn promtool_accepts_the_exposition() {
-    let Some(promtool) = find("promtool") else {
+    if let Err(e) = virtguard_e2e::peers::require_binary("promtool") {
         if std::env::var("VIRTGUARD_ALLOW_SKIP").is_ok_and(|v| v == "1") {
-            eprintln!("SKIP: promtool not installed (apt-get install prometheus)");
+            eprintln!("SKIP: {e}");
             return;
         }
-        panic!("promtool not found: install Debian's `prometheus` package (or set VIRTGUARD_ALLOW_SKIP=1)");
-    };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(render_fixture().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // promtool exits 3 for lint warnings only; any output at all means a problem we want to see.
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "promtool check metrics: {text}"
-    );
-}
-
-fn find(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
+        panic!("{e} (or set VIRTGUARD_ALLOW_SKIP=1)");
+    }
+    if let Err(e) = virtguard_e2e::peers::promtool_check_metrics(&render_fixture()) {
+        panic!("{e}");
+    }
 }

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
-use virtguard_e2e::peers::{free_port, require_binary, Prometheus, PrometheusConfig};
+use virtguard_e2e::peers::{
+    free_port, promtool_check_metrics, require_binary, Prometheus, PrometheusConfig,
+};
 use virtguard_exporter::node::guest_nics::WantedNic;
 use virtguard_exporter::node::stats::{Identity, VmStats};
 use virtguard_exporter::node::{NodeCollector, NodeConfig, NodeScrape};
@@ -467,7 +469,7 @@ fn real_guest_end_to_end() {
         )),
         "libvirt's NIC keeps its plain series\n{text}"
     );
-    promtool_check_metrics(&text);
+    promtool_check_metrics(&text).unwrap();
     drop(agent_exporter);
     drop(sim);
 
@@ -493,26 +495,7 @@ fn real_guest_end_to_end() {
     })
     .unwrap();
     let exposition = http_get(port, "/metrics");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics on the live exposition: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check_metrics(&exposition).unwrap();
     let queries = [
         "topk(3, sum by (name, namespace) (rate(kubevirt_vmi_network_receive_bytes_total[6m])) + sum by (name, namespace) (rate(kubevirt_vmi_network_transmit_bytes_total[6m]))) > 0",
         "topk(3, sum by (name, namespace) (rate(kubevirt_vmi_storage_read_traffic_bytes_total[6m])) + sum by (name, namespace) (rate(kubevirt_vmi_storage_write_traffic_bytes_total[6m]))) > 0",
@@ -764,29 +747,6 @@ fn http_try(port: u16, path: &str) -> Option<String> {
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-fn promtool_check_metrics(text: &str) {
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A simulated cluster in which VM default/testvm runs with an SR-IOV interface `fast` whose MAC

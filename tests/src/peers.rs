@@ -92,6 +92,38 @@ pub fn require_binary(name: &str) -> Result<PathBuf, PeerError> {
         })
 }
 
+/// Runs `promtool check metrics` over an exposition. Ok only when promtool accepts it without
+/// a word: it exits 3 for lint warnings alone, and any output is a problem worth seeing.
+pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let promtool = require_binary("promtool").map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting promtool: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("writing to promtool: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for promtool: {e}"))?;
+    if out.status.success() && out.stdout.is_empty() && out.stderr.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
