@@ -34,7 +34,7 @@ use virtguard_api::{
     VolumeGroupSnapshotSpec, VolumeSnapshot,
 };
 
-use super::snapshot::Until;
+use super::snapshot::{await_until, Progress, Until};
 use super::{ClusterError, Result};
 
 /// The VolumeGroupSnapshotClass to use for `driver`, or `None` when group snapshots are not to
@@ -222,6 +222,17 @@ pub async fn create_group(
         ))
 }
 
+fn group_progress(g: &VolumeGroupSnapshot) -> Progress {
+    let st = g.status.as_ref();
+    Progress {
+        error: st
+            .and_then(|st| st.error.as_ref())
+            .and_then(|e| e.message.clone()),
+        created: st.is_some_and(|st| st.creation_time.is_some()),
+        ready: st.is_some_and(|st| st.ready_to_use == Some(true)),
+    }
+}
+
 /// Waits until group `namespace/name` reaches `until`; fails at once on `status.error`.
 pub async fn wait_for(
     client: &Client,
@@ -230,48 +241,21 @@ pub async fn wait_for(
     until: Until,
     timeout: Duration,
 ) -> Result<VolumeGroupSnapshot> {
-    let api = Api::<VolumeGroupSnapshot>::namespaced(client.clone(), namespace);
     let object = format!("{namespace}/{name}");
-    let cond = move |g: Option<&VolumeGroupSnapshot>| {
-        let Some(st) = g.and_then(|g| g.status.as_ref()) else {
-            return false;
-        };
-        st.error.as_ref().and_then(|e| e.message.as_ref()).is_some()
-            || match until {
-                Until::Created => st.creation_time.is_some(),
-                Until::Ready => st.ready_to_use == Some(true),
-            }
-    };
-    let what = match until {
-        Until::Created => "creationTime",
-        Until::Ready => "readyToUse",
-    };
-    let found = tokio::time::timeout(timeout, kube::runtime::wait::await_condition(api, name, cond))
-        .await
-        .map_err(|_| ClusterError::Timeout {
-            what: format!("VolumeGroupSnapshot {object} {what} (does the CSI driver support group snapshots? `kubectl describe volumegroupsnapshot {name} -n {namespace}`)"),
-            waited: timeout,
-        })?
-        .map_err(|e| ClusterError::GroupSnapshotFailed {
+    await_until(
+        Api::<VolumeGroupSnapshot>::namespaced(client.clone(), namespace),
+        name,
+        until,
+        timeout,
+        group_progress,
+        format!("VolumeGroupSnapshot {object}"),
+        format!("does the CSI driver support group snapshots? `kubectl describe volumegroupsnapshot {name} -n {namespace}`"),
+        move |message| ClusterError::GroupSnapshotFailed {
             object: object.clone(),
-            message: format!("watch failed: {e}"),
-        })?
-        .ok_or_else(|| ClusterError::GroupSnapshotFailed {
-            object: object.clone(),
-            message: "deleted while waiting".into(),
-        })?;
-    if let Some(msg) = found
-        .status
-        .as_ref()
-        .and_then(|s| s.error.as_ref())
-        .and_then(|e| e.message.clone())
-    {
-        return Err(ClusterError::GroupSnapshotFailed {
-            object,
-            message: msg,
-        });
-    }
-    Ok(found)
+            message,
+        },
+    )
+    .await
 }
 
 /// The member VolumeSnapshots of group `group` for `pvcs`, in that order, or the PVCs that have
