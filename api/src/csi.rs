@@ -17,6 +17,10 @@ use crate::{model, resource};
 /// Annotation that marks the default VolumeSnapshotClass for its driver.
 pub const DEFAULT_SNAPSHOT_CLASS_ANNOTATION: &str =
     "snapshot.storage.kubernetes.io/is-default-class";
+/// Annotation that marks the default VolumeGroupSnapshotClass for its driver (a different key
+/// from the VolumeSnapshotClass one).
+pub const DEFAULT_GROUP_SNAPSHOT_CLASS_ANNOTATION: &str =
+    "groupsnapshot.storage.kubernetes.io/is-default-class";
 
 resource! {
     /// snapshot.storage.k8s.io/v1 VolumeSnapshot.
@@ -137,7 +141,7 @@ model! {
 }
 
 macro_rules! class {
-    ($(#[$meta:meta])* $name:ident, $group:literal, $version:literal, $plural:literal, $crd:literal) => {
+    ($(#[$meta:meta])* $name:ident, $group:literal, $version:literal, $plural:literal, $crd:literal, $default:expr) => {
         $(#[$meta])*
         #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
         pub struct $name {
@@ -164,7 +168,7 @@ macro_rules! class {
                 self.metadata
                     .annotations
                     .as_ref()
-                    .and_then(|a| a.get(DEFAULT_SNAPSHOT_CLASS_ANNOTATION))
+                    .and_then(|a| a.get($default))
                     .is_some_and(|v| v == "true")
             }
         }
@@ -232,11 +236,40 @@ macro_rules! class {
 class!(
     /// snapshot.storage.k8s.io/v1 VolumeSnapshotClass (cluster-scoped).
     VolumeSnapshotClass, "snapshot.storage.k8s.io", "v1", "volumesnapshotclasses",
-    "snapshot.storage.k8s.io_volumesnapshotclasses.yaml"
+    "snapshot.storage.k8s.io_volumesnapshotclasses.yaml", DEFAULT_SNAPSHOT_CLASS_ANNOTATION
 );
 
 class!(
     /// groupsnapshot.storage.k8s.io/v1beta2 VolumeGroupSnapshotClass (cluster-scoped).
     VolumeGroupSnapshotClass, "groupsnapshot.storage.k8s.io", "v1beta2",
-    "volumegroupsnapshotclasses", "groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml"
+    "volumegroupsnapshotclasses", "groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml",
+    DEFAULT_GROUP_SNAPSHOT_CLASS_ANNOTATION
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotated(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            annotations: Some(BTreeMap::from([(key.to_string(), "true".to_string())])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_class_kind_has_its_own_default_annotation() {
+        let vsc = |m| VolumeSnapshotClass {
+            metadata: m,
+            ..Default::default()
+        };
+        let vgsc = |m| VolumeGroupSnapshotClass {
+            metadata: m,
+            ..Default::default()
+        };
+        assert!(vsc(annotated(DEFAULT_SNAPSHOT_CLASS_ANNOTATION)).is_default());
+        assert!(!vsc(annotated(DEFAULT_GROUP_SNAPSHOT_CLASS_ANNOTATION)).is_default());
+        assert!(vgsc(annotated(DEFAULT_GROUP_SNAPSHOT_CLASS_ANNOTATION)).is_default());
+        assert!(!vgsc(annotated(DEFAULT_SNAPSHOT_CLASS_ANNOTATION)).is_default());
+    }
+}

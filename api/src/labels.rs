@@ -4,6 +4,10 @@
 /// On every object a backup run creates (snapshots, temporary PVCs, exports, Jobs, Leases): the
 /// backup id. `virtguard cleanup` deletes only objects carrying it.
 pub const BACKUP_ID: &str = "virtguard.io/backup-id";
+/// On a VM's own PVCs while a run takes one VolumeGroupSnapshot of them: the backup id (the
+/// group's `spec.source.selector` matches it). Deliberately not [`BACKUP_ID`]: `virtguard
+/// cleanup` deletes what carries that, and must only ever remove this label from a user's PVC.
+pub const GROUP_SNAPSHOT: &str = "virtguard.io/group-snapshot";
 /// Standard managed-by label on everything virtguard creates.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY`].

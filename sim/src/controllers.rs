@@ -27,6 +27,7 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
     let h = tokio::spawn(async move {
         let mut notify = inner.store.subscribe();
         let mut storage = crate::snapshot::StorageTimers::default();
+        let mut groups = crate::groupsnapshot::GroupTimers::default();
         let mut kv = crate::kubevirt::KubeVirtTimers::default();
         let mut exports = crate::export::ExportTimers::default();
         let tick = crate::ms(inner.timings.tick_ms.max(1));
@@ -45,6 +46,7 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
             }
             crate::snapshot::reconcile_pvcs(&inner);
             crate::snapshot::reconcile_snapshots(&inner, &mut storage);
+            crate::groupsnapshot::reconcile(&inner, &mut groups);
             crate::kubevirt::reconcile(&inner, &mut kv);
             crate::kubevirt::safety_thaws(&inner).await;
             crate::export::reconcile(&inner, &mut exports);

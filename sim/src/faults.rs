@@ -11,6 +11,9 @@
 //! | `snapshot-never-ready` | the VolumeSnapshot (target = its name or its source PVC) gets `creationTime` but never `readyToUse` |
 //! | `snapshot-no-creation-time` | the VolumeSnapshot never even gets `creationTime` |
 //! | `snapshot-error` | the VolumeSnapshot gets `status.error` with `message` |
+//! | `group-snapshot-error` | the VolumeGroupSnapshot (target = its name or one of its PVCs) and its content get `status.error` with `message` |
+//! | `group-snapshot-no-creation-time` | the VolumeGroupSnapshot is bound but never cut (no `creationTime`, no members) |
+//! | `group-snapshot-never-ready` | the VolumeGroupSnapshot and its members get `creationTime` but never `readyToUse` |
 //! | `export-never-ready` | the VirtualMachineExport (target = its name) stays `Pending` |
 //! | `export-drop-after` | downloads from that export stop after `bytes` bytes (connection dropped); `call`/`times` count downloads |
 //! | `upload-fail` | the CDI upload proxy answers `status` for that PVC |

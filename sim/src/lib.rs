@@ -7,7 +7,8 @@
 //!   POST/PUT/PATCH/DELETE, `/status`), over the [`store`](crate::store) of JSON objects;
 //! - [`schema`](crate::schema): validation against the reference OpenAPI schemas;
 //! - controllers: [`kubevirt`](crate::kubevirt) (VM → VMI, freeze/unfreeze, VMIM timelines),
-//!   [`snapshot`](crate::snapshot) (CSI snapshotter + PVC provisioning), [`export`](crate::export)
+//!   [`snapshot`](crate::snapshot) (CSI snapshotter + PVC provisioning),
+//!   [`groupsnapshot`](crate::groupsnapshot) (VolumeGroupSnapshots), [`export`](crate::export)
 //!   (VirtualMachineExport + export server), [`cdi`](crate::cdi) (DataVolume upload, upload
 //!   proxy), [`jobs`](crate::jobs) (Jobs as local processes);
 //! - [`scenario`](crate::scenario): the YAML scenario file and fault rules ([`faults`]).
@@ -27,6 +28,7 @@ pub mod controllers;
 pub mod disk;
 pub mod export;
 pub mod faults;
+pub mod groupsnapshot;
 pub mod http;
 pub mod jobs;
 pub mod kubevirt;

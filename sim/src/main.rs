@@ -18,15 +18,16 @@ resourceVersion conflicts, label/field selectors, pagination, finalizers, owner-
 garbage collection, /status subresources, Status errors, discovery) and validation against
 the KubeVirt/CDI/CSI snapshot reference schemas; controllers for VMs/VMIs (freeze/unfreeze
 with KubeVirt's status codes and the unfreezeTimeout safety thaw), VMIM phase timelines, PVC
-provisioning into sparse local files, the CSI snapshotter (point-in-time copies), the
+provisioning into sparse local files, the CSI snapshotter (point-in-time copies) and group
+snapshotter (VolumeGroupSnapshots: all member PVCs at one instant), the
 VirtualMachineExport server (token, Range, gzip, manifests), CDI DataVolume upload and the
 upload proxy, and Jobs with a virtguard image run as local processes.
 
 Not simulated: no scheduler, no kubelet, no Pods for VMs or Jobs, no container images, no
 networking between VMs, no RBAC or admission beyond the single bearer token, no CronJob
 scheduling, no server-side-apply field ownership, no CRD registration (the resource list is
-fixed), no conversion between API versions beyond renaming apiVersion, no VolumeGroupSnapshot
-controller. Real guest freezes only with --scenario vms[].guestAgentSocket.";
+fixed), no conversion between API versions beyond renaming apiVersion, no pre-provisioned
+VolumeGroupSnapshots. Real guest freezes only with --scenario vms[].guestAgentSocket.";
 
 /// Command line.
 #[derive(Debug, Parser)]

@@ -7,7 +7,8 @@
 //!     driver: rbd.csi.ceph.com
 //!     default: true
 //!     snapshotClass: ceph-rbd-snap   # a VolumeSnapshotClass for the same driver (default for it)
-//!     deletionPolicy: Delete
+//!     groupSnapshotClass: ceph-rbd-group  # optional: a VolumeGroupSnapshotClass (default for it)
+//!     deletionPolicy: Delete         # of both classes
 //! nads:
 //!   - {namespace: prod, name: br-data}
 //! vms:
@@ -63,6 +64,8 @@ pub struct StorageClassSpec {
     pub driver: String,
     pub default: bool,
     pub snapshot_class: Option<String>,
+    /// A VolumeGroupSnapshotClass (v1beta2) for the driver, annotated default for it.
+    pub group_snapshot_class: Option<String>,
     pub deletion_policy: Option<String>,
 }
 
@@ -191,12 +194,14 @@ pub(crate) fn apply(inner: &Inner, s: &Scenario) -> Result<(), Error> {
     }
     let sc_res = inner.rid("storage.k8s.io", "storageclasses");
     let vsc_res = inner.rid("snapshot.storage.k8s.io", "volumesnapshotclasses");
+    let vgsc_res = inner.rid("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses");
     let classes = if s.storage_classes.is_empty() {
         vec![StorageClassSpec {
             name: "sim-csi".into(),
             driver: "sim.csi.virtguard.io".into(),
             default: true,
             snapshot_class: Some("sim-csi-snap".into()),
+            group_snapshot_class: None,
             deletion_policy: None,
         }]
     } else {
@@ -221,6 +226,14 @@ pub(crate) fn apply(inner: &Inner, s: &Scenario) -> Result<(), Error> {
                     "metadata": {"name": vc, "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
                     "driver": c.driver, "deletionPolicy": c.deletion_policy.clone().unwrap_or_else(|| "Delete".into())}))
                 .map_err(err(format!("VolumeSnapshotClass {vc}")))?;
+        }
+        if let Some(gc) = &c.group_snapshot_class {
+            inner
+                .store
+                .create(vgsc_res, json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2", "kind": "VolumeGroupSnapshotClass",
+                    "metadata": {"name": gc, "annotations": {crate::groupsnapshot::DEFAULT_GROUP_CLASS_ANNOTATION: "true"}},
+                    "driver": c.driver, "deletionPolicy": c.deletion_policy.clone().unwrap_or_else(|| "Delete".into())}))
+                .map_err(err(format!("VolumeGroupSnapshotClass {gc}")))?;
         }
     }
     let nad_res = inner.rid("k8s.cni.cncf.io", "network-attachment-definitions");
@@ -385,6 +398,10 @@ mod tests {
         assert_eq!(s.vms[0].disks[0].content, Content::Random(42));
         assert_eq!(s.faults[0].call, Some(2));
         assert_eq!(s.timings.snapshot_ready_ms, 800);
+        assert_eq!(
+            s.storage_classes[0].group_snapshot_class.as_deref(),
+            Some("ceph-rbd-group")
+        );
         assert!(Scenario::from_yaml("vms: [{name: a, bogus: 1}]", "t").is_err());
     }
 }

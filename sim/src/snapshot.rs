@@ -18,6 +18,10 @@
 //!
 //! Deleting a VolumeSnapshot (deletionPolicy Delete) deletes its content and image, then
 //! removes the finalizer.
+//!
+//! Members of a VolumeGroupSnapshot (see [`crate::groupsnapshot`]) are created already bound and
+//! cut by the group snapshotter, which also makes them ready; this controller only deletes them,
+//! and not while they still carry the group's in-group finalizer.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -299,7 +303,12 @@ pub(crate) fn reconcile_snapshots(inner: &Inner, timers: &mut StorageTimers) {
             .pointer("/status/boundVolumeSnapshotContentName")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let member = crate::groupsnapshot::is_member(&vs);
         if vs.pointer("/metadata/deletionTimestamp").is_some() {
+            if crate::groupsnapshot::has_finalizer(&vs, crate::groupsnapshot::IN_GROUP_FINALIZER) {
+                // Held by its VolumeGroupSnapshot until the group itself is deleted.
+                continue;
+            }
             if let Some(c) = &content_name {
                 let policy = inner.store.get(vsc_res, "", c).and_then(|x| {
                     x.pointer("/spec/deletionPolicy")
@@ -323,7 +332,8 @@ pub(crate) fn reconcile_snapshots(inner: &Inner, timers: &mut StorageTimers) {
             timers.vs_created.remove(&id);
             continue;
         }
-        if vs.pointer("/status/error").is_some() {
+        if vs.pointer("/status/error").is_some() || member {
+            // Failed, or cut and made ready by the group snapshotter (groupsnapshot.rs).
             continue;
         }
         let seen = *timers.vs_seen.entry(id.clone()).or_insert(now);
@@ -489,11 +499,22 @@ fn bind_content(
     Ok(())
 }
 
+/// The point-in-time copy of PVC `ns/pvc_name` into the image of VolumeSnapshotContent
+/// `content` (also used for the members of a VolumeGroupSnapshot).
+pub(crate) fn copy_pvc_image(
+    inner: &Inner,
+    ns: &str,
+    pvc_name: &str,
+    content: &str,
+) -> Result<(), Error> {
+    let src = pvc_file(inner, ns, pvc_name)?;
+    crate::disk::copy_sparse(&src, &content_path(inner, content), true)?;
+    Ok(())
+}
+
 /// Take the point-in-time copy, then publish creationTime.
 fn cut(inner: &Inner, ns: &str, name: &str, pvc_name: &str, content: &str) -> Result<(), Error> {
-    let src = pvc_file(inner, ns, pvc_name)?;
-    let dst = content_path(inner, content);
-    crate::disk::copy_sparse(&src, &dst, true)?;
+    copy_pvc_image(inner, ns, pvc_name, content)?;
     let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
     let ts = now_rfc3339();
     let vs_res = inner.rid("snapshot.storage.k8s.io", "volumesnapshots");

@@ -3,9 +3,13 @@
 //! Selection is `app.kubernetes.io/managed-by=virtguard,virtguard.io/backup-id[=<id>]`: an
 //! object needs both labels to be touched. Deletion order follows dependencies: changed-block-tracking
 //! VirtualMachineBackups (they serve the pull endpoints), exports (they
-//! mount the temporary PVCs), then PVCs (restored from the snapshots), then snapshots, then
-//! token Secrets, then the VM's backup Lease. A 404 counts as done (someone else cleaned up first),
-//! and a kind the API server does not serve is skipped.
+//! mount the temporary PVCs), then PVCs (restored from the snapshots), then VolumeGroupSnapshots
+//! (the snapshot controller deletes their member VolumeSnapshots with them), then snapshots,
+//! then token Secrets, then the VM's backup Lease. A 404 counts as done (someone else cleaned up
+//! first), and a kind the API server does not serve is skipped.
+//!
+//! The VM's own PVCs are never deleted (they carry no backup id); from those a group snapshot
+//! labelled, only the [`labels::GROUP_SNAPSHOT`] label is removed.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
@@ -13,14 +17,17 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use virtguard_api::labels;
-use virtguard_api::{VirtualMachineBackup, VirtualMachineExport, VolumeSnapshot};
+use virtguard_api::{
+    VirtualMachineBackup, VirtualMachineExport, VolumeGroupSnapshot, VolumeSnapshot,
+};
 
 use super::{ClusterError, Result};
 
-/// What a cleanup deleted: `kind namespace/name` per object.
+/// What a cleanup deleted: `kind namespace/name` per object, and `label <key> of kind
+/// namespace/name` per label removed from an object the run did not own.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CleanupReport {
-    /// Objects deleted.
+    /// Objects (and labels) deleted.
     pub deleted: Vec<String>,
 }
 
@@ -118,6 +125,23 @@ pub async fn cleanup(
     delete_kind::<VirtualMachineBackup>(client, namespace, &sel, &mut report).await?;
     delete_kind::<VirtualMachineExport>(client, namespace, &sel, &mut report).await?;
     delete_kind::<PersistentVolumeClaim>(client, namespace, &sel, &mut report).await?;
+    match delete_kind::<VolumeGroupSnapshot>(client, namespace, &sel, &mut report).await {
+        // RBAC from before group snapshots: such a deployment cannot have created any either,
+        // so go on with the kinds it can clean up.
+        Err(ClusterError::Api {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.code == 403 => tracing::warn!(
+            "not allowed to list VolumeGroupSnapshots: apply deploy/backup/rbac.yaml of this version"
+        ),
+        r => r?,
+    }
+    for pvc in super::groupsnapshot::unlabel_pvcs(client, namespace, backup_id).await? {
+        report.deleted.push(format!(
+            "label {} of PersistentVolumeClaim {pvc}",
+            labels::GROUP_SNAPSHOT
+        ));
+    }
     delete_kind::<VolumeSnapshot>(client, namespace, &sel, &mut report).await?;
     delete_kind::<Secret>(client, namespace, &sel, &mut report).await?;
     delete_kind::<Lease>(client, namespace, &sel, &mut report).await?;

@@ -4,17 +4,21 @@
 //!   thaws on every path (explicitly, or from `Drop` as a last resort);
 //! - [`snapshot`]: the CSI driver behind a PVC, the VolumeSnapshotClass for it, creating
 //!   VolumeSnapshots and waiting for `creationTime` (thaw point) and `readyToUse`;
+//! - [`groupsnapshot`]: one VolumeGroupSnapshot over all of a VM's PVCs when their driver has a
+//!   VolumeGroupSnapshotClass (the PVCs are labelled for its selector, and only labelled);
 //! - [`export`]: temporary PVCs from snapshots, the export token Secret and the
 //!   VirtualMachineExport whose `status.links.internal` gives the `disk.img` URLs and CA;
 //! - [`cleanup`]: deleting what a run created, found by label — and only that.
 //!
 //! Every object created here carries [`labels::MANAGED_BY`]`=virtguard` and
 //! [`labels::BACKUP_ID`]`=<id>` ([`run_labels`]), which is what makes `virtguard cleanup` safe: it
-//! never selects an object without both.
+//! never selects an object without both. The one thing a run changes on objects it does not own
+//! is the [`labels::GROUP_SNAPSHOT`] label on the VM's PVCs, which cleanup removes again.
 
 pub mod cleanup;
 pub mod export;
 pub mod freeze;
+pub mod groupsnapshot;
 pub mod lease;
 pub mod snapshot;
 
@@ -59,6 +63,9 @@ pub enum ClusterError {
     /// The snapshotter reported an error.
     #[error("VolumeSnapshot {object} failed: {message}")]
     SnapshotFailed { object: String, message: String },
+    /// The group snapshotter reported an error (or the group lacks a member).
+    #[error("VolumeGroupSnapshot {object} failed: {message} (to take one VolumeSnapshot per PVC instead, remove the VolumeGroupSnapshotClass of the PVCs' CSI driver)")]
+    GroupSnapshotFailed { object: String, message: String },
     /// A wait ran out of time.
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },

@@ -134,6 +134,82 @@ pub enum Until {
     Ready,
 }
 
+impl Until {
+    /// The status field waited for.
+    pub fn field(self) -> &'static str {
+        match self {
+            Until::Created => "creationTime",
+            Until::Ready => "readyToUse",
+        }
+    }
+}
+
+/// The parts of a snapshot's (or group snapshot's) status a wait looks at.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub error: Option<String>,
+    pub created: bool,
+    pub ready: bool,
+}
+
+impl Progress {
+    fn reached(&self, until: Until) -> bool {
+        match until {
+            Until::Created => self.created,
+            Until::Ready => self.ready,
+        }
+    }
+}
+
+/// Watches object `name` until `progress` shows `until` reached, or an error: that error, a
+/// failed watch or a deletion become `failed(message)`. The timeout names `what` (`Kind ns/name`)
+/// and adds `hint`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn await_until<K>(
+    api: Api<K>,
+    name: &str,
+    until: Until,
+    timeout: Duration,
+    progress: fn(&K) -> Progress,
+    what: String,
+    hint: String,
+    failed: impl Fn(String) -> ClusterError,
+) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let cond = move |o: Option<&K>| {
+        o.map(progress)
+            .is_some_and(|p| p.error.is_some() || p.reached(until))
+    };
+    let found = tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api, name, cond),
+    )
+    .await
+    .map_err(|_| ClusterError::Timeout {
+        what: format!("{what} {} ({hint})", until.field()),
+        waited: timeout,
+    })?
+    .map_err(|e| failed(format!("watch failed: {e}")))?
+    .ok_or_else(|| failed("deleted while waiting".into()))?;
+    match progress(&found).error {
+        Some(message) => Err(failed(message)),
+        None => Ok(found),
+    }
+}
+
+fn snapshot_progress(s: &VolumeSnapshot) -> Progress {
+    let st = s.status.as_ref();
+    Progress {
+        error: st
+            .and_then(|st| st.error.as_ref())
+            .and_then(|e| e.message.clone()),
+        created: st.is_some_and(|st| st.creation_time.is_some()),
+        ready: st.is_some_and(|st| st.ready_to_use == Some(true)),
+    }
+}
+
 /// Waits until every snapshot in `names` reaches `until`; fails at once on `status.error`.
 pub async fn wait_for(
     client: &Client,
@@ -144,53 +220,20 @@ pub async fn wait_for(
 ) -> Result<Vec<VolumeSnapshot>> {
     let api = Api::<VolumeSnapshot>::namespaced(client.clone(), namespace);
     let waits = names.iter().map(|name| {
-        let api = api.clone();
-        async move {
-            let object = format!("{namespace}/{name}");
-            let cond = move |s: Option<&VolumeSnapshot>| {
-                let Some(st) = s.and_then(|s| s.status.as_ref()) else {
-                    return false;
-                };
-                st.error.as_ref().and_then(|e| e.message.as_ref()).is_some()
-                    || match until {
-                        Until::Created => st.creation_time.is_some(),
-                        Until::Ready => st.ready_to_use == Some(true),
-                    }
-            };
-            let what = match until {
-                Until::Created => "creationTime",
-                Until::Ready => "readyToUse",
-            };
-            let found = tokio::time::timeout(
-                timeout,
-                kube::runtime::wait::await_condition(api, name, cond),
-            )
-            .await
-            .map_err(|_| ClusterError::Timeout {
-                what: format!("VolumeSnapshot {object} {what} (is the CSI snapshotter running? `kubectl describe volumesnapshot {name} -n {namespace}`)"),
-                waited: timeout,
-            })?
-            .map_err(|e| ClusterError::SnapshotFailed {
+        let object = format!("{namespace}/{name}");
+        await_until(
+            api.clone(),
+            name,
+            until,
+            timeout,
+            snapshot_progress,
+            format!("VolumeSnapshot {object}"),
+            format!("is the CSI snapshotter running? `kubectl describe volumesnapshot {name} -n {namespace}`"),
+            move |message| ClusterError::SnapshotFailed {
                 object: object.clone(),
-                message: format!("watch failed: {e}"),
-            })?
-            .ok_or_else(|| ClusterError::SnapshotFailed {
-                object: object.clone(),
-                message: "deleted while waiting".into(),
-            })?;
-            if let Some(msg) = found
-                .status
-                .as_ref()
-                .and_then(|s| s.error.as_ref())
-                .and_then(|e| e.message.clone())
-            {
-                return Err(ClusterError::SnapshotFailed {
-                    object,
-                    message: msg,
-                });
-            }
-            Ok(found)
-        }
+                message,
+            },
+        )
     });
     try_join_all(waits).await
 }

@@ -12,8 +12,25 @@ use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
 use virtguard_api::{VirtualMachine, VirtualMachineInstance};
 
 use super::EngineError;
-use crate::cluster::{self, export, freeze::FrozenGuest, snapshot, ClusterError};
+use crate::cluster::{self, export, freeze::FrozenGuest, groupsnapshot, snapshot, ClusterError};
 use crate::repo::{self, BackupOptions, BackupSession, HttpSource, Repository};
+
+/// Manifest label, present when one VolumeGroupSnapshot cut all the VM's volumes at one
+/// instant: the VolumeGroupSnapshotClass it used. Absent for per-PVC VolumeSnapshots (and in
+/// backups made before group snapshots existed).
+pub const GROUP_SNAPSHOT_CLASS_LABEL: &str = "group-snapshot-class";
+
+/// How a VM's PVCs are snapshotted, decided before any freeze.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotPlan {
+    /// One VolumeSnapshot per PVC with these VolumeSnapshotClasses (in PVC order; empty on the
+    /// changed-block-tracking path, which takes no snapshots).
+    PerVolume(Vec<String>),
+    /// One VolumeGroupSnapshot over every PVC with this VolumeGroupSnapshotClass: all PVCs are
+    /// on one CSI driver that has a group class, and there are at least two (a group of one
+    /// adds nothing over a VolumeSnapshot).
+    Group { class: String },
+}
 
 /// Backup runs in flight in this process, `(namespace, backup id)`, so a signal handler can
 /// delete their objects ([`cleanup_in_flight`]).
@@ -260,17 +277,39 @@ async fn run(
 
     // 2. Snapshot classes, before any freeze (the CBT path takes no snapshots: none needed).
     let use_cbt = super::cbt::applies(&vm, vmi.as_ref());
-    let mut classes = Vec::new();
-    for p in pvcs.iter().filter(|_| !use_cbt) {
-        let pvc_id = format!("{namespace}/{}", p.pvc);
-        let driver = snapshot::csi_driver_of_pvc(client, namespace, &p.pvc)
-            .await
-            .map_err(cl("finding the CSI driver"))?;
-        classes.push(
-            snapshot::snapshot_class_for(client, &driver, &pvc_id)
-                .await
-                .map_err(cl("choosing a VolumeSnapshotClass"))?,
-        );
+    let mut plan = SnapshotPlan::PerVolume(Vec::new());
+    if !use_cbt {
+        let mut drivers = Vec::new();
+        for p in &pvcs {
+            drivers.push(
+                snapshot::csi_driver_of_pvc(client, namespace, &p.pvc)
+                    .await
+                    .map_err(cl("finding the CSI driver"))?,
+            );
+        }
+        let group_class = match drivers.as_slice() {
+            [first, rest @ ..] if !rest.is_empty() && rest.iter().all(|d| d == first) => {
+                groupsnapshot::group_class_for(client, first)
+                    .await
+                    .map_err(cl("choosing a VolumeGroupSnapshotClass"))?
+            }
+            _ => None,
+        };
+        plan = match group_class {
+            Some(class) => SnapshotPlan::Group { class },
+            None => {
+                let mut classes = Vec::new();
+                for (p, driver) in pvcs.iter().zip(&drivers) {
+                    let pvc_id = format!("{namespace}/{}", p.pvc);
+                    classes.push(
+                        snapshot::snapshot_class_for(client, driver, &pvc_id)
+                            .await
+                            .map_err(cl("choosing a VolumeSnapshotClass"))?,
+                    );
+                }
+                SnapshotPlan::PerVolume(classes)
+            }
+        };
     }
 
     let consistency = match (running, paused, agent) {
@@ -303,6 +342,9 @@ async fn run(
         .await
         .map_err(repo_err("opening the backup"))?;
     let backup_id = session.backup().id.to_string();
+    if let SnapshotPlan::Group { class } = &plan {
+        session.set_label(GROUP_SNAPSHOT_CLASS_LABEL, class);
+    }
     let run_labels = cluster::run_labels(&backup_id);
     let lease =
         match cluster::lease::VmLease::acquire(client, namespace, name, &backup_id, &run_labels)
@@ -338,7 +380,7 @@ async fn run(
             namespace,
             name,
             &pvcs,
-            &classes,
+            &plan,
             consistency,
             &run_labels,
             cfg,
@@ -371,10 +413,15 @@ async fn run(
         serde_json::to_vec_pretty(&vm).unwrap_or_default(),
     )];
     for p in &pvcs {
-        if let Ok(Some(pvc)) = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
-            .get_opt(&p.pvc)
-            .await
+        if let Ok(Some(mut pvc)) =
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+                .get_opt(&p.pvc)
+                .await
         {
+            // Cleanup removed it already; a restore must never recreate it in any case.
+            if let Some(l) = pvc.metadata.labels.as_mut() {
+                l.remove(labels::GROUP_SNAPSHOT);
+            }
             files.push((
                 format!("pvc-{}.json", p.pvc),
                 serde_json::to_vec_pretty(&pvc).unwrap_or_default(),
@@ -408,8 +455,8 @@ async fn run(
     })
 }
 
-/// Freeze → snapshots → thaw → ready → exports → stream. Returns the freeze window and the
-/// per-volume stats. The caller cleans up.
+/// Freeze → snapshots (or one group snapshot) → thaw → ready → exports → stream. Returns the
+/// freeze window and the per-volume stats. The caller cleans up.
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     client: &Client,
@@ -417,7 +464,7 @@ async fn stream(
     namespace: &str,
     name: &str,
     pvcs: &[PvcVolume],
-    classes: &[String],
+    plan: &SnapshotPlan,
     consistency: Consistency,
     labels: &BTreeMap<String, String>,
     cfg: &BackupConfig,
@@ -428,6 +475,16 @@ async fn stream(
         let vm = vm_id.clone();
         move |source: ClusterError| EngineError::Cluster { vm, step, source }
     };
+    let pvc_names: Vec<String> = pvcs.iter().map(|p| p.pvc.clone()).collect();
+    let group = cluster::object_name(backup_id, "group");
+    if let SnapshotPlan::Group { class } = plan {
+        // The group selects the PVCs by this label; set before the freeze, removed by cleanup.
+        groupsnapshot::label_pvcs(client, namespace, &pvc_names, backup_id)
+            .await
+            .map_err(cl("labelling the PVCs for the VolumeGroupSnapshot"))?;
+        tracing::info!(vm = %vm_id, group = %group, class = %class, pvcs = pvc_names.len(),
+            "one VolumeGroupSnapshot for all PVCs");
+    }
     let guest = if consistency == Consistency::ApplicationConsistent {
         Some(
             FrozenGuest::freeze(client, namespace, name, cfg.unfreeze_timeout)
@@ -437,40 +494,93 @@ async fn stream(
     } else {
         None
     };
-    let snap_names: Vec<String> = pvcs
+    let mut snap_names: Vec<String> = pvcs
         .iter()
         .map(|p| cluster::object_name(backup_id, &p.volume))
         .collect();
     let cut = async {
-        for ((p, class), snap) in pvcs.iter().zip(classes).zip(&snap_names) {
-            snapshot::create_snapshot(client, namespace, snap, &p.pvc, class, labels).await?;
+        match plan {
+            SnapshotPlan::PerVolume(classes) => {
+                for ((p, class), snap) in pvcs.iter().zip(classes).zip(&snap_names) {
+                    snapshot::create_snapshot(client, namespace, snap, &p.pvc, class, labels)
+                        .await?;
+                }
+                snapshot::wait_for(
+                    client,
+                    namespace,
+                    &snap_names,
+                    snapshot::Until::Created,
+                    cfg.snapshot_created_timeout,
+                )
+                .await
+                .map(drop)
+            }
+            SnapshotPlan::Group { class } => {
+                groupsnapshot::create_group(client, namespace, &group, class, backup_id, labels)
+                    .await?;
+                groupsnapshot::wait_for(
+                    client,
+                    namespace,
+                    &group,
+                    snapshot::Until::Created,
+                    cfg.snapshot_created_timeout,
+                )
+                .await
+                .map(drop)
+            }
         }
-        snapshot::wait_for(
-            client,
-            namespace,
-            &snap_names,
-            snapshot::Until::Created,
-            cfg.snapshot_created_timeout,
-        )
-        .await
     }
     .await;
-    // Thaw now: every snapshot is cut (or the cut failed). Never later than this.
+    // Thaw now: every snapshot (or the group) is cut, or the cut failed. Never later than this.
     let freeze = match guest {
         Some(g) => g.thaw().await.map_err(cl("thawing the guest"))?,
         None => Duration::ZERO,
     };
-    cut.map_err(cl("cutting the snapshots"))?;
-
-    let ready = snapshot::wait_for(
-        client,
-        namespace,
-        &snap_names,
-        snapshot::Until::Ready,
-        cfg.snapshot_ready_timeout,
-    )
-    .await
-    .map_err(cl("waiting for the snapshots"))?;
+    let ready = match plan {
+        SnapshotPlan::PerVolume(_) => {
+            cut.map_err(cl("cutting the snapshots"))?;
+            snapshot::wait_for(
+                client,
+                namespace,
+                &snap_names,
+                snapshot::Until::Ready,
+                cfg.snapshot_ready_timeout,
+            )
+            .await
+            .map_err(cl("waiting for the snapshots"))?
+        }
+        SnapshotPlan::Group { .. } => {
+            cut.map_err(cl("cutting the VolumeGroupSnapshot"))?;
+            groupsnapshot::wait_for(
+                client,
+                namespace,
+                &group,
+                snapshot::Until::Ready,
+                cfg.snapshot_ready_timeout,
+            )
+            .await
+            .map_err(cl("waiting for the VolumeGroupSnapshot"))?;
+            // From here on the members are read like the run's own snapshots.
+            snap_names = groupsnapshot::members(
+                client,
+                namespace,
+                &group,
+                &pvc_names,
+                cfg.snapshot_created_timeout,
+            )
+            .await
+            .map_err(cl("finding the VolumeGroupSnapshot's member snapshots"))?;
+            snapshot::wait_for(
+                client,
+                namespace,
+                &snap_names,
+                snapshot::Until::Ready,
+                cfg.snapshot_ready_timeout,
+            )
+            .await
+            .map_err(cl("waiting for the VolumeGroupSnapshot's member snapshots"))?
+        }
+    };
 
     let token = export::new_token();
     let secret = cluster::object_name(backup_id, "token");

@@ -3,7 +3,8 @@
 //!
 //! [`backup::backup_vm`] runs, for one VM: resolve VM/VMI/volumes → choose snapshot classes
 //! (before freezing, so a configuration error never costs a freeze) → freeze (Running +
-//! AgentConnected only) → VolumeSnapshots → thaw as soon as all have `creationTime` → wait
+//! AgentConnected only) → VolumeSnapshots, or one VolumeGroupSnapshot when all PVCs share a
+//! driver with a VolumeGroupSnapshotClass → thaw as soon as all have `creationTime` → wait
 //! `readyToUse` → temporary PVCs + token + VirtualMachineExports → stream each `disk.img` into the
 //! repository → save the VM's objects → commit the manifest → delete everything the run created →
 //! write the VM's status record. Cleanup and the thaw run on every exit path.
@@ -51,7 +52,7 @@ impl EngineError {
                 C::NoSnapshotClass { .. } | C::AmbiguousSnapshotClass { .. } | C::NotCsi { .. } => {
                     "snapshot-class"
                 }
-                C::SnapshotFailed { .. } => "snapshot",
+                C::SnapshotFailed { .. } | C::GroupSnapshotFailed { .. } => "snapshot",
                 C::Export { .. } => "export",
                 C::Api { .. } => "api",
                 C::Busy { .. } => "busy",

@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::ListParams;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
-use virtguard_api::{VirtualMachineExport, VirtualMachineInstance, VolumeSnapshot};
+use virtguard_api::{
+    VirtualMachineExport, VirtualMachineInstance, VolumeGroupSnapshot, VolumeSnapshot,
+};
 
 async fn count<K>(client: &kube::Client, lp: &ListParams) -> usize
 where
@@ -21,11 +23,14 @@ where
         .len()
 }
 
-/// Objects of any backup run still in the cluster (snapshots, PVCs, exports, CBT backups,
-/// Secrets, Leases).
+/// Objects of any backup run still in the cluster (snapshots, group snapshots, PVCs, exports,
+/// CBT backups, Secrets, Leases), plus PVCs still carrying a run's group-snapshot label.
 pub async fn leftovers(client: &kube::Client) -> usize {
     let lp = ListParams::default().labels(&virtguard::cluster::cleanup::selector(None));
+    let labelled = ListParams::default().labels(virtguard_api::labels::GROUP_SNAPSHOT);
     count::<VolumeSnapshot>(client, &lp).await
+        + count::<VolumeGroupSnapshot>(client, &lp).await
+        + count::<PersistentVolumeClaim>(client, &labelled).await
         + count::<PersistentVolumeClaim>(client, &lp).await
         + count::<VirtualMachineExport>(client, &lp).await
         + count::<virtguard_api::VirtualMachineBackup>(client, &lp).await
