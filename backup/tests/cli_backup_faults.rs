@@ -271,6 +271,58 @@ async fn a_driver_without_snapshot_class_is_named_and_never_costs_a_freeze() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn snapshot_class_flag_picks_an_existing_class_and_refuses_an_unknown_one() {
+    let sim = sim().await;
+    common::cluster::wait_running(&sim.client().await.unwrap(), "prod", "web").await;
+    let (dir, repo) = local_repo(&sim);
+    let o = run(&mut cmd(
+        &sim,
+        &[
+            "--repo",
+            &repo,
+            "backup",
+            "--vm",
+            "prod/web",
+            "--snapshot-class",
+            "nope",
+        ],
+    ));
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("VolumeSnapshotClass `nope` (from --snapshot-class) does not exist"),
+        "{t}"
+    );
+    assert!(!froze(&sim, "prod/web"), "{t}");
+    let o = run(&mut cmd(
+        &sim,
+        &[
+            "--repo",
+            &repo,
+            "backup",
+            "--vm",
+            "prod/web",
+            "--snapshot-class",
+            "fast-snap",
+        ],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    // The manifest records the class, for restore's check of the target cluster.
+    let backups = dir.path().join("repo/backups/prod/web");
+    let id = std::fs::read_dir(&backups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(id.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["labels"]["snapshot-classes"], "fast-snap", "{m}");
+    let client = sim.client().await.unwrap();
+    assert_eq!(common::cluster::leftovers(&client).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_never_ready_times_out_after_the_thaw() {
     let sim = sim().await;
     sim.inject(FaultRule {

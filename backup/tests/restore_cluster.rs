@@ -181,6 +181,11 @@ async fn copy_into_another_namespace_with_new_name_and_storage_class_map() {
         "{}",
         text(&o)
     );
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("VolumeSnapshotClass"),
+        "the snapshot class exists: no warning\n{}",
+        text(&o)
+    );
 
     let o = virtguard(&sim, &repo, &args, &env);
     assert!(o.status.success(), "{}", text(&o));
@@ -246,6 +251,24 @@ async fn copy_into_another_namespace_with_new_name_and_storage_class_map() {
         err.contains("VirtualMachine dr/db-copy already exists")
             && err.contains("--in-place")
             && err.contains("--name"),
+        "{}",
+        text(&o)
+    );
+
+    // The VolumeSnapshotClass the backup used (recorded in its manifest) is checked in the
+    // target: present, no word about it; gone, a warning naming it.
+    let classes: Api<virtguard_api::VolumeSnapshotClass> = Api::all(sim.client().await.unwrap());
+    classes
+        .delete("fast-snap", &Default::default())
+        .await
+        .unwrap();
+    dry[5] = "db-copy2";
+    let o = virtguard(&sim, &repo, &dry, &env);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            "warning: the backup's disks were snapshotted with VolumeSnapshotClass `fast-snap`"
+        ),
         "{}",
         text(&o)
     );

@@ -46,6 +46,11 @@ pub struct BackupArgs {
     /// Longest wait for a VirtualMachineExport to become Ready
     #[arg(long, default_value = "10m")]
     pub export_timeout: humantime::Duration,
+    /// VolumeSnapshotClass to use for the PVCs of its CSI driver instead of the driver's
+    /// default class (repeatable, one per driver; needed when a driver has several classes and
+    /// none is marked default)
+    #[arg(long = "snapshot-class", value_name = "NAME")]
+    pub snapshot_classes: Vec<String>,
     /// Where the data moves: `inline` backs up in this process; `jobs` creates one Kubernetes
     /// Job per VM (at most --parallel at once) that runs `virtguard backup --vm NS/NAME`, waits
     /// for them and summarises
@@ -183,6 +188,7 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
         snapshot_ready_timeout: a.snapshot_ready_timeout.into(),
         export_timeout: a.export_timeout.into(),
         concurrency: config.concurrency,
+        snapshot_classes: a.snapshot_classes.clone(),
         ..Default::default()
     };
     let total = vms.len();
@@ -269,6 +275,9 @@ async fn dispatch_jobs(
         format!("--snapshot-ready-timeout={}", a.snapshot_ready_timeout),
         format!("--export-timeout={}", a.export_timeout),
     ];
+    for c in &a.snapshot_classes {
+        child_args.push(format!("--snapshot-class={c}"));
+    }
     if let Some(e) = &config.s3_endpoint {
         child_args.push(format!("--s3-endpoint={e}"));
     }

@@ -52,11 +52,14 @@ pub enum ClusterError {
         message: String,
     },
     /// No VolumeSnapshotClass for the PVC's CSI driver.
-    #[error("no VolumeSnapshotClass for CSI driver `{driver}` (PVC {pvc}): create a VolumeSnapshotClass for that driver, or pass --snapshot-class")]
+    #[error("no VolumeSnapshotClass for CSI driver `{driver}` (PVC {pvc}): create a VolumeSnapshotClass for that driver (--snapshot-class can only pick among existing classes)")]
     NoSnapshotClass { driver: String, pvc: String },
     /// Several classes match and none is marked default.
-    #[error("several VolumeSnapshotClasses for CSI driver `{driver}` ({classes}) and none is annotated snapshot.storage.kubernetes.io/is-default-class=true: mark one default, or pass --snapshot-class")]
+    #[error("several VolumeSnapshotClasses for CSI driver `{driver}` ({classes}) and none is annotated snapshot.storage.kubernetes.io/is-default-class=true: mark one default, or pass --snapshot-class NAME")]
     AmbiguousSnapshotClass { driver: String, classes: String },
+    /// `--snapshot-class` names a class the cluster does not have.
+    #[error("VolumeSnapshotClass `{class}` (from --snapshot-class) does not exist: list them with `kubectl get volumesnapshotclass`")]
+    UnknownSnapshotClass { class: String },
     /// The PVC is not backed by a CSI volume we can snapshot.
     #[error("PVC {pvc} is not a CSI volume ({why}): only CSI volumes can be snapshotted")]
     NotCsi { pvc: String, why: String },

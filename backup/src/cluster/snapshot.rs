@@ -61,19 +61,39 @@ pub async fn csi_driver_of_pvc(client: &Client, namespace: &str, pvc: &str) -> R
 }
 
 /// The VolumeSnapshotClass to use for `driver` (PVC named for the error message).
-pub async fn snapshot_class_for(client: &Client, driver: &str, pvc: &str) -> Result<String> {
+pub async fn snapshot_class_for(
+    client: &Client,
+    driver: &str,
+    pvc: &str,
+    preferred: &[String],
+) -> Result<String> {
     let classes = Api::<VolumeSnapshotClass>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map_err(ClusterError::api("listing", "VolumeSnapshotClass", "(all)"))?;
-    pick_class(&classes.items, driver, pvc)
+    pick_class(&classes.items, driver, pvc, preferred)
 }
 
-/// The class-selection rule, separate from I/O so it is unit-tested.
-pub fn pick_class(classes: &[VolumeSnapshotClass], driver: &str, pvc: &str) -> Result<String> {
+/// The class-selection rule, separate from I/O so it is unit-tested: a `preferred` class
+/// (`--snapshot-class`) of the PVC's driver wins; a preferred name that is no class at all is
+/// an error; otherwise the driver's default class, or its only class.
+pub fn pick_class(
+    classes: &[VolumeSnapshotClass],
+    driver: &str,
+    pvc: &str,
+    preferred: &[String],
+) -> Result<String> {
+    let name = |c: &VolumeSnapshotClass| c.metadata.name.clone().unwrap_or_default();
+    for p in preferred {
+        if !classes.iter().any(|c| name(c) == *p) {
+            return Err(ClusterError::UnknownSnapshotClass { class: p.clone() });
+        }
+    }
     let matching: Vec<&VolumeSnapshotClass> =
         classes.iter().filter(|c| c.driver == driver).collect();
-    let name = |c: &VolumeSnapshotClass| c.metadata.name.clone().unwrap_or_default();
+    if let Some(c) = matching.iter().find(|c| preferred.contains(&name(c))) {
+        return Ok(name(c));
+    }
     let defaults: Vec<&&VolumeSnapshotClass> = matching.iter().filter(|c| c.is_default()).collect();
     match (defaults.as_slice(), matching.as_slice()) {
         ([one], _) => Ok(name(one)),
@@ -267,14 +287,38 @@ mod tests {
             class("d", "nfs", false),
             class("e", "nfs", false),
         ];
-        assert_eq!(pick_class(&classes, "rbd", "ns/p").unwrap(), "b");
-        assert_eq!(pick_class(&classes, "ebs", "ns/p").unwrap(), "c");
-        let err = pick_class(&classes, "lvm", "ns/p").unwrap_err().to_string();
+        let none: &[String] = &[];
+        assert_eq!(pick_class(&classes, "rbd", "ns/p", none).unwrap(), "b");
+        assert_eq!(pick_class(&classes, "ebs", "ns/p", none).unwrap(), "c");
+        let err = pick_class(&classes, "lvm", "ns/p", none)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("`lvm`") && err.contains("ns/p") && err.contains("--snapshot-class"),
+            err.contains("`lvm`")
+                && err.contains("ns/p")
+                && err.contains("create a VolumeSnapshotClass"),
             "{err}"
         );
-        let err = pick_class(&classes, "nfs", "ns/p").unwrap_err().to_string();
-        assert!(err.contains("d, e"), "{err}");
+        let err = pick_class(&classes, "nfs", "ns/p", none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d, e") && err.contains("--snapshot-class"),
+            "{err}"
+        );
+        // --snapshot-class: wins over the default for its driver, resolves an ambiguity, does
+        // not apply to other drivers, and must name an existing class.
+        let pick = |driver: &str, pref: &[&str]| {
+            let pref: Vec<String> = pref.iter().map(|s| s.to_string()).collect();
+            pick_class(&classes, driver, "ns/p", &pref)
+        };
+        assert_eq!(pick("rbd", &["a"]).unwrap(), "a");
+        assert_eq!(pick("nfs", &["e", "a"]).unwrap(), "e");
+        assert_eq!(pick("ebs", &["a"]).unwrap(), "c");
+        let err = pick("rbd", &["nope"]).unwrap_err().to_string();
+        assert!(
+            err.contains("`nope`") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 }

@@ -20,6 +20,11 @@ use crate::repo::{self, BackupOptions, BackupSession, HttpSource, Repository};
 /// backups made before group snapshots existed).
 pub const GROUP_SNAPSHOT_CLASS_LABEL: &str = "group-snapshot-class";
 
+/// Manifest label, present when per-PVC VolumeSnapshots were taken: the VolumeSnapshotClasses
+/// they used, sorted, comma-separated. Restore warns when one does not exist in the target
+/// cluster (snapshots of the restored VM would fail there).
+pub const SNAPSHOT_CLASSES_LABEL: &str = "snapshot-classes";
+
 /// How a VM's PVCs are snapshotted, decided before any freeze.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotPlan {
@@ -83,6 +88,9 @@ pub struct BackupConfig {
     pub export_ttl: Duration,
     /// Chunks in flight per volume.
     pub concurrency: usize,
+    /// `--snapshot-class`: VolumeSnapshotClasses to use for the PVCs of their CSI driver
+    /// instead of the driver's default class.
+    pub snapshot_classes: Vec<String>,
 }
 
 impl Default for BackupConfig {
@@ -94,6 +102,7 @@ impl Default for BackupConfig {
             export_timeout: Duration::from_secs(600),
             export_ttl: Duration::from_secs(4 * 3600),
             concurrency: repo::backup::default_concurrency(),
+            snapshot_classes: Vec::new(),
         }
     }
 }
@@ -302,9 +311,14 @@ async fn run(
                 for (p, driver) in pvcs.iter().zip(&drivers) {
                     let pvc_id = format!("{namespace}/{}", p.pvc);
                     classes.push(
-                        snapshot::snapshot_class_for(client, driver, &pvc_id)
-                            .await
-                            .map_err(cl("choosing a VolumeSnapshotClass"))?,
+                        snapshot::snapshot_class_for(
+                            client,
+                            driver,
+                            &pvc_id,
+                            &cfg.snapshot_classes,
+                        )
+                        .await
+                        .map_err(cl("choosing a VolumeSnapshotClass"))?,
                     );
                 }
                 SnapshotPlan::PerVolume(classes)
@@ -342,8 +356,15 @@ async fn run(
         .await
         .map_err(repo_err("opening the backup"))?;
     let backup_id = session.backup().id.to_string();
-    if let SnapshotPlan::Group { class } = &plan {
-        session.set_label(GROUP_SNAPSHOT_CLASS_LABEL, class);
+    match &plan {
+        SnapshotPlan::Group { class } => session.set_label(GROUP_SNAPSHOT_CLASS_LABEL, class),
+        SnapshotPlan::PerVolume(classes) if !classes.is_empty() => {
+            let mut used = classes.clone();
+            used.sort();
+            used.dedup();
+            session.set_label(SNAPSHOT_CLASSES_LABEL, &used.join(","));
+        }
+        SnapshotPlan::PerVolume(_) => {}
     }
     let run_labels = cluster::run_labels(&backup_id);
     let lease =

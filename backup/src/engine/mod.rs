@@ -49,9 +49,10 @@ impl EngineError {
                 C::Timeout { .. } => "timeout",
                 C::Freeze { .. } => "freeze",
                 C::Thaw { .. } => "thaw",
-                C::NoSnapshotClass { .. } | C::AmbiguousSnapshotClass { .. } | C::NotCsi { .. } => {
-                    "snapshot-class"
-                }
+                C::NoSnapshotClass { .. }
+                | C::AmbiguousSnapshotClass { .. }
+                | C::UnknownSnapshotClass { .. }
+                | C::NotCsi { .. } => "snapshot-class",
                 C::SnapshotFailed { .. } | C::GroupSnapshotFailed { .. } => "snapshot",
                 C::Export { .. } => "export",
                 C::Api { .. } => "api",

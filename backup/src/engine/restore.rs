@@ -20,8 +20,9 @@
 //! 3. [`check_target`] refuses what would overwrite something (an existing VM unless in place,
 //!    or a PVC or DataVolume of a name the restore creates), a missing target namespace, and
 //!    collects warnings: a Multus network (`spec.template.spec.networks[].multus.networkName`)
-//!    without its NetworkAttachmentDefinition in the target namespace, a storage class that does
-//!    not exist.
+//!    without its NetworkAttachmentDefinition in the target namespace, a storage class, or a
+//!    VolumeSnapshotClass / VolumeGroupSnapshotClass the backup used (manifest labels
+//!    `snapshot-classes`, `group-snapshot-class`), that does not exist.
 //! 4. [`execute`] creates the disks, fills them, and creates (or, in place, replaces) the VM
 //!    **last**, so a failed restore never leaves a half-restored VM that could start. Two data
 //!    paths:
@@ -251,6 +252,11 @@ pub struct Plan {
     pub storage_classes: Vec<String>,
     /// Multus network names the VM uses (`ns/name` or `name`).
     pub networks: Vec<String>,
+    /// VolumeSnapshotClasses the backup's snapshots used (from the manifest), for the check
+    /// that later backups of the restored VM can snapshot it in the target cluster.
+    pub snapshot_classes: Vec<String>,
+    /// The VolumeGroupSnapshotClass the backup used, if any.
+    pub group_snapshot_class: Option<String>,
 }
 
 /// Reads `virtualmachine.json` and the `pvc-*.json` files of a backup.
@@ -616,6 +622,22 @@ pub fn plan(
         .collect();
     storage_classes.sort();
     storage_classes.dedup();
+    let snapshot_classes = m
+        .labels
+        .get(super::backup::SNAPSHOT_CLASSES_LABEL)
+        .map(|l| {
+            l.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let group_snapshot_class = m
+        .labels
+        .get(super::backup::GROUP_SNAPSHOT_CLASS_LABEL)
+        .filter(|c| !c.is_empty())
+        .cloned();
     Ok(Plan {
         source,
         namespace,
@@ -627,6 +649,8 @@ pub fn plan(
         volumes,
         storage_classes,
         networks,
+        snapshot_classes,
+        group_snapshot_class,
     })
 }
 
@@ -976,6 +1000,43 @@ pub async fn check_target(client: &Client, plan: &Plan) -> Result<Vec<String>> {
                 "storage class `{sc}` does not exist in the target cluster: the disks will stay Pending; map it with --storage-class-map {sc}=OTHER"
             )),
             Err(e) => warnings.push(format!("could not check storage class `{sc}`: {e}")),
+        }
+    }
+    // The snapshot classes the backup used: without them, the next backup of the restored VM
+    // cannot snapshot its disks in this cluster.
+    let vsc = ar(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotClass",
+        "volumesnapshotclasses",
+    );
+    let vgsc = ar(
+        "groupsnapshot.storage.k8s.io",
+        "v1beta2",
+        "VolumeGroupSnapshotClass",
+        "volumegroupsnapshotclasses",
+    );
+    let wanted = plan
+        .snapshot_classes
+        .iter()
+        .map(|c| (c, &vsc, "VolumeSnapshotClass"))
+        .chain(
+            plan.group_snapshot_class
+                .iter()
+                .map(|c| (c, &vgsc, "VolumeGroupSnapshotClass")),
+        );
+    for (class, r, kind) in wanted {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), r);
+        match api.get_opt(class).await {
+            Ok(Some(_)) => {}
+            // get_opt also answers None when the kind is not served at all (no CRD).
+            Ok(None) if kind == "VolumeGroupSnapshotClass" => warnings.push(format!(
+                "the backup cut the disks with {kind} `{class}`, which the target cluster does not have (or it does not serve group snapshots): backups of the restored VM will take one VolumeSnapshot per disk, not one group"
+            )),
+            Ok(None) => warnings.push(format!(
+                "the backup's disks were snapshotted with {kind} `{class}`, which does not exist in the target cluster: backups of the restored VM fail until a {kind} exists for its storage's CSI driver"
+            )),
+            Err(e) => warnings.push(format!("could not check {kind} `{class}`: {e}")),
         }
     }
     Ok(warnings)
