@@ -64,7 +64,7 @@ async fn freeze_snapshot_thaw_before_ready_then_export_serves_the_snapshot() {
         .await
         .unwrap();
     assert_eq!(driver, "rbd.csi.ceph.com");
-    let class = snapshot::snapshot_class_for(&client, &driver, "prod/db-root")
+    let class = snapshot::snapshot_class_for(&client, &driver, "prod/db-root", &[])
         .await
         .unwrap();
     assert_eq!(class, "ceph-rbd-snap");
@@ -267,7 +267,7 @@ async fn missing_snapshot_class_names_driver_and_pvc() {
         .await
         .unwrap();
     assert_eq!(driver, "rancher.io/local-path");
-    let err = snapshot::snapshot_class_for(&client, &driver, "prod/legacy-root")
+    let err = snapshot::snapshot_class_for(&client, &driver, "prod/legacy-root", &[])
         .await
         .unwrap_err()
         .to_string();
