@@ -163,7 +163,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                     .unwrap_or(0);
                 let pb = bar(config, size, true);
                 let opts = RestoreOptions {
-                    concurrency: config.concurrency,
+                    concurrency: config.restore_concurrency,
                     check_digest: a.verify_target,
                 };
                 let res = restore_to_file(&repo, &m, &a.volume, &a.path, &opts, pb.clone()).await;

@@ -65,7 +65,8 @@ pub struct GlobalArgs {
         global = true
     )]
     pub store_concurrency: usize,
-    /// Chunks in flight per volume (backup, restore, verify) [default: 4 per CPU, 8..32]
+    /// Chunks in flight per volume (backup, restore, verify) [default: backup and verify 4 per
+    /// CPU, 8..32; restore 8 per CPU, 16..32]
     #[arg(long, env = "VIRTGUARD_CONCURRENCY", global = true)]
     pub concurrency: Option<usize>,
     /// Attempts per store operation on temporary errors (5xx, throttling, resets)
@@ -311,7 +312,10 @@ pub struct Config {
     pub s3_path_style: bool,
     pub s3_sign_payload: bool,
     pub store_concurrency: usize,
+    /// Chunks in flight per volume for backups, verify and gc.
     pub concurrency: usize,
+    /// Chunks in flight per volume for restores (they wait on the store more than on the CPU).
+    pub restore_concurrency: usize,
     pub retries: u32,
     pub retry_base: Duration,
     pub lock_stale_after: Duration,
@@ -366,6 +370,10 @@ impl Config {
             concurrency: g
                 .concurrency
                 .unwrap_or_else(crate::repo::backup::default_concurrency)
+                .max(1),
+            restore_concurrency: g
+                .concurrency
+                .unwrap_or_else(crate::repo::restore::default_restore_concurrency)
                 .max(1),
             retries: g.retries.max(1),
             retry_base: g.retry_base.into(),

@@ -319,7 +319,7 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
         keep_partial: a.keep_partial,
         timeout: a.timeout.into(),
         wait: a.wait,
-        concurrency: config.concurrency,
+        concurrency: config.restore_concurrency,
         job_image: a.job_image.clone(),
         job_env: if a.method == MethodArg::Job {
             job_env(config)?
@@ -457,7 +457,7 @@ pub async fn restore_volume(config: &Config, a: RestoreVolumeArgs) -> Result<()>
         let r = resolve_backup(&repo, &a.backup).await?;
         let m = repo.load_manifest(&r).await?;
         let opts = RestoreOptions {
-            concurrency: config.concurrency,
+            concurrency: config.restore_concurrency,
             check_digest: true,
         };
         restore_to_file(&repo, &m, &a.volume, &target, &opts, None)
@@ -520,7 +520,7 @@ async fn download_inner(
         .map(|v| v.size)
         .unwrap_or(0);
     let opts = RestoreOptions {
-        concurrency: config.concurrency,
+        concurrency: config.restore_concurrency,
         check_digest: true,
     };
     let pb = (config.progress && std::io::stderr().is_terminal()).then(|| {

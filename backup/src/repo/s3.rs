@@ -89,7 +89,13 @@ impl S3Store {
         let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(opts.path_style)
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            // Downloads are not asked for the server's stored checksum: every chunk is checked
+            // against its content id (and AEAD tag) anyway, and the server would otherwise
+            // recompute or stream the checksum on every GET.
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
         if sdk.region().is_none() {
             b = b.region(aws_config::Region::new("us-east-1"));
         }
