@@ -52,18 +52,25 @@ export KUBECONFIG
 KUBECONFIG=$(head -1 "$WORK/sim.out")
 [ -f "$KUBECONFIG" ] || { echo "virtguard-sim did not start" >&2; cat "$WORK/sim.log" >&2; exit 1; }
 
-# measure NAME CMD...: wall seconds and peak RSS (KiB) into $WORK/NAME.{secs,rss}
+# CPU seconds (user + system) a running process has used so far.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+
+# measure NAME CMD...: wall seconds and peak RSS (KiB) into $WORK/NAME.{secs,rss}; CPU seconds
+# of the command and of the sim (the upload proxy decodes and writes) are printed too
 measure() {
   local name=$1; shift
-  local start end
+  local start end sim0
   sync
+  sim0=$(cpu_of "$SIMPID")
   start=$(date +%s.%N)
   /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || {
     echo "FAILED: $name" >&2; cat "$WORK/$name.err" >&2; exit 1; }
   end=$(date +%s.%N)
   python3 -c "print($end - $start)" >"$WORK/$name.secs"
   awk -F: '/Maximum resident set size/ {gsub(/ /,"",$2); print $2}' "$WORK/$name.time" >"$WORK/$name.rss"
-  printf '%-28s %8.2f s  %8d MiB RSS\n' "$name" "$(cat "$WORK/$name.secs")" "$(( $(cat "$WORK/$name.rss") / 1024 ))"
+  awk -F: '/User time|System time/ {s += $2} END {print s}' "$WORK/$name.time" >"$WORK/$name.cpu"
+  printf '%-28s %8.2f s  %8d MiB RSS   CPU: virtguard %6.2f s, sim %6.2f s\n' "$name" "$(cat "$WORK/$name.secs")" \
+    "$(( $(cat "$WORK/$name.rss") / 1024 ))" "$(cat "$WORK/$name.cpu")" "$(echo "$(cpu_of "$SIMPID") - $sim0" | bc -l)"
 }
 
 REPO="$WORK/repo"

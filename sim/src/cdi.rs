@@ -222,7 +222,7 @@ fn write_image(
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
     f.set_len(0).map_err(|e| e.to_string())?;
     f.set_len(size).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; crate::disk::BLOCK];
+    let mut buf = vec![0u8; crate::disk::COPY_BLOCK];
     let mut off = 0u64;
     loop {
         let n = crate::disk::read_full(&mut src, &mut buf)
@@ -235,7 +235,7 @@ fn write_image(
                 "virtual image size is larger than the available size {size} of the PVC"
             ));
         }
-        if buf[..n].iter().any(|b| *b != 0) {
+        if !crate::disk::is_zero(&buf[..n]) {
             f.seek(SeekFrom::Start(off)).map_err(|e| e.to_string())?;
             f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
         }

@@ -29,11 +29,14 @@
 //!    * `cdi-upload`: a DataVolume with an `upload` source sized at least as large as the
 //!      original, an UploadTokenRequest, and one `POST /v1beta1/upload` to CDI's upload proxy
 //!      whose body is the image as a sequence of zstd frames (one per chunk; CDI detects zstd by
-//!      its magic bytes; an all-zero 4 MiB chunk costs a few hundred bytes on the wire). Every
+//!      its magic bytes; an all-zero 4 MiB chunk costs a few hundred bytes on the wire). A
+//!      chunk stored compressed is sent as its stored zstd frame (decrypted and decoded once,
+//!      to check it against its id), so only chunks stored raw are compressed again. Every
 //!      chunk is verified against its id as it is fetched, and the whole-image digest recorded
 //!      at backup time is recomputed on the way: a mismatch aborts the body, so CDI never marks
-//!      the upload complete. 5xx answers are retried with backoff; every retry uses a fresh token (a 401 means the token expired, and a
-//!      proxy that answers before reading the body may look like a reset connection).
+//!      the upload complete. 5xx answers are retried with backoff; every retry uses a fresh
+//!      token (a 401 means the token expired, and a proxy that answers before reading the body
+//!      may look like a reset connection).
 //!    * `job`: a PVC and a Job running `virtguard restore-volume`, which writes the volume
 //!      directly and sparsely from the repository into the PVC (Block mode: `volumeDevices`
 //!      at [`JOB_DEVICE_PATH`]; Filesystem mode: `disk.img` under [`JOB_MOUNT_PATH`]). The
@@ -1703,7 +1706,9 @@ fn upload_body(
                         };
                         Ok::<_, crate::Error>((true, zid, frame, len))
                     } else {
-                        let data = repo.get_chunk(&id).await?;
+                        // Verified against its id; a chunk stored as zstd is sent as its
+                        // stored frame (no second compression), one stored raw is compressed.
+                        let (data, stored) = repo.get_chunk_with_frame(&id).await?;
                         if data.len() != len {
                             return Err(crate::Error::corrupt(
                                 id.key(),
@@ -1713,11 +1718,14 @@ fn upload_body(
                                 ),
                             ));
                         }
-                        let frame = tokio::task::spawn_blocking(move || compress(data))
-                            .await
-                            .map_err(|e| {
-                                crate::Error::Invalid(format!("compressor failed: {e}"))
-                            })??;
+                        let frame = match stored {
+                            Some(f) => f,
+                            None => tokio::task::spawn_blocking(move || compress(data))
+                                .await
+                                .map_err(|e| {
+                                    crate::Error::Invalid(format!("compressor failed: {e}"))
+                                })??,
+                        };
                         Ok((false, Some(id), frame, len))
                     }
                 }
@@ -2166,6 +2174,13 @@ mod tests {
 
     /// A repository with one committed backup of `data` as volume `root` (64 KiB chunks).
     async fn repo_with(data: &[u8]) -> (tempfile::TempDir, Arc<Repository>, Manifest) {
+        repo_with_key(data, None).await
+    }
+
+    async fn repo_with_key(
+        data: &[u8],
+        key: Option<&[u8]>,
+    ) -> (tempfile::TempDir, Arc<Repository>, Manifest) {
         use crate::repo::repository::InitOptions;
         use crate::repo::{BackupOptions, BackupSession, FileSource, LocalStore, Store};
         let dir = tempfile::tempdir().unwrap();
@@ -2174,6 +2189,9 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("repo")));
         let opts = InitOptions {
             chunk_size: 64 << 10,
+            key: key.map(<[u8]>::to_vec),
+            kdf_memory_kib: 1024,
+            kdf_iterations: 1,
             ..Default::default()
         };
         let repo = Arc::new(Repository::init(store, opts).await.unwrap());
@@ -2202,6 +2220,34 @@ mod tests {
             state.clone(),
         );
         (body.collect().await, state)
+    }
+
+    /// Compressible chunks go out as their stored frames, incompressible ones (stored raw)
+    /// are compressed for the wire; encrypted or not, the body decodes to the image.
+    #[tokio::test]
+    async fn upload_body_forwards_stored_frames_and_compresses_raw_chunks() {
+        use rand::{RngCore, SeedableRng};
+        let mut data = vec![0u8; 512 << 10];
+        rand::rngs::StdRng::seed_from_u64(5).fill_bytes(&mut data[..128 << 10]);
+        for (i, b) in data[128 << 10..256 << 10].iter_mut().enumerate() {
+            *b = b"the quick brown fox "[i % 20];
+        }
+        for key in [None, Some(&b"secret"[..])] {
+            let (_d, repo, m) = repo_with_key(&data, key).await;
+            let (frames, state) = collect(&repo, &m, &m.volumes[0].image_digest).await;
+            let frames: Vec<Bytes> = frames.into_iter().map(Result::unwrap).collect();
+            let wire: Vec<u8> = frames.concat();
+            assert_eq!(zstd::stream::decode_all(&wire[..]).unwrap(), data);
+            assert!(state.failure.lock().unwrap().is_none());
+            // Chunks 2 and 3 (text): the stored frame, byte for byte.
+            let index = repo.load_index(&m, "root").await.unwrap();
+            let (_, stored) = repo.get_chunk_with_frame(&index.chunks[2]).await.unwrap();
+            assert_eq!(stored.as_deref(), Some(&frames[2][..]), "key {key:?}");
+            // Chunk 0 (random): stored raw, still a valid frame on the wire.
+            let (raw, stored) = repo.get_chunk_with_frame(&index.chunks[0]).await.unwrap();
+            assert!(stored.is_none());
+            assert_eq!(zstd::stream::decode_all(&frames[0][..]).unwrap(), raw);
+        }
     }
 
     #[tokio::test]

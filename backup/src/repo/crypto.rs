@@ -277,6 +277,33 @@ impl Crypto {
 
     /// Decodes a blob read from `key`: checks the header, decrypts, decompresses.
     pub fn decode_blob(&self, magic: [u8; 4], key: &str, data: &[u8]) -> Result<Vec<u8>> {
+        let (header, payload) = self.open_blob(magic, key, data)?;
+        decoded(key, &header, &payload)
+    }
+
+    /// [`Self::decode_blob`], also returning the blob's zstd frame (decrypted) when it is
+    /// stored compressed: a caller that sends the data on as zstd (the CDI upload) forwards the
+    /// frame instead of compressing the chunk again. The frame is only returned together with
+    /// the raw bytes it decodes to, so the caller can (and must) check those against the id.
+    pub fn decode_blob_with_frame(
+        &self,
+        magic: [u8; 4],
+        key: &str,
+        data: &[u8],
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        let (header, payload) = self.open_blob(magic, key, data)?;
+        let raw = decoded(key, &header, &payload)?;
+        let frame = (header.flags & FLAG_ZSTD != 0).then(|| payload.into_owned());
+        Ok((raw, frame))
+    }
+
+    /// Checks the header and decrypts: the header and the (still compressed) payload.
+    fn open_blob<'a>(
+        &self,
+        magic: [u8; 4],
+        key: &str,
+        data: &'a [u8],
+    ) -> Result<(BlobHeader, std::borrow::Cow<'a, [u8]>)> {
         let header = BlobHeader::decode(key, data, magic)?;
         if header.raw_len > MAX_RAW_LEN {
             return Err(Error::corrupt(
@@ -285,16 +312,15 @@ impl Crypto {
             ));
         }
         let body = &data[BLOB_HEADER_LEN..];
-        let decrypted;
-        let payload: &[u8] = match (&self.keys, header.flags & FLAG_ENCRYPTED != 0) {
-            (None, false) => body,
+        let payload = match (&self.keys, header.flags & FLAG_ENCRYPTED != 0) {
+            (None, false) => std::borrow::Cow::Borrowed(body),
             (Some(k), true) => {
                 if body.len() < NONCE_LEN + TAG_LEN {
                     return Err(Error::corrupt(key, "encrypted payload truncated"));
                 }
                 let (nonce, ct) = body.split_at(NONCE_LEN);
                 let aad = [&data[..BLOB_HEADER_LEN], key.as_bytes()].concat();
-                decrypted = ChaCha20Poly1305::new(&k.data)
+                let plain = ChaCha20Poly1305::new(&k.data)
                     .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
                     .map_err(|_| {
                         Error::corrupt(
@@ -302,7 +328,7 @@ impl Crypto {
                             "authentication failed (modified, truncated or moved object)",
                         )
                     })?;
-                &decrypted
+                std::borrow::Cow::Owned(plain)
             }
             (None, true) => {
                 return Err(Error::corrupt(
@@ -317,23 +343,28 @@ impl Crypto {
                 ))
             }
         };
-        let raw = if header.flags & FLAG_ZSTD != 0 {
-            decompress(key, payload, header.raw_len)?
-        } else {
-            payload.to_vec()
-        };
-        if raw.len() as u64 != header.raw_len {
-            return Err(Error::corrupt(
-                key,
-                format!(
-                    "decoded {} bytes, header says {}",
-                    raw.len(),
-                    header.raw_len
-                ),
-            ));
-        }
-        Ok(raw)
+        Ok((header, payload))
     }
+}
+
+/// The raw bytes of a blob's (decrypted) payload, checked against the header's length.
+fn decoded(key: &str, header: &BlobHeader, payload: &[u8]) -> Result<Vec<u8>> {
+    let raw = if header.flags & FLAG_ZSTD != 0 {
+        decompress(key, payload, header.raw_len)?
+    } else {
+        payload.to_vec()
+    };
+    if raw.len() as u64 != header.raw_len {
+        return Err(Error::corrupt(
+            key,
+            format!(
+                "decoded {} bytes, header says {}",
+                raw.len(),
+                header.raw_len
+            ),
+        ));
+    }
+    Ok(raw)
 }
 
 thread_local! {

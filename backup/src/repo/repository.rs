@@ -212,6 +212,24 @@ impl Repository {
         .await
     }
 
+    /// [`Self::get_chunk`], also returning the chunk's stored zstd frame when it is stored
+    /// compressed (see [`super::crypto::Crypto::decode_blob_with_frame`]); the raw bytes were
+    /// checked against the id, so the frame is known to decode to the right content.
+    pub async fn get_chunk_with_frame(&self, id: &ChunkId) -> Result<(Vec<u8>, Option<Bytes>)> {
+        let key = id.key();
+        let data = self.store.get(&key).await?;
+        let crypto = self.crypto.clone();
+        let id = *id;
+        cpu(move || {
+            let (raw, frame) = crypto.decode_blob_with_frame(CHUNK_MAGIC, &key, &data)?;
+            if crypto.chunk_id(&raw) != id {
+                return Err(Error::corrupt(key, "content does not match the chunk id"));
+            }
+            Ok((raw, frame.map(Bytes::from)))
+        })
+        .await
+    }
+
     /// Writes a non-chunk object (sealed when encrypted); returns the stored bytes' BLAKE3 (hex).
     pub async fn put_object(&self, key: &str, raw: Vec<u8>) -> Result<String> {
         let stored = if self.crypto.is_encrypted() {
