@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::text;
+
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -74,15 +76,6 @@ fn run(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -65,13 +65,9 @@ fn run(c: &mut Command) -> Output {
     tokio::task::block_in_place(|| c.output().unwrap())
 }
 
+/// [`common::text`], and the S3 secret must not be in it.
 fn text(o: &Output) -> String {
-    let t = format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let t = common::text(o);
     assert!(!t.contains(SECRET_KEY), "the S3 secret leaked:\n{t}");
     t
 }

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::text;
+
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -79,15 +81,6 @@ fn command(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Command {
 
 fn run(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
     tokio::task::block_in_place(|| command(sim, repo, args).output().unwrap())
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// An initialised, encrypted local repository.

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::text;
+
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,15 +80,6 @@ fn command(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Command {
 /// Runs the binary; blocks this worker only (the sim keeps serving on the others).
 fn virtguard(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
     tokio::task::block_in_place(|| command(sim, repo, args).output().unwrap())
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn init_repo(sim: &Sim) -> (tempfile::TempDir, std::path::PathBuf) {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::text;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -79,15 +81,6 @@ fn virtguard(sim: &Sim, repo: &str, args: &[&str], env: &[(&str, &str)]) -> Outp
             .output()
             .unwrap()
     })
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn sha(path: &Path) -> String {
