@@ -194,12 +194,7 @@ async fn sigterm_while_frozen_thaws_and_cleans_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let o = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let o = common::sigterm_and_wait(child);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("SIGTERM"),

@@ -310,13 +310,7 @@ async fn sigterm_deletes_the_children_which_thaw_and_clean_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(common::cluster::leftovers(&client).await > 0);
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let o = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let o = common::sigterm_and_wait(child);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("deleted Job virtguard/"),

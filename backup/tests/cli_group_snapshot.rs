@@ -499,12 +499,7 @@ async fn sigterm_during_the_group_cut_thaws_and_cleans_up() {
         let o = child.wait_with_output().unwrap();
         panic!("the run never reached the cut: {}", text(&o));
     }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let o = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let o = common::sigterm_and_wait(child);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("SIGTERM"),

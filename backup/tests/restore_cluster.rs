@@ -829,10 +829,7 @@ async fn sigterm_deletes_what_the_restore_created() {
     }
     assert!(seen, "the restore never created its DataVolume");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success());
-    let o = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let o = common::sigterm_and_wait(child);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

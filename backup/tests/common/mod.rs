@@ -13,6 +13,17 @@ use tokio::net::TcpStream;
 
 pub mod cluster;
 
+/// Sends SIGTERM to a running `virtguard` and waits for it (blocking this tokio worker only, so
+/// an in-process sim keeps serving): its status and outputs.
+pub fn sigterm_and_wait(child: Child) -> Output {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -TERM {}", child.id());
+    tokio::task::block_in_place(|| child.wait_with_output()).unwrap()
+}
+
 /// A finished command's status and both outputs, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(
