@@ -1,5 +1,5 @@
 //! CDI objects (cdi.kubevirt.io/v1beta1 DataVolume, upload.cdi.kubevirt.io/v1beta1
-//! UploadTokenRequest), modelled from shared/reference/cdi-openapi.json.
+//! UploadTokenRequest), modelled from reference/cdi-openapi.json.
 
 use std::collections::BTreeMap;
 

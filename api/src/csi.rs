@@ -1,5 +1,5 @@
 //! CSI snapshot objects (snapshot.storage.k8s.io/v1, groupsnapshot.storage.k8s.io/v1beta2),
-//! modelled from the CRDs in shared/reference/snapshot-crds/.
+//! modelled from the CRDs in reference/snapshot-crds/.
 //!
 //! VolumeSnapshotClass and VolumeGroupSnapshotClass have no spec: their fields (`driver`,
 //! `deletionPolicy`, `parameters`) sit at the top level, so they are declared by hand.

@@ -1,5 +1,5 @@
 //! KubeVirt objects (kubevirt.io/v1, snapshot.kubevirt.io/v1beta1, export.kubevirt.io/v1,
-//! backup.kubevirt.io/v1alpha1), modelled from shared/reference/kubevirt-openapi.json.
+//! backup.kubevirt.io/v1alpha1), modelled from reference/kubevirt-openapi.json.
 //!
 //! Only the fields virtguard reads or writes are typed; everything else travels in `extra`.
 //! Timestamps are kept as the RFC 3339 strings the API server sends, so a round trip preserves

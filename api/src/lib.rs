@@ -1,7 +1,7 @@
 //! virtguard-api: typed subsets of the KubeVirt, CDI and CSI snapshot objects virtguard reads and
 //! writes, plus the contracts between virtguard's own parts (labels, the backup status record).
 //!
-//! No I/O lives here. Field names and shapes follow the reference schemas in shared/reference
+//! No I/O lives here. Field names and shapes follow the reference schemas in reference/
 //! (KubeVirt and CDI OpenAPI, CSI snapshot CRDs); `tests/conformance.rs` walks every modelled field
 //! path against those schemas. Every struct keeps unmodelled fields in `extra`, so a VM read from a
 //! cluster, saved in a backup and written back on restore loses nothing we did not model.

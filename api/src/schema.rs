@@ -6,7 +6,7 @@
 //! - adds `extra`, a flattened map that captures every field we do not model, so a
 //!   read-modify-write round trip (backup a VM, restore it) loses nothing,
 //! - records the field's JSON name and shape in [`Schema::shape`], which the conformance test walks
-//!   against shared/reference to prove every field path we model exists there with a compatible
+//!   against reference/ to prove every field path we model exists there with a compatible
 //!   type.
 //!
 //! [`resource!`] declares a top-level object (`apiVersion`, `kind`, `metadata`, `spec`, `status`)
@@ -141,11 +141,11 @@ pub trait ResourceInfo {
 /// The reference document a resource's schema lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemaSource {
-    /// shared/reference/kubevirt-openapi.json (Swagger 2.0 definitions).
+    /// reference/kubevirt-openapi.json (Swagger 2.0 definitions).
     KubeVirt,
-    /// shared/reference/cdi-openapi.json (Swagger 2.0 definitions).
+    /// reference/cdi-openapi.json (Swagger 2.0 definitions).
     Cdi,
-    /// shared/reference/snapshot-crds/<file> (CRD openAPIV3Schema of the resource's version).
+    /// reference/snapshot-crds/<file> (CRD openAPIV3Schema of the resource's version).
     SnapshotCrd,
 }
 

@@ -1,4 +1,5 @@
-//! Checks the modelled types against shared/reference and against realistic objects.
+//! Checks the modelled types against the reference schemas the repository carries (`reference/`
+//! at the workspace root) and against realistic objects.
 //!
 //! - `every_modelled_field_exists_in_reference`: walks each type's [`Shape`] through the reference
 //!   schema (Swagger 2.0 definitions with `$ref`s, or a CRD's openAPIV3Schema) and fails on any field
@@ -22,8 +23,8 @@ fn reference_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIRTGUARD_REFERENCE_DIR") {
         return PathBuf::from(dir);
     }
-    // shared/ sits beside the checkout: <root>/../shared/reference
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+    // The copy the repository carries: <workspace root>/reference (see its README).
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../reference")
 }
 
 struct Reference {
@@ -38,7 +39,7 @@ impl Reference {
             let p = dir.join(f);
             let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
                 panic!(
-                    "reading {}: {e} (shared/ must sit beside the checkout, or set VIRTGUARD_REFERENCE_DIR)",
+                    "reading {}: {e} (the repository's reference/ folder is missing: restore it from git, or set VIRTGUARD_REFERENCE_DIR)",
                     p.display()
                 )
             });

@@ -1,6 +1,6 @@
 //! `--vmi-label-allowlist`: which Kubernetes labels of a VMI are copied onto its per-VM series.
 //!
-//! DESIGN §2: VMI labels become metric labels only when allow-listed, so an unbounded or
+//! ARCHITECTURE.md §2: VMI labels become metric labels only when allow-listed, so an unbounded or
 //! sensitive label never reaches Prometheus by accident. A label key `app.kubernetes.io/part-of`
 //! is rendered as `label_app_kubernetes_io_part_of` (the kube-state-metrics convention: prefix
 //! `label_`, every character outside `[a-zA-Z0-9_]` replaced by `_`), after the catalogue's

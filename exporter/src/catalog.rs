@@ -2,7 +2,7 @@
 //! names and the mode that produces it.
 //!
 //! This table is the contract between the exporter, the alert rules in `alerts/` and the
-//! dashboards users already have (DESIGN §2). Rules of the table:
+//! dashboards users already have (ARCHITECTURE.md §2). Rules of the table:
 //!
 //! * Metrics that KubeVirt documents keep KubeVirt's exact names and types, even where they do not
 //!   follow the Prometheus naming conventions (e.g. `kubevirt_vmi_memory_swap_in_traffic_bytes` is
@@ -92,7 +92,7 @@ macro_rules! m {
     };
 }
 
-/// Every metric the exporter emits, grouped by family (DESIGN §2).
+/// Every metric the exporter emits, grouped by family (ARCHITECTURE.md §2).
 pub const CATALOG: &[MetricDef] = &[
     // --- network (node): libvirt net.N.{rx,tx}.{bytes,pkts,errs,drop}, guest's point of view.
     m!("kubevirt_vmi_network_receive_bytes_total", Counter, VMI_NET, Node,
@@ -327,7 +327,7 @@ mod tests {
         assert!(is_valid_label_name("drive"));
     }
 
-    /// The KubeVirt-documented names and types of DESIGN §2, pinned: renaming or retyping one
+    /// The KubeVirt-documented names and types of ARCHITECTURE.md §2, pinned: renaming or retyping one
     /// breaks users' dashboards and the documented queries.
     #[test]
     fn kubevirt_documented_names_keep_their_types() {

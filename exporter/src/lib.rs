@@ -12,7 +12,7 @@
 //! * [`error`] — the crate's error type.
 //!
 //! Node mode reads libvirt domain stats of the VMs on its node; cluster mode (Deployment) reads
-//! Kubernetes objects through reflectors. See DESIGN §2.
+//! Kubernetes objects through reflectors. See ARCHITECTURE.md §2.
 
 pub mod allowlist;
 pub mod catalog;

@@ -188,7 +188,7 @@ async fn run() -> anyhow::Result<()> {
                 Arc::new(collector)
             } else {
                 // Only with allow-listed labels or guest-agent NICs does node mode talk to the
-                // API (DESIGN §2): one reflector over this node's VMIs.
+                // API (ARCHITECTURE.md §2): one reflector over this node's VMIs.
                 let client = kube_client().await?;
                 let src = VmiLabelSource::start(client, vmi_labels, &cfg.node_name);
                 if cfg.guest_agent_nics {

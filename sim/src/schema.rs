@@ -2,9 +2,9 @@
 //! treats custom resources with structural schemas.
 //!
 //! Sources (see `resources.rs` for which resource uses which): KubeVirt and CDI objects use
-//! the Swagger 2.0 `definitions` of shared/reference/{kubevirt,cdi}-openapi.json (with
+//! the Swagger 2.0 `definitions` of reference/{kubevirt,cdi}-openapi.json (with
 //! `$ref`); the CSI snapshot CRDs use the `openAPIV3Schema` of the served version in
-//! shared/reference/snapshot-crds/*.yaml. The files are embedded at build time
+//! reference/snapshot-crds/*.yaml. The files are embedded at build time
 //! (`include_str!`), or read from a directory given at start (`--reference-dir`).
 //!
 //! Rules, as for CRDs: a value of the wrong type → 422 Invalid (`FieldValueTypeInvalid`, with
@@ -31,15 +31,15 @@ use crate::resources::{CoreKind, ResId, SchemaSource};
 use crate::status::{ApiError, Cause};
 use crate::{Error, Inner};
 
-const KUBEVIRT: &str = include_str!("../../../shared/reference/kubevirt-openapi.json");
-const CDI: &str = include_str!("../../../shared/reference/cdi-openapi.json");
+const KUBEVIRT: &str = include_str!("../../reference/kubevirt-openapi.json");
+const CDI: &str = include_str!("../../reference/cdi-openapi.json");
 const CRDS: &[(&str, &str)] = &[
-    ("snapshot.storage.k8s.io_volumesnapshots.yaml", include_str!("../../../shared/reference/snapshot-crds/snapshot.storage.k8s.io_volumesnapshots.yaml")),
-    ("snapshot.storage.k8s.io_volumesnapshotcontents.yaml", include_str!("../../../shared/reference/snapshot-crds/snapshot.storage.k8s.io_volumesnapshotcontents.yaml")),
-    ("snapshot.storage.k8s.io_volumesnapshotclasses.yaml", include_str!("../../../shared/reference/snapshot-crds/snapshot.storage.k8s.io_volumesnapshotclasses.yaml")),
-    ("groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml", include_str!("../../../shared/reference/snapshot-crds/groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml")),
-    ("groupsnapshot.storage.k8s.io_volumegroupsnapshotcontents.yaml", include_str!("../../../shared/reference/snapshot-crds/groupsnapshot.storage.k8s.io_volumegroupsnapshotcontents.yaml")),
-    ("groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml", include_str!("../../../shared/reference/snapshot-crds/groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml")),
+    ("snapshot.storage.k8s.io_volumesnapshots.yaml", include_str!("../../reference/snapshot-crds/snapshot.storage.k8s.io_volumesnapshots.yaml")),
+    ("snapshot.storage.k8s.io_volumesnapshotcontents.yaml", include_str!("../../reference/snapshot-crds/snapshot.storage.k8s.io_volumesnapshotcontents.yaml")),
+    ("snapshot.storage.k8s.io_volumesnapshotclasses.yaml", include_str!("../../reference/snapshot-crds/snapshot.storage.k8s.io_volumesnapshotclasses.yaml")),
+    ("groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml", include_str!("../../reference/snapshot-crds/groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml")),
+    ("groupsnapshot.storage.k8s.io_volumegroupsnapshotcontents.yaml", include_str!("../../reference/snapshot-crds/groupsnapshot.storage.k8s.io_volumegroupsnapshotcontents.yaml")),
+    ("groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml", include_str!("../../reference/snapshot-crds/groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml")),
 ];
 
 /// Parsed reference schemas.

@@ -21,6 +21,7 @@
 //! (`cargo build --workspace --bins`) before `cargo test`; building from inside a test would
 //! deadlock on cargo's build-directory lock.
 
+pub mod checkout;
 pub mod demo;
 pub mod peers;
 

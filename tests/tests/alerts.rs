@@ -1,4 +1,4 @@
-//! Alert rules and runbooks (issue 9, DESIGN §3).
+//! Alert rules and runbooks (issue 9, ARCHITECTURE.md §3).
 //!
 //! * `promtool check rules` and `promtool test rules` over `alerts/` (real promtool; a missing
 //!   binary fails the test unless `VIRTGUARD_ALLOW_SKIP=1`).

@@ -7,7 +7,7 @@
 //!   and encoded back: a field that does not survive the round trip is not a field of that type;
 //! - every RBAC rule names an API group/resource that exists: the Kubernetes ones from
 //!   k8s-openapi's types, the KubeVirt/CDI/CSI-snapshot ones from the paths of the reference
-//!   OpenAPI documents and CRDs in ../shared/reference (subresources included);
+//!   OpenAPI documents and CRDs in reference/ (subresources included);
 //! - cross references resolve: service accounts, role refs, Secrets used by pods, Service
 //!   selectors matching a workload's pod labels, the ServiceMonitor's port;
 //! - the prometheus-operator kinds (ServiceMonitor, PrometheusRule: not in the references) are
@@ -313,7 +313,7 @@ fn known_resources() -> BTreeSet<(String, String)> {
         "backup.kubevirt.io".into(),
         "virtualmachinebackuptrackers".into(),
     ));
-    let reference = workspace_root().join("../shared/reference");
+    let reference = workspace_root().join("reference");
     for f in ["kubevirt-openapi.json", "cdi-openapi.json"] {
         let doc: Value =
             serde_json::from_str(&std::fs::read_to_string(reference.join(f)).unwrap()).unwrap();

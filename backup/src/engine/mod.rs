@@ -1,4 +1,4 @@
-//! The backup engine: the per-VM state machine of DESIGN §4 over [`crate::cluster`] and
+//! The backup engine: the per-VM state machine of ARCHITECTURE.md §4 over [`crate::cluster`] and
 //! [`crate::repo`].
 //!
 //! [`backup::backup_vm`] runs, for one VM: resolve VM/VMI/volumes → choose snapshot classes

@@ -1,4 +1,4 @@
-//! Restore of a VM from a backup into the cluster (DESIGN §5).
+//! Restore of a VM from a backup into the cluster (ARCHITECTURE.md §6).
 //!
 //! A restore is planned first, as pure data, and then executed:
 //!

@@ -1,5 +1,5 @@
 //! The backup status ConfigMaps written by the backup engine and read by cluster mode
-//! (DESIGN §4 step 7).
+//! (ARCHITECTURE.md §4 step 7).
 //!
 //! One ConfigMap `virtguard-status` per namespace, labelled `virtguard.io/status=true`. Each
 //! data key is a VM name; its value is the JSON of

@@ -2,7 +2,7 @@
 //!
 //! libvirt's `virConnectGetAllDomainStats` returns, per domain, a flat list of typed parameters
 //! named like `net.<i>.rx.bytes`, `block.<i>.rd.times`, `balloon.swap_in`, `state.state`. This
-//! module reads them in one pass, applies the unit rules and the identity rules of DESIGN §2:
+//! module reads them in one pass, applies the unit rules and the identity rules of ARCHITECTURE.md §2:
 //!
 //! * Units: `block.*.times` are nanoseconds → seconds; `balloon.*` sizes are KiB → bytes; job
 //!   `downtime` is milliseconds → seconds; the job's dirty rate is pages/s × page size → bytes/s.
