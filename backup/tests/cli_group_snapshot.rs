@@ -53,18 +53,9 @@ vms:
 const READY_MS: i64 = 800;
 
 async fn sim() -> Sim {
-    virtguard::cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    for vm in ["db", "solo", "mixed"] {
-        common::cluster::wait_running(&client, "prod", vm).await;
-    }
-    sim
+    common::cluster::start_sim(SCENARIO, &["prod/db", "prod/solo", "prod/mixed"])
+        .await
+        .0
 }
 
 fn command(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Command {

@@ -49,14 +49,7 @@ struct Env {
 }
 
 async fn env() -> Env {
-    cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
+    let (sim, client) = common::cluster::start_sim(SCENARIO, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LocalStore::new(dir.path().join("repo")));
     let repo = Repository::init(

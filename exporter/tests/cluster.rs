@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use virtguard_api::kubevirt::{VirtualMachineInstanceMigration, VirtualMachineSnapshot};
 use virtguard_api::labels;
-use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
+use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency, FreezeFailure};
 use virtguard_e2e::{free_port, require_binary, require_peer};
 use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
 
@@ -342,10 +342,15 @@ async fn follows_the_cluster_through_watches() {
         bytes_new: 52_428_800,
         bytes_stored: 20_971_520,
     };
+    // A VM whose freeze failed: crash-consistent, and why (the record's `freezeFailure`).
+    let web_rec = BackupStatusRecord {
+        consistency: Some(Consistency::FreezeFailed(FreezeFailure::AgentDisconnected)),
+        ..db_rec.clone()
+    };
     let cms = Api::<ConfigMap>::namespaced(client.clone(), "prod");
     cms.create(
         &PostParams::default(),
-        &status_configmap(&[("db", &db_rec)]),
+        &status_configmap(&[("db", &db_rec), ("web", &web_rec)]),
     )
     .await
     .unwrap();
@@ -359,6 +364,13 @@ async fn follows_the_cluster_through_watches() {
         ("consistency", 1.0),
     ] {
         assert_eq!(value(&text, &b(m)), Some(v), "{m}\n{text}");
+    }
+    for (series, v) in [
+        ("virtguard_backup_consistency{namespace=\"prod\",name=\"web\"}", 0.0),
+        ("virtguard_backup_consistency_info{namespace=\"prod\",name=\"db\",kind=\"application-consistent\",freeze_failure=\"none\"}", 1.0),
+        ("virtguard_backup_consistency_info{namespace=\"prod\",name=\"web\",kind=\"crash-consistent\",freeze_failure=\"agent-disconnected\"}", 1.0),
+    ] {
+        assert!(is(&text, series, v), "{series}\n{text}");
     }
     assert!(is(
         &text,
