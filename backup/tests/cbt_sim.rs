@@ -16,14 +16,13 @@ use common::cluster::virtguard;
 use kube::api::ListParams;
 use kube::Api;
 use sha2::{Digest, Sha256};
-use virtguard::cluster;
 use virtguard::engine::backup::{backup_vm, BackupConfig, VmBackupReport};
 use virtguard::engine::cbt::{CHECKPOINT_LABEL, TYPE_LABEL};
 use virtguard::repo::repository::InitOptions;
 use virtguard::repo::{LocalStore, Manifest, Repository, RestoreOptions};
 use virtguard_api::status::{Consistency, FreezeFailure};
 use virtguard_api::{VirtualMachine, VirtualMachineBackup};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const MIB: u64 = 1 << 20;
 

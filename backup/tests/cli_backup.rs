@@ -8,10 +8,10 @@ mod common;
 use common::cluster::virtguard;
 use common::text;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod, dev]

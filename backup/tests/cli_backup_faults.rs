@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::{FaultPlan, FaultProxy, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use sha2::{Digest, Sha256};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod]

@@ -25,7 +25,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use sha2::{Digest, Sha256};
 use virtguard_api::{labels, VolumeGroupSnapshot, VolumeSnapshot};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod]

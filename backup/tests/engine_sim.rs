@@ -18,7 +18,7 @@ use virtguard::engine::backup::{backup_vm, BackupConfig};
 use virtguard::repo::repository::InitOptions;
 use virtguard::repo::{LocalStore, Repository, RestoreOptions};
 use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod]
