@@ -150,8 +150,7 @@ mod tests {
 
     #[test]
     fn include_str_climbing_out_of_the_checkout_is_found() {
-        let text =
-            r#"const K: &str = include_str!("../../../shared/reference/kubevirt-openapi.json");"#;
+        let text = r#"const K: &str = include_str!("../../../shared/reference/kubevirt-openapi.json");"#;
         assert_eq!(
             scan("sim/src/schema.rs", text),
             ["../../../shared/reference/kubevirt-openapi.json"]
@@ -163,10 +162,7 @@ mod tests {
 
     #[test]
     fn sibling_folder_is_found_from_the_root_and_from_scripts() {
-        assert_eq!(
-            scan("README.md", "see `../shared/DESIGN.md`"),
-            ["../shared/DESIGN.md"]
-        );
+        assert_eq!(scan("README.md", "see `../shared/DESIGN.md`"), ["../shared/DESIGN.md"]);
         assert_eq!(
             scan("scripts/x.sh", "cp ../../other/thing ."),
             ["../../other/thing"]
@@ -180,10 +176,7 @@ mod tests {
     #[test]
     fn manifest_dir_join_is_resolved_from_the_file() {
         let bad = r#"PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")"#;
-        assert_eq!(
-            scan("api/tests/conformance.rs", bad),
-            ["../../shared/reference"]
-        );
+        assert_eq!(scan("api/tests/conformance.rs", bad), ["../../shared/reference"]);
         let good = r#"PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../reference")"#;
         assert!(scan("api/tests/conformance.rs", good).is_empty());
     }
@@ -192,11 +185,7 @@ mod tests {
     fn whole_tree_scan_reports_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("a/src")).unwrap();
-        std::fs::write(
-            dir.path().join("a/src/lib.rs"),
-            "//! ok\nx(\"../../../x\");\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("a/src/lib.rs"), "//! ok\nx(\"../../../x\");\n").unwrap();
         std::fs::create_dir_all(dir.path().join("target")).unwrap();
         std::fs::write(dir.path().join("target/gen.rs"), "x(\"../../../x\");\n").unwrap();
         std::fs::write(dir.path().join("run"), "#!/bin/sh\ncd ../../elsewhere\n").unwrap();
