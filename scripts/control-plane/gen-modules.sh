@@ -90,9 +90,28 @@ write_etcd_module() {
   (cd "$dir" && go mod tidy)
 }
 
+# Fails when the wrapper's build list moved a module away from the version upstream pins.
+check_no_drift() { # check_no_drift <module dir> <upstream go.mod>
+  local drift
+  drift="$(cd "$here/$1" && go list -m all | awk '
+    NR == FNR { if (NF >= 2 && $2 ~ /^v/ && $2 != "v0.0.0") pinned[$1] = $2; next }
+    ($1 in pinned) && $2 != pinned[$1] { print "  " $1 ": upstream pins " pinned[$1] ", the wrapper resolves " $2 }
+  ' "$2" -)"
+  if [ -n "$drift" ]; then
+    echo "gen-modules: $1 drifts from $2:" >&2
+    echo "$drift" >&2
+    exit 1
+  fi
+}
+
 echo "gen-modules: k8s.io/kubernetes $k8s, ${#mods[@]} staging modules at $staging, etcd $etcd" >&2
 write_kube_module kube-apiserver
 write_kube_module kube-controller-manager
 write_etcd_module
+etcd_gomod="$(cd "$tmp" && go mod download -json "go.etcd.io/etcd/server/v3@$etcd" |
+  sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
+check_no_drift kube-apiserver "$gomod"
+check_no_drift kube-controller-manager "$gomod"
+check_no_drift etcd "$etcd_gomod"
 sed -i "s/^ETCD_VERSION=.*/ETCD_VERSION=$etcd/" "$here/versions.env"
 echo "gen-modules: wrote */go.mod, */go.sum and ETCD_VERSION=$etcd in versions.env" >&2
