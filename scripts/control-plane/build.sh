@@ -25,7 +25,8 @@ bins=(kube-apiserver kube-controller-manager etcd)
 # `<binary> --version` of a good build: "Kubernetes v1.37.2"; "etcd Version: 3.7.0" first line.
 reports_version() { # reports_version <dir> <binary>
   local v
-  v="$("$1/$2" --version 2>/dev/null | head -n 1)" || return 1
+  v="$("$1/$2" --version 2>/dev/null)" || return 1
+  v="${v%%$'\n'*}" # the first line (no `| head`: under pipefail its SIGPIPE would fail the check)
   case "$2" in
     etcd) [ "$v" = "etcd Version: ${etcd#v}" ] ;;
     *) [ "$v" = "Kubernetes $k8s" ] ;;
@@ -84,7 +85,7 @@ build etcd go.etcd.io/etcd/server/v3 etcd "-s -w"
 
 for b in "${bins[@]}"; do
   if ! reports_version "$tmp" "$b"; then
-    echo "virtguard: $tmp/$b --version says '$("$tmp/$b" --version 2>&1 | head -n 1)', not the pinned version" >&2
+    echo "virtguard: $tmp/$b --version does not report the pinned version: $("$tmp/$b" --version 2>&1)" >&2
     exit 1
   fi
 done
