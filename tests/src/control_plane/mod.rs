@@ -102,8 +102,9 @@ fn binary_in(dir: &Path, name: &str) -> Result<PathBuf, PeerError> {
     }
     Err(PeerError::Io {
         what: format!(
-            "{name} {} is not built (looked for {}): run scripts/install-deps.sh, which builds \
-             the control plane from source once (scripts/control-plane/build.sh)",
+            "{name} of the {} control plane is not built (looked for {}): run \
+             scripts/install-deps.sh, which builds it from source once \
+             (scripts/control-plane/build.sh)",
             kubernetes_version(),
             path.display()
         ),
