@@ -66,9 +66,10 @@ async fn with_namespace(
 async fn starts_at_the_pinned_version_with_every_crd_established_and_stops_on_panic() {
     let cp = require_peer!(ControlPlane::start().await);
     eprintln!(
-        "control plane {} started in {:.2?} (etcd + kube-apiserver + kube-controller-manager + CRDs)",
+        "control plane {} started in {:.2?}: {:.2?}",
         kubernetes_version(),
-        cp.started_in()
+        cp.started_in(),
+        cp.milestones()
     );
     let client = cp.client().await.expect("admin client");
 

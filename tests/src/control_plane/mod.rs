@@ -182,7 +182,8 @@ pub struct ControlPlane {
     pki: Pki,
     url: String,
     kubeconfig: PathBuf,
-    started_in: Duration,
+    /// Time since the start at which each start-up step finished.
+    milestones: Vec<(&'static str, Duration)>,
     dir: TempDir,
 }
 
@@ -209,7 +210,7 @@ impl ControlPlane {
             processes: Vec::new(),
             url,
             kubeconfig,
-            started_in: Duration::ZERO,
+            milestones: Vec::new(),
             pki,
             dir,
         };
@@ -228,8 +229,11 @@ impl ControlPlane {
             }
         })
         .await?;
+        cp.milestones
+            .push(("kube-apiserver ready", started.elapsed()));
         cp.start_controller_manager()?;
         cp.install_crds(&client).await?;
+        cp.milestones.push(("CRDs established", started.elapsed()));
         let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
         cp.wait(
             "kube-controller-manager to create ServiceAccount default/default",
@@ -239,7 +243,8 @@ impl ControlPlane {
             },
         )
         .await?;
-        cp.started_in = started.elapsed();
+        cp.milestones
+            .push(("kube-controller-manager running", started.elapsed()));
         Ok(cp)
     }
 
@@ -466,7 +471,12 @@ impl ControlPlane {
 
     /// Wall time [`ControlPlane::start`] took, CRDs included.
     pub fn started_in(&self) -> Duration {
-        self.started_in
+        self.milestones.last().map_or(Duration::ZERO, |m| m.1)
+    }
+
+    /// When each start-up step finished, counted from the start (for figures).
+    pub fn milestones(&self) -> &[(&'static str, Duration)] {
+        &self.milestones
     }
 
     /// The directory holding each process's `<name>.log`.
