@@ -6,7 +6,16 @@
 #                    QEMU (system emulator + qemu-img), restic, zstd, awscli, busybox-static,
 #                    e2fsprogs, iproute2 (tiny test guest and its network namespace)
 #   cargo:           s3s-fs 0.14.1 (a real S3 server for tests)
+#   --control-plane: also kube-apiserver, kube-controller-manager and etcd built from source (the
+#                    tests' real control plane; scripts/test.sh asks for it, the quickstart not)
 set -euo pipefail
+control_plane=0
+for arg in "$@"; do
+  case "$arg" in
+    --control-plane) control_plane=1 ;;
+    *) echo "install-deps.sh: unknown argument $arg (known: --control-plane)" >&2; exit 2 ;;
+  esac
+done
 
 need_pkgs=()
 want() { # want <command-or-path> <package>
@@ -56,4 +65,6 @@ fi
 # module proxy, once per pinned version, into ~/.cache/virtguard/control-plane/<version>/bin.
 # Cold: ~11 min wall / 13 CPU-minutes on 2 shared cores, 4.4 GiB of Go caches while it builds
 # (deleted after); warm: a version check, 0.1 s. See scripts/control-plane/README.md.
-"$(dirname "$0")/control-plane/build.sh"
+if [ "$control_plane" = 1 ]; then
+  "$(dirname "$0")/control-plane/build.sh"
+fi
