@@ -574,26 +574,55 @@ async fn readiness_waits_for_every_reflector_and_an_absent_crd_breaks_nothing() 
 /// appear on the libvirt series (libvirt's test driver serves domains named `<ns>_<name>`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_mode_copies_allow_listed_labels_of_its_own_vmis() {
-    let sim = start_sim().await;
+    // db is pinned to node-a (this exporter's node); web to node-b, with a label that must not
+    // show. The sim schedules each VMI onto its nodeSelector's node and labels it
+    // kubevirt.io/nodeName, as virt-controller does: the test no longer writes that label itself
+    // (the sim's controller re-asserted its own node over the test's patch, so the outcome
+    // depended on which write came last).
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(
+            r#"
+namespaces: [prod]
+vms:
+  - {namespace: prod, name: db, node: node-a, labels: {team: blue}}
+  - {namespace: prod, name: web, node: node-b, labels: {team: red}}
+"#,
+            "test",
+        )
+        .unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let client = sim.client().await.unwrap();
     let vmis =
         Api::<virtguard_api::kubevirt::VirtualMachineInstance>::namespaced(client.clone(), "prod");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while vmis.list(&Default::default()).await.unwrap().items.len() < 2 {
-        assert!(Instant::now() < deadline, "VMIs never appeared");
+    loop {
+        let scheduled: Vec<(String, String)> = vmis
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter_map(|v| {
+                let node = v.metadata.labels.as_ref()?.get(labels::VMI_NODE_NAME)?;
+                Some((v.metadata.name.clone()?, node.clone()))
+            })
+            .collect();
+        if scheduled.len() == 2 {
+            assert!(
+                scheduled.contains(&("db".into(), "node-a".into()))
+                    && scheduled.contains(&("web".into(), "node-b".into())),
+                "VMIs scheduled onto their nodeSelector's node: {scheduled:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VMIs never scheduled: {scheduled:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // db runs on node-a (this exporter's node); web on node-b, with a label that must not show.
-    for (vmi, node, team) in [("db", "node-a", "blue"), ("web", "node-b", "red")] {
-        vmis.patch(
-            vmi,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"labels": {"kubevirt.io/nodeName": node, "team": team}}}),
-            ),
-        )
-        .await
-        .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let xml = dir.path().join("node.xml");

@@ -50,6 +50,10 @@ pub const AGENT_SOCKET_ANNOTATION: &str = "virtguard.io/sim-guest-agent-socket";
 pub const AGENT_LIBVIRT_ANNOTATION: &str = "virtguard.io/sim-guest-agent-libvirt";
 pub const TIMELINE_ANNOTATION: &str = "virtguard.io/sim-timeline";
 pub const NODE: &str = "sim-node-1";
+/// The label virt-controller keeps equal to a scheduled VMI's `status.nodeName`.
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+/// The well-known node label a `nodeSelector` pins a VM with.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// What a freeze-log entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -691,12 +695,23 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
             }
             let running = st["phase"] == "Running";
             if running {
-                st["nodeName"] = json!(NODE);
-                // virt-controller labels a scheduled VMI with its node (what node agents select on).
+                // Scheduled once: the node stays until a migration moves the VMI.
+                if st["nodeName"].as_str().is_none_or(str::is_empty) {
+                    let node = o
+                        .pointer("/spec/nodeSelector")
+                        .and_then(|s| s.get(HOSTNAME_LABEL))
+                        .and_then(Value::as_str)
+                        .unwrap_or(NODE)
+                        .to_string();
+                    o["status"]["nodeName"] = json!(node);
+                }
+                // virt-controller keeps a scheduled VMI labelled with its node (what node agents
+                // such as virt-handler select on).
+                let node = o["status"]["nodeName"].clone();
                 if !o["metadata"]["labels"].is_object() {
                     o["metadata"]["labels"] = json!({});
                 }
-                o["metadata"]["labels"]["kubevirt.io/nodeName"] = json!(NODE);
+                o["metadata"]["labels"][NODE_NAME_LABEL] = node;
                 let st = &mut o["status"];
                 st["qosClass"] = json!("Burstable");
                 st["guestOSInfo"] = if agent { json!({"id": "sim", "name": "virtguard-sim guest"}) } else { json!({}) };
