@@ -18,9 +18,9 @@
 //! `"freezeFailure"` (a fixed code of [`virtguard_api::status::FreezeFailure`]).
 //!
 //! Consistency is rendered twice: `virtguard_backup_consistency` keeps its documented meaning
-//! (1 application-consistent, 0 anything else), and `virtguard_backup_consistency_info` (always
-//! 1) tells the kinds apart with bounded labels `kind` and `freeze_failure` (`none` when the
-//! freeze did not fail or none was attempted).
+//! (1 application-consistent, 0 anything else), and `virtguard_backup_consistency_info`, whose
+//! value is always 1, tells the kinds apart with bounded labels `kind` and `freeze_failure`
+//! (`none` when the freeze did not fail or none was attempted).
 //!
 //! A malformed entry never fails a scrape: it is skipped (and logged), the other VMs render.
 
