@@ -199,14 +199,19 @@ pub(crate) async fn subresource(
     }
 }
 
-/// True when the VMI carries the condition `Paused=True`.
-fn paused(vmi: &Value) -> bool {
+/// True when the VMI carries the condition `type_` with status `True`.
+fn condition_true(vmi: &Value, type_: &str) -> bool {
     vmi.pointer("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|c| {
             c.iter()
-                .any(|c| c["type"] == "Paused" && c["status"] == "True")
+                .any(|c| c["type"] == type_ && c["status"] == "True")
         })
+}
+
+/// True when the VMI is paused (condition `Paused=True`).
+fn paused(vmi: &Value) -> bool {
+    condition_true(vmi, "Paused")
 }
 
 /// The `pause` / `unpause` subresources of a VMI (virt-api's checks, then virt-handler's
@@ -491,12 +496,7 @@ pub async fn guest_agent_command(socket: &str, cmd: &str) -> Result<Value, Strin
 }
 
 fn agent_connected(vmi: &Value) -> bool {
-    vmi.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "AgentConnected" && c["status"] == "True")
-        })
+    condition_true(vmi, "AgentConnected")
 }
 
 fn agent_wanted(vmi: &Value) -> bool {
