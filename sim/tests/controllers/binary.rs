@@ -6,9 +6,9 @@ use std::time::Duration;
 use kube::api::PostParams;
 use kube::Client;
 use serde_json::json;
-use virtguard_sim::{Scenario, Sim, SimConfig};
+use virtguard_sim::{Scenario, SimConfig};
 
-use crate::common::{dyn_api, field, obj, sha, wait_for, SCENARIO};
+use crate::common::{obj, prod, sha, start_with, wait_phase, CONFIG_MAP, NAD, SCENARIO, VM, VMI};
 
 #[test]
 fn binary_help_is_honest() {
@@ -59,14 +59,7 @@ async fn binary_serves_a_scenario_until_stopped() {
         .await
         .unwrap();
     let client = Client::try_from(cfg).unwrap();
-    let vms = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachine",
-        "virtualmachines",
-        "prod",
-    );
+    let vms = prod(&client, VM);
     assert!(vms.get("db").await.is_ok());
     assert!(dir.path().join("state/volumes").read_dir().unwrap().count() >= 3);
     child.kill().await.unwrap();
@@ -76,37 +69,18 @@ async fn binary_serves_a_scenario_until_stopped() {
 async fn quickstart_example_scenario_starts() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.yaml");
     let scenario = Scenario::from_file(&path).unwrap();
-    let sim = Sim::start(SimConfig {
+    let (sim, client) = start_with(SimConfig {
         scenario,
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    let vmis = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
-        "prod",
-    );
-    wait_for(5, "db running", || async {
-        (field(&vmis, "db", "/status/phase").await? == "Running").then_some(())
-    })
     .await;
+    let vmis = prod(&client, VMI);
+    wait_phase(&vmis, "db", "Running", "db running").await;
     let len = std::fs::metadata(sim.pvc_path("prod", "db-data").unwrap())
         .unwrap()
         .len();
     assert_eq!(len, 1 << 30);
-    let nads = dyn_api(
-        &client,
-        "k8s.cni.cncf.io",
-        "v1",
-        "NetworkAttachmentDefinition",
-        "network-attachment-definitions",
-        "prod",
-    );
+    let nads = prod(&client, NAD);
     assert!(nads.get("br-data").await.is_ok());
 }
 
@@ -116,15 +90,13 @@ async fn state_directory_resumes_objects_and_disks() {
     let state = dir.path().join("state");
     let scenario = Scenario::from_yaml(SCENARIO, "t").unwrap();
     let want = {
-        let sim = Sim::start(SimConfig {
+        let (sim, client) = start_with(SimConfig {
             scenario: scenario.clone(),
             state_dir: Some(state.clone()),
             ..Default::default()
         })
-        .await
-        .unwrap();
-        let client = sim.client().await.unwrap();
-        let cms = dyn_api(&client, "", "v1", "ConfigMap", "configmaps", "prod");
+        .await;
+        let cms = prod(&client, CONFIG_MAP);
         cms.create(&PostParams::default(), &obj(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep"}, "data": {"a": "b"}})))
             .await
             .unwrap();
@@ -132,14 +104,12 @@ async fn state_directory_resumes_objects_and_disks() {
         sha(&std::fs::read(sim.pvc_path("prod", "db-root").unwrap()).unwrap())
     };
     // An empty scenario this time: everything comes from the state directory.
-    let sim = Sim::start(SimConfig {
+    let (sim, client) = start_with(SimConfig {
         state_dir: Some(state.clone()),
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    let cms = dyn_api(&client, "", "v1", "ConfigMap", "configmaps", "prod");
+    .await;
+    let cms = prod(&client, CONFIG_MAP);
     assert_eq!(cms.get("keep").await.unwrap().data["data"]["a"], "b");
     assert_eq!(
         sha(&std::fs::read(sim.pvc_path("prod", "db-root").unwrap()).unwrap()),

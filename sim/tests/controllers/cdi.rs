@@ -8,19 +8,15 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::json;
 
-use crate::common::{dyn_api, export_http, field, obj, sha, start, wait_for};
+use crate::common::{
+    export_http, field, obj, prod, sha, start, wait_for, wait_phase, DATA_VOLUME,
+    UPLOAD_TOKEN_REQUEST,
+};
 
 #[tokio::test]
 async fn cdi_upload_raw_gzip_zstd() {
     let (sim, client) = start("", None).await;
-    let dvs = dyn_api(
-        &client,
-        "cdi.kubevirt.io",
-        "v1beta1",
-        "DataVolume",
-        "datavolumes",
-        "prod",
-    );
+    let dvs = prod(&client, DATA_VOLUME);
     let mut data = vec![0u8; 1 << 20];
     for (i, b) in data.iter_mut().enumerate().take(300_000) {
         *b = (i % 251) as u8;
@@ -63,18 +59,8 @@ async fn cdi_upload_raw_gzip_zstd() {
             "spec": {"source": {"upload": {}}, "storage": {"resources": {"requests": {"storage": "1Mi"}}}}})))
             .await
             .unwrap();
-        wait_for(5, "UploadReady", || async {
-            (field(&dvs, &name, "/status/phase").await? == "UploadReady").then_some(())
-        })
-        .await;
-        let utr = dyn_api(
-            &client,
-            "upload.cdi.kubevirt.io",
-            "v1beta1",
-            "UploadTokenRequest",
-            "uploadtokenrequests",
-            "prod",
-        );
+        wait_phase(&dvs, &name, "UploadReady", "UploadReady").await;
+        let utr = prod(&client, UPLOAD_TOKEN_REQUEST);
         let t = utr
             .create(&PostParams::default(), &obj(json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest",
                 "metadata": {"name": name}, "spec": {"pvcName": name}})))
@@ -97,10 +83,7 @@ async fn cdi_upload_raw_gzip_zstd() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{kind}: {}", r.text().await.unwrap());
-        wait_for(5, "Succeeded", || async {
-            (field(&dvs, &name, "/status/phase").await? == "Succeeded").then_some(())
-        })
-        .await;
+        wait_phase(&dvs, &name, "Succeeded", "Succeeded").await;
         let got = std::fs::read(sim.pvc_path("prod", &name).unwrap()).unwrap();
         assert_eq!(sha(&got), want, "{kind}");
     }
@@ -109,18 +92,8 @@ async fn cdi_upload_raw_gzip_zstd() {
         "spec": {"source": {"upload": {}}, "storage": {"resources": {"requests": {"storage": "64Ki"}}}}})))
         .await
         .unwrap();
-    wait_for(5, "UploadReady", || async {
-        (field(&dvs, "small", "/status/phase").await? == "UploadReady").then_some(())
-    })
-    .await;
-    let utr = dyn_api(
-        &client,
-        "upload.cdi.kubevirt.io",
-        "v1beta1",
-        "UploadTokenRequest",
-        "uploadtokenrequests",
-        "prod",
-    );
+    wait_phase(&dvs, "small", "UploadReady", "UploadReady").await;
+    let utr = prod(&client, UPLOAD_TOKEN_REQUEST);
     let t = utr
         .create(&PostParams::default(), &obj(json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest", "metadata": {"name": "small"}, "spec": {"pvcName": "small"}})))
         .await

@@ -18,15 +18,20 @@ vms:
   - {namespace: prod, name: off, running: false, disks: [{name: root, size: 2Mi, content: {pattern: "virtguard"}}]}
 "#;
 
+/// A sim of [`SCENARIO`] plus `extra` scenario text.
 pub async fn start(extra: &str, timings: Option<Timings>) -> (Sim, Client) {
     let scenario = Scenario::from_yaml(&format!("{SCENARIO}{extra}"), "test").unwrap();
-    let sim = Sim::start(SimConfig {
+    start_with(SimConfig {
         scenario,
         timings,
         ..Default::default()
     })
     .await
-    .unwrap();
+}
+
+/// A sim of `config`, and a client of it.
+pub async fn start_with(config: SimConfig) -> (Sim, Client) {
+    let sim = Sim::start(config).await.unwrap();
     let client = sim.client().await.unwrap();
     (sim, client)
 }
@@ -48,6 +53,57 @@ pub fn obj(v: Value) -> DynamicObject {
     serde_json::from_value(v).unwrap()
 }
 
+/// A kind the tests use: (group, version, kind, plural).
+pub type Gvk = (&'static str, &'static str, &'static str, &'static str);
+
+pub const VM: Gvk = ("kubevirt.io", "v1", "VirtualMachine", "virtualmachines");
+pub const VMI: Gvk = (
+    "kubevirt.io",
+    "v1",
+    "VirtualMachineInstance",
+    "virtualmachineinstances",
+);
+pub const VMIM: Gvk = (
+    "kubevirt.io",
+    "v1",
+    "VirtualMachineInstanceMigration",
+    "virtualmachineinstancemigrations",
+);
+pub const VOLUME_SNAPSHOT: Gvk = (
+    "snapshot.storage.k8s.io",
+    "v1",
+    "VolumeSnapshot",
+    "volumesnapshots",
+);
+pub const PVC: Gvk = ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims");
+pub const EXPORT: Gvk = (
+    "export.kubevirt.io",
+    "v1",
+    "VirtualMachineExport",
+    "virtualmachineexports",
+);
+pub const DATA_VOLUME: Gvk = ("cdi.kubevirt.io", "v1beta1", "DataVolume", "datavolumes");
+pub const UPLOAD_TOKEN_REQUEST: Gvk = (
+    "upload.cdi.kubevirt.io",
+    "v1beta1",
+    "UploadTokenRequest",
+    "uploadtokenrequests",
+);
+pub const NAD: Gvk = (
+    "k8s.cni.cncf.io",
+    "v1",
+    "NetworkAttachmentDefinition",
+    "network-attachment-definitions",
+);
+pub const SECRET: Gvk = ("", "v1", "Secret", "secrets");
+pub const JOB: Gvk = ("batch", "v1", "Job", "jobs");
+pub const CONFIG_MAP: Gvk = ("", "v1", "ConfigMap", "configmaps");
+
+/// The API of a kind in namespace `prod`, where the scenario's objects live.
+pub fn prod(client: &Client, (group, version, kind, plural): Gvk) -> Api<DynamicObject> {
+    dyn_api(client, group, version, kind, plural, "prod")
+}
+
 /// Poll `f` until it returns Some, or panic after `secs`.
 pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
@@ -62,6 +118,15 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits up to 5 s until `/status/phase` of `name` is `phase`; `what` names the wait in the
+/// timeout message.
+pub async fn wait_phase(api: &Api<DynamicObject>, name: &str, phase: &str, what: &str) {
+    wait_for(5, what, || async {
+        (field(api, name, "/status/phase").await? == phase).then_some(())
+    })
+    .await;
 }
 
 pub async fn field(api: &Api<DynamicObject>, name: &str, ptr: &str) -> Option<Value> {
@@ -92,6 +157,12 @@ pub async fn subresource(
         Err(kube::Error::Api(s)) => Err(s.code),
         Err(e) => panic!("unexpected error {e:?}"),
     }
+}
+
+/// Freezes VMI `prod/<vmi>` with the given `unfreezeTimeout` (a Go duration).
+pub async fn freeze(client: &Client, vmi: &str, unfreeze_timeout: &str) -> Result<(), u16> {
+    let body = format!(r#"{{"unfreezeTimeout":"{unfreeze_timeout}"}}"#);
+    subresource(client, "prod", vmi, "freeze", &body).await
 }
 
 pub fn sha(data: &[u8]) -> String {

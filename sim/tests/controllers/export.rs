@@ -6,36 +6,19 @@ use std::time::Duration;
 use kube::api::PostParams;
 use serde_json::json;
 
-use crate::common::{dyn_api, field, obj, start, wait_for};
+use crate::common::{field, obj, prod, start, wait_for, wait_phase, EXPORT, SECRET, VMI};
 
 #[tokio::test]
 async fn export_waits_for_pvc_in_use_and_honours_ttl() {
     let (_sim, client) = start("", None).await;
-    let exports = dyn_api(
-        &client,
-        "export.kubevirt.io",
-        "v1",
-        "VirtualMachineExport",
-        "virtualmachineexports",
-        "prod",
-    );
+    let exports = prod(&client, EXPORT);
     exports
         .create(&PostParams::default(), &obj(json!({"apiVersion": "export.kubevirt.io/v1", "kind": "VirtualMachineExport",
             "metadata": {"name": "busy"}, "spec": {"source": {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "db-root"}}})))
         .await
         .unwrap();
-    let vmis = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
-        "prod",
-    );
-    wait_for(5, "db running", || async {
-        (field(&vmis, "db", "/status/phase").await? == "Running").then_some(())
-    })
-    .await;
+    let vmis = prod(&client, VMI);
+    wait_phase(&vmis, "db", "Running", "db running").await;
     wait_for(5, "InUse", || async {
         (field(&exports, "busy", "/status/conditions/0/reason").await? == "InUse").then_some(())
     })
@@ -58,15 +41,12 @@ async fn export_waits_for_pvc_in_use_and_honours_ttl() {
         )
         .await
         .unwrap();
-    let secrets = dyn_api(&client, "", "v1", "Secret", "secrets", "prod");
+    let secrets = prod(&client, SECRET);
     secrets
         .create(&PostParams::default(), &obj(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mytoken"}, "stringData": {}, "data": {"token": "c2VjcmV0"}})))
         .await
         .unwrap();
-    wait_for(5, "vm export ready", || async {
-        (field(&exports, "vmex", "/status/phase").await? == "Ready").then_some(())
-    })
-    .await;
+    wait_phase(&exports, "vmex", "Ready", "vm export ready").await;
     assert_eq!(
         field(&exports, "vmex", "/status/virtualMachineName").await,
         Some(json!("off"))

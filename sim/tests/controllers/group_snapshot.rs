@@ -10,7 +10,9 @@ use kube::Client;
 use serde_json::{json, Value};
 use virtguard_sim::{FaultRule, Sim};
 
-use crate::common::{dyn_api, field, obj, sha, start, wait_for};
+use crate::common::{
+    dyn_api, field, obj, prod, sha, start, wait_for, wait_phase, PVC, VOLUME_SNAPSHOT,
+};
 
 const GROUP_CLASSES: &str = r#"
 storageClasses:
@@ -44,14 +46,7 @@ fn cluster_api(
 
 /// Creates PVC `prod/<name>` labelled `labels`, waits until it is bound, fills it with `seed`.
 async fn group_pvc(sim: &Sim, client: &Client, name: &str, class: &str, labels: Value, seed: u8) {
-    let pvcs = dyn_api(
-        client,
-        "",
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
-        "prod",
-    );
+    let pvcs = prod(client, PVC);
     pvcs.create(
         &PostParams::default(),
         &obj(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -61,10 +56,7 @@ async fn group_pvc(sim: &Sim, client: &Client, name: &str, class: &str, labels: 
     )
     .await
     .unwrap();
-    wait_for(5, "PVC bound", || async {
-        (field(&pvcs, name, "/status/phase").await? == "Bound").then_some(())
-    })
-    .await;
+    wait_phase(&pvcs, name, "Bound", "PVC bound").await;
     let data: Vec<u8> = (0..2u32 << 20)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect();
@@ -84,14 +76,7 @@ async fn create_group(client: &Client, name: &str, spec: Value) {
 
 /// The VolumeSnapshots in prod that name `group` in `status.volumeGroupSnapshotName`, by PVC.
 async fn group_members(client: &Client, group: &str) -> std::collections::BTreeMap<String, Value> {
-    let vs = dyn_api(
-        client,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-        "prod",
-    );
+    let vs = prod(client, VOLUME_SNAPSHOT);
     vs.list(&Default::default())
         .await
         .unwrap()
@@ -302,14 +287,7 @@ async fn group_snapshot_is_one_point_in_time_over_its_pvcs() {
     // Everything the controller wrote passes the reference schemas.
     assert_schema_valid(&groups, "g1").await;
     assert_schema_valid(&contents, &content_name).await;
-    let vs_api = dyn_api(
-        &client,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-        "prod",
-    );
+    let vs_api = prod(&client, VOLUME_SNAPSHOT);
     for m in members.values() {
         assert_schema_valid(&vs_api, m["metadata"]["name"].as_str().unwrap()).await;
         assert_schema_valid(
@@ -326,23 +304,13 @@ async fn group_snapshot_is_one_point_in_time_over_its_pvcs() {
         .as_str()
         .unwrap()
         .to_string();
-    let pvcs = dyn_api(
-        &client,
-        "",
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
-        "prod",
-    );
+    let pvcs = prod(&client, PVC);
     pvcs.create(&PostParams::default(), &obj(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "from-member"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Mi"}},
                  "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": member_a}}})))
         .await
         .unwrap();
-    wait_for(5, "restored PVC bound", || async {
-        (field(&pvcs, "from-member", "/status/phase").await? == "Bound").then_some(())
-    })
-    .await;
+    wait_phase(&pvcs, "from-member", "Bound", "restored PVC bound").await;
     assert_eq!(
         sha(&std::fs::read(sim.pvc_path("prod", "from-member").unwrap()).unwrap()),
         want[0]

@@ -3,27 +3,25 @@
 
 use kube::api::PostParams;
 use serde_json::json;
-use virtguard_sim::{Scenario, Sim, SimConfig};
+use virtguard_sim::{Scenario, SimConfig};
 
-use crate::common::{dyn_api, field, obj, wait_for, SCENARIO};
+use crate::common::{field, obj, prod, start_with, wait_for, JOB, SCENARIO, SECRET};
 
 #[tokio::test]
 async fn jobs_run_as_local_processes() {
     let scenario = Scenario::from_yaml(SCENARIO, "t").unwrap();
-    let sim = Sim::start(SimConfig {
+    let (sim, client) = start_with(SimConfig {
         scenario,
         virtguard_bin: Some("/bin/sh".into()),
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    let secrets = dyn_api(&client, "", "v1", "Secret", "secrets", "prod");
+    .await;
+    let secrets = prod(&client, SECRET);
     secrets
         .create(&PostParams::default(), &obj(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "YmFy"}})))
         .await
         .unwrap();
-    let jobs = dyn_api(&client, "batch", "v1", "Job", "jobs", "prod");
+    let jobs = prod(&client, JOB);
     let job = |name: &str, script: &str, image: &str| {
         obj(
             json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},

@@ -5,7 +5,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use virtguard_sim::{FreezeAction, Scenario, Sim, SimConfig, Timings};
 
-use crate::common::{dyn_api, field, obj, start, subresource, wait_for, SCENARIO};
+use crate::common::{
+    field, freeze, obj, prod, start, start_with, subresource, wait_for, wait_phase, SCENARIO, VM,
+    VMI, VMIM,
+};
 
 #[tokio::test]
 async fn freeze_unfreeze_semantics_and_safety_thaw() {
@@ -14,19 +17,9 @@ async fn freeze_unfreeze_semantics_and_safety_thaw() {
         None,
     )
     .await;
-    let vmis = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
-        "prod",
-    );
+    let vmis = prod(&client, VMI);
     for vm in ["db", "noagent"] {
-        wait_for(5, "VMI running", || async {
-            (field(&vmis, vm, "/status/phase").await? == "Running").then_some(())
-        })
-        .await;
+        wait_phase(&vmis, vm, "Running", "VMI running").await;
     }
     let cond = field(&vmis, "db", "/status/conditions").await.unwrap();
     assert!(cond
@@ -35,33 +28,13 @@ async fn freeze_unfreeze_semantics_and_safety_thaw() {
         .iter()
         .any(|c| c["type"] == "AgentConnected" && c["status"] == "True"));
 
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "db",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Ok(())
-    );
+    assert_eq!(freeze(&client, "db", "5m").await, Ok(()));
     assert_eq!(
         field(&vmis, "db", "/status/fsFreezeStatus").await,
         Some(json!("frozen"))
     );
     // Idempotent.
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "db",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Ok(())
-    );
+    assert_eq!(freeze(&client, "db", "5m").await, Ok(()));
     assert_eq!(
         subresource(&client, "prod", "db", "unfreeze", "").await,
         Ok(())
@@ -72,28 +45,8 @@ async fn freeze_unfreeze_semantics_and_safety_thaw() {
         Ok(())
     );
     // The 3rd freeze call works, the 4th fails by injection.
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "db",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Ok(())
-    );
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "db",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Err(500)
-    );
+    assert_eq!(freeze(&client, "db", "5m").await, Ok(()));
+    assert_eq!(freeze(&client, "db", "5m").await, Err(500));
     assert_eq!(
         subresource(&client, "prod", "db", "unfreeze", "").await,
         Ok(())
@@ -108,65 +61,19 @@ async fn freeze_unfreeze_semantics_and_safety_thaw() {
         subresource(&client, "prod", "db", "freeze", "{}").await,
         Err(400)
     );
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "db",
-            "freeze",
-            r#"{"unfreezeTimeout":"-1s"}"#
-        )
-        .await,
-        Err(400)
-    );
+    assert_eq!(freeze(&client, "db", "-1s").await, Err(400));
     assert_eq!(
         subresource(&client, "prod", "db", "freeze", "not json").await,
         Err(400)
     );
     // No agent → error; no VMI → 404.
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "noagent",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Err(500)
-    );
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "off",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Err(404)
-    );
+    assert_eq!(freeze(&client, "noagent", "5m").await, Err(500));
+    assert_eq!(freeze(&client, "off", "5m").await, Err(404));
 
     // Safety thaw after unfreezeTimeout.
     let t0 = chrono::Utc::now();
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "db",
-            "freeze",
-            r#"{"unfreezeTimeout":"300ms"}"#
-        )
-        .await,
-        Ok(())
-    );
-    wait_for(5, "safety thaw", || async {
-        sim.freeze_log()
-            .iter()
-            .any(|r| r.action == FreezeAction::SafetyThaw)
-            .then_some(())
-    })
-    .await;
+    assert_eq!(freeze(&client, "db", "300ms").await, Ok(()));
+    safety_thaw(&sim).await;
     let log = sim.freeze_log();
     let thaw = log
         .iter()
@@ -194,50 +101,16 @@ async fn freeze_conflicts_when_vmi_not_running() {
         ..Default::default()
     };
     let (_sim, client) = start("", Some(timings)).await;
-    let vmis = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
-        "prod",
-    );
-    wait_for(5, "VMI pending", || async {
-        (field(&vmis, "db", "/status/phase").await? == "Pending").then_some(())
-    })
-    .await;
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "db",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Err(409)
-    );
+    let vmis = prod(&client, VMI);
+    wait_phase(&vmis, "db", "Pending", "VMI pending").await;
+    assert_eq!(freeze(&client, "db", "5m").await, Err(409));
 }
 
 #[tokio::test]
 async fn vm_run_strategy_and_start_stop() {
     let (_sim, client) = start("", None).await;
-    let vms = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachine",
-        "virtualmachines",
-        "prod",
-    );
-    let vmis = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
-        "prod",
-    );
+    let vms = prod(&client, VM);
+    let vmis = prod(&client, VMI);
     wait_for(5, "db Running", || async {
         (field(&vms, "db", "/status/printableStatus").await? == "Running").then_some(())
     })
@@ -253,10 +126,7 @@ async fn vm_run_strategy_and_start_stop() {
     .body(Vec::new())
     .unwrap();
     client.request_text(req).await.unwrap();
-    wait_for(5, "off Running", || async {
-        (field(&vmis, "off", "/status/phase").await? == "Running").then_some(())
-    })
-    .await;
+    wait_phase(&vmis, "off", "Running", "off Running").await;
     let owner = field(&vmis, "off", "/metadata/ownerReferences/0/kind").await;
     assert_eq!(owner, Some(json!("VirtualMachine")));
     vms.patch(
@@ -279,14 +149,7 @@ async fn migration_timelines() {
         Some(Timings { migration_step_ms: 30, ..Default::default() }),
     )
     .await;
-    let m = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstanceMigration",
-        "virtualmachineinstancemigrations",
-        "prod",
-    );
+    let m = prod(&client, VMIM);
     m.create(
         &PostParams::default(),
         &obj(
@@ -296,14 +159,8 @@ async fn migration_timelines() {
     )
     .await
     .unwrap();
-    wait_for(5, "m-fail Failed", || async {
-        (field(&m, "m-fail", "/status/phase").await? == "Failed").then_some(())
-    })
-    .await;
-    wait_for(5, "m-ok Succeeded", || async {
-        (field(&m, "m-ok", "/status/phase").await? == "Succeeded").then_some(())
-    })
-    .await;
+    wait_phase(&m, "m-fail", "Failed", "m-fail Failed").await;
+    wait_phase(&m, "m-ok", "Succeeded", "m-ok Succeeded").await;
     let ts = field(&m, "m-ok", "/status/phaseTransitionTimestamps")
         .await
         .unwrap();
@@ -315,14 +172,7 @@ async fn migration_timelines() {
         .collect();
     assert_eq!(phases.first(), Some(&"Pending"));
     assert_eq!(phases.last(), Some(&"Succeeded"));
-    let vmis = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
-        "prod",
-    );
+    let vmis = prod(&client, VMI);
     assert!(field(&vmis, "db", "/status/migrationState/endTimestamp")
         .await
         .is_some());
@@ -367,43 +217,15 @@ async fn freeze_reaches_a_guest_agent_socket() {
         sock.display()
     );
     let scenario = Scenario::from_yaml(&format!("{SCENARIO}{extra}"), "t").unwrap();
-    let sim = Sim::start(SimConfig {
+    let (sim, client) = start_with(SimConfig {
         scenario,
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    let vmis = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
-        "prod",
-    );
-    wait_for(5, "real running", || async {
-        (field(&vmis, "real", "/status/phase").await? == "Running").then_some(())
-    })
     .await;
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "real",
-            "freeze",
-            r#"{"unfreezeTimeout":"200ms"}"#
-        )
-        .await,
-        Ok(())
-    );
-    wait_for(5, "safety thaw", || async {
-        sim.freeze_log()
-            .iter()
-            .any(|r| r.action == FreezeAction::SafetyThaw)
-            .then_some(())
-    })
-    .await;
+    let vmis = prod(&client, VMI);
+    wait_phase(&vmis, "real", "Running", "real running").await;
+    assert_eq!(freeze(&client, "real", "200ms").await, Ok(()));
+    safety_thaw(&sim).await;
     let cmds = seen.lock().unwrap().clone();
     assert_eq!(
         cmds,
@@ -416,15 +238,16 @@ async fn freeze_reaches_a_guest_agent_socket() {
     );
     // A dead agent socket makes freeze fail with 500.
     drop(dir);
-    assert_eq!(
-        subresource(
-            &client,
-            "prod",
-            "real",
-            "freeze",
-            r#"{"unfreezeTimeout":"5m"}"#
-        )
-        .await,
-        Err(500)
-    );
+    assert_eq!(freeze(&client, "real", "5m").await, Err(500));
+}
+
+/// Waits until the sim's freeze log has a safety thaw (`unfreezeTimeout` expired).
+async fn safety_thaw(sim: &Sim) {
+    wait_for(5, "safety thaw", || async {
+        sim.freeze_log()
+            .iter()
+            .any(|r| r.action == FreezeAction::SafetyThaw)
+            .then_some(())
+    })
+    .await;
 }

@@ -11,17 +11,13 @@ use kube::Client;
 use serde_json::json;
 use virtguard_sim::FaultRule;
 
-use crate::common::{dyn_api, export_http, field, obj, sha, start, wait_for};
+use crate::common::{
+    export_http, field, obj, prod, sha, start, wait_for, wait_phase, EXPORT, PVC, SECRET,
+    VOLUME_SNAPSHOT,
+};
 
 async fn create_snapshot(client: &Client, name: &str, pvc: &str) -> Api<DynamicObject> {
-    let vs = dyn_api(
-        client,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-        "prod",
-    );
+    let vs = prod(client, VOLUME_SNAPSHOT);
     vs.create(
         &PostParams::default(),
         &obj(
@@ -91,46 +87,26 @@ async fn snapshot_is_point_in_time_and_export_serves_exactly_it() {
     );
 
     // A PVC restored from the snapshot has the snapshot's bytes.
-    let pvcs = dyn_api(
-        &client,
-        "",
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
-        "prod",
-    );
+    let pvcs = prod(&client, PVC);
     pvcs.create(&PostParams::default(), &obj(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "restored"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Mi"}},
                  "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap1"}}})))
         .await
         .unwrap();
-    wait_for(5, "restored bound", || async {
-        (field(&pvcs, "restored", "/status/phase").await? == "Bound").then_some(())
-    })
-    .await;
+    wait_phase(&pvcs, "restored", "Bound", "restored bound").await;
     assert_eq!(
         sha(&std::fs::read(sim.pvc_path("prod", "restored").unwrap()).unwrap()),
         want
     );
 
     // Export the restored PVC.
-    let exports = dyn_api(
-        &client,
-        "export.kubevirt.io",
-        "v1",
-        "VirtualMachineExport",
-        "virtualmachineexports",
-        "prod",
-    );
+    let exports = prod(&client, EXPORT);
     exports
         .create(&PostParams::default(), &obj(json!({"apiVersion": "export.kubevirt.io/v1", "kind": "VirtualMachineExport",
             "metadata": {"name": "ex1"}, "spec": {"source": {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "restored"}}})))
         .await
         .unwrap();
-    wait_for(5, "export Ready", || async {
-        (field(&exports, "ex1", "/status/phase").await? == "Ready").then_some(())
-    })
-    .await;
+    wait_phase(&exports, "ex1", "Ready", "export Ready").await;
     let st = field(&exports, "ex1", "/status").await.unwrap();
     assert_eq!(st["tokenSecretRef"], "export-token-ex1");
     let cert = st["links"]["internal"]["cert"]
@@ -157,7 +133,7 @@ async fn snapshot_is_point_in_time_and_export_serves_exactly_it() {
         .as_str()
         .unwrap()
         .to_string();
-    let secrets = dyn_api(&client, "", "v1", "Secret", "secrets", "prod");
+    let secrets = prod(&client, SECRET);
     let secret = secrets.get("export-token-ex1").await.unwrap();
     let token = String::from_utf8(
         base64::engine::general_purpose::STANDARD
@@ -166,6 +142,10 @@ async fn snapshot_is_point_in_time_and_export_serves_exactly_it() {
     )
     .unwrap();
     let http = export_http(&cert);
+    let get_text = |url: &str| {
+        let req = http.get(url).header("x-kubevirt-export-token", &token);
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
 
     assert_eq!(http.get(&raw_url).send().await.unwrap().status(), 401);
     assert_eq!(
@@ -238,15 +218,7 @@ async fn snapshot_is_point_in_time_and_export_serves_exactly_it() {
     let all_url = manifests.iter().find(|m| m["type"] == "all").unwrap()["url"]
         .as_str()
         .unwrap();
-    let text = http
-        .get(all_url)
-        .header("x-kubevirt-export-token", &token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(all_url).await;
     assert!(
         text.contains("kind: PersistentVolumeClaim") && text.contains("name: restored"),
         "{text}"
@@ -257,15 +229,7 @@ async fn snapshot_is_point_in_time_and_export_serves_exactly_it() {
         .unwrap()["url"]
         .as_str()
         .unwrap();
-    let text = http
-        .get(secret_url)
-        .header("x-kubevirt-export-token", &token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(secret_url).await;
     assert!(text.contains(&token));
 
     // Deleting the snapshot removes its content and image (finalizer handled by the controller).
@@ -310,14 +274,7 @@ async fn snapshot_and_export_faults() {
     );
 
     // No snapshot class for the driver → status.error.
-    let scs = dyn_api(
-        &client,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-        "prod",
-    );
+    let scs = prod(&client, VOLUME_SNAPSHOT);
     scs.create(&PostParams::default(), &obj(json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
         "metadata": {"name": "snap-noclass"}, "spec": {"volumeSnapshotClassName": "missing", "source": {"persistentVolumeClaimName": "off-root"}}})))
         .await
@@ -328,14 +285,7 @@ async fn snapshot_and_export_faults() {
     .await;
     assert!(msg.as_str().unwrap().contains("missing"));
 
-    let exports = dyn_api(
-        &client,
-        "export.kubevirt.io",
-        "v1",
-        "VirtualMachineExport",
-        "virtualmachineexports",
-        "prod",
-    );
+    let exports = prod(&client, EXPORT);
     for name in ["ex-never", "ex-drop"] {
         exports
             .create(&PostParams::default(), &obj(json!({"apiVersion": "export.kubevirt.io/v1", "kind": "VirtualMachineExport",
@@ -343,10 +293,7 @@ async fn snapshot_and_export_faults() {
             .await
             .unwrap();
     }
-    wait_for(5, "ex-drop ready", || async {
-        (field(&exports, "ex-drop", "/status/phase").await? == "Ready").then_some(())
-    })
-    .await;
+    wait_phase(&exports, "ex-drop", "Ready", "ex-drop ready").await;
     assert_eq!(
         field(&exports, "ex-never", "/status/phase").await,
         Some(json!("Pending"))
@@ -363,7 +310,7 @@ async fn snapshot_and_export_faults() {
     let url = st["links"]["internal"]["volumes"][0]["formats"][0]["url"]
         .as_str()
         .unwrap();
-    let secret = dyn_api(&client, "", "v1", "Secret", "secrets", "prod")
+    let secret = prod(&client, SECRET)
         .get("export-token-ex-drop")
         .await
         .unwrap();

@@ -4,19 +4,12 @@
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::common::{dyn_api, obj, start};
+use crate::common::{obj, prod, start, CONFIG_MAP, VM, VOLUME_SNAPSHOT};
 
 #[tokio::test]
 async fn validation_like_structural_crds() {
     let (_sim, client) = start("", None).await;
-    let vms = dyn_api(
-        &client,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachine",
-        "virtualmachines",
-        "prod",
-    );
+    let vms = prod(&client, VM);
     let bad = vms
         .create(&PostParams::default(), &obj(json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"name": "bad"}, "spec": {"runStrategy": 5, "template": {"spec": {"domain": {"devices": {}}}}}})))
@@ -78,14 +71,7 @@ async fn validation_like_structural_crds() {
     );
 
     // CSI CRD schema: VolumeSnapshot needs spec.source.
-    let vs = dyn_api(
-        &client,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-        "prod",
-    );
+    let vs = prod(&client, VOLUME_SNAPSHOT);
     let e = vs
         .create(&PostParams::default(), &obj(json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "x"}, "spec": {}})))
         .await
@@ -100,7 +86,7 @@ async fn validation_like_structural_crds() {
         .any(|c| c.field == "spec.source"));
 
     // Core kinds through k8s-openapi types.
-    let cms = dyn_api(&client, "", "v1", "ConfigMap", "configmaps", "prod");
+    let cms = prod(&client, CONFIG_MAP);
     let e = cms
         .create(&PostParams::default(), &obj(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": 1}})))
         .await
