@@ -245,10 +245,16 @@ async fn follows_the_cluster_through_watches() {
     )
     .await;
     let failed = "kubevirt_vmi_migration_failed{vmi=\"web\",vmim=\"mig-bad\",namespace=\"prod\"}";
-    let text = wait_metrics(&e, "the failed migration", 15, |t| is(t, failed, 1.0)).await;
     let end_bad =
         "kubevirt_vmi_migration_end_time_seconds{vmi=\"web\",vmim=\"mig-bad\",namespace=\"prod\"}";
     let start_bad = "kubevirt_vmi_migration_start_time_seconds{vmi=\"web\",vmim=\"mig-bad\",namespace=\"prod\"}";
+    // The outcome comes from the VMIM, the times from the VMI's migrationState: two objects,
+    // written one after the other (as virt-controller and virt-handler do) and followed by two
+    // watches, so a scrape may see the one before the other. Wait for all three.
+    let text = wait_metrics(&e, "the failed migration", 15, |t| {
+        is(t, failed, 1.0) && value(t, start_bad).is_some() && value(t, end_bad).is_some()
+    })
+    .await;
     let (s, end) = (
         value(&text, start_bad).unwrap(),
         value(&text, end_bad).unwrap(),
