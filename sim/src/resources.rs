@@ -35,6 +35,8 @@ pub enum CoreKind {
     CronJob,
     StorageClass,
     Lease,
+    SelfSubjectAccessReview,
+    SelfSubjectRulesReview,
 }
 
 /// One served resource.
@@ -69,6 +71,15 @@ impl ResourceDef {
     /// The preferred version.
     pub fn version(&self) -> &'static str {
         self.versions[0]
+    }
+
+    /// A virtual resource: a request is answered and never stored (CDI's upload token
+    /// requests, the authorization reviews), so `create` is its only verb.
+    pub fn create_only(&self) -> bool {
+        matches!(
+            self.plural,
+            "uploadtokenrequests" | "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+        )
     }
 }
 
@@ -237,6 +248,30 @@ pub fn all() -> Vec<ResourceDef> {
             status = false,
             crd = false,
             S::Core(C::Lease)
+        ),
+        res!(
+            "authorization.k8s.io",
+            &["v1"],
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            "selfsubjectaccessreview",
+            &[],
+            ns = false,
+            status = false,
+            crd = false,
+            S::Core(C::SelfSubjectAccessReview)
+        ),
+        res!(
+            "authorization.k8s.io",
+            &["v1"],
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            "selfsubjectrulesreview",
+            &[],
+            ns = false,
+            status = false,
+            crd = false,
+            S::Core(C::SelfSubjectRulesReview)
         ),
         res!(
             "k8s.cni.cncf.io",

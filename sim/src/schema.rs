@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
-use crate::resources::{CoreKind, ResId, SchemaSource};
+use crate::resources::{CoreKind, Registry, ResId, SchemaSource};
 use crate::status::{ApiError, Cause};
 use crate::{Error, Inner};
 
@@ -48,6 +48,8 @@ pub struct Schemas {
     kubevirt: Value,
     cdi: Value,
     crds: HashMap<String, Value>,
+    /// The OpenAPI documents built from these schemas (on first use).
+    openapi: OnceLock<Arc<crate::openapi::OpenApi>>,
 }
 
 static EMBEDDED: OnceLock<Arc<Schemas>> = OnceLock::new();
@@ -75,6 +77,7 @@ fn parse(
         kubevirt: kubevirt["definitions"].clone(),
         cdi: cdi["definitions"].clone(),
         crds: map,
+        openapi: OnceLock::new(),
     })
 }
 
@@ -115,7 +118,25 @@ impl Schemas {
         }
     }
 
-    fn crd_schema(&self, file: &str, version: &str) -> Option<&Value> {
+    /// The `definitions` of kubevirt-openapi.json.
+    pub(crate) fn kubevirt_defs(&self) -> &Value {
+        &self.kubevirt
+    }
+
+    /// The `definitions` of cdi-openapi.json.
+    pub(crate) fn cdi_defs(&self) -> &Value {
+        &self.cdi
+    }
+
+    /// The OpenAPI documents of every served resource, built from these schemas once.
+    pub(crate) fn openapi(&self, reg: &Registry) -> Arc<crate::openapi::OpenApi> {
+        self.openapi
+            .get_or_init(|| Arc::new(crate::openapi::OpenApi::build(self, reg)))
+            .clone()
+    }
+
+    /// The `openAPIV3Schema` of `version` in a snapshot CRD file.
+    pub(crate) fn crd_schema(&self, file: &str, version: &str) -> Option<&Value> {
         self.crds
             .get(file)?
             .pointer("/spec/versions")?
@@ -380,7 +401,8 @@ fn core_check<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 fn core_roundtrip(kind: CoreKind, obj: &Value) -> Result<Value, String> {
     use k8s_openapi::api::{
-        batch::v1 as batch, coordination::v1 as coord, core::v1 as core, storage::v1 as storage,
+        authorization::v1 as authz, batch::v1 as batch, coordination::v1 as coord,
+        core::v1 as core, storage::v1 as storage,
     };
     match kind {
         CoreKind::Namespace => core_check::<core::Namespace>(obj),
@@ -395,24 +417,27 @@ fn core_roundtrip(kind: CoreKind, obj: &Value) -> Result<Value, String> {
         CoreKind::CronJob => core_check::<batch::CronJob>(obj),
         CoreKind::StorageClass => core_check::<storage::StorageClass>(obj),
         CoreKind::Lease => core_check::<coord::Lease>(obj),
+        CoreKind::SelfSubjectAccessReview => core_check::<authz::SelfSubjectAccessReview>(obj),
+        CoreKind::SelfSubjectRulesReview => core_check::<authz::SelfSubjectRulesReview>(obj),
     }
 }
 
-/// Validate (and prune/default) an object about to be written.
+/// Validate (and default) an object about to be written. Unknown fields are refused when
+/// `strict`, otherwise pruned and returned (dotted paths) for the caller to warn about.
 pub(crate) fn validate(
     inner: &Arc<Inner>,
     res: ResId,
     version: &str,
     obj: &mut Value,
     strict: bool,
-) -> Result<(), ApiError> {
+) -> Result<Vec<String>, ApiError> {
     let def = inner.reg.def(res).clone();
     let name = crate::store::meta_str(obj, "name")
         .unwrap_or("")
         .to_string();
     let mut unknown = Vec::new();
     match def.schema {
-        SchemaSource::None => return Ok(()),
+        SchemaSource::None => return Ok(Vec::new()),
         SchemaSource::Core(kind) => {
             let round = core_roundtrip(kind, obj).map_err(|e| {
                 ApiError::invalid(
@@ -439,7 +464,7 @@ pub(crate) fn validate(
                 _ => &inner.schemas.cdi,
             };
             let Some(root) = defs.get(d) else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             let mut w = Walk {
                 defs: Some(defs),
@@ -459,7 +484,7 @@ pub(crate) fn validate(
                 .crd_schema(file, version)
                 .or_else(|| inner.schemas.crd_schema(file, def.version()))
             else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             let mut w = Walk {
                 defs: None,
@@ -487,7 +512,7 @@ pub(crate) fn validate(
             list.join(", ")
         )));
     }
-    Ok(())
+    Ok(unknown)
 }
 
 /// Walk everything but `metadata`, `apiVersion` and `kind` (checked by the server itself).
