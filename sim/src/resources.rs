@@ -73,6 +73,18 @@ impl ResourceDef {
         self.versions[0]
     }
 
+    /// Discovery categories: `all` for what `kubectl get all` lists on a real cluster (the
+    /// core workload kinds the sim serves, and the kinds KubeVirt's and CDI's CRDs put there).
+    pub fn categories(&self) -> &'static [&'static str] {
+        match (self.group, self.plural) {
+            ("", "pods" | "services")
+            | ("batch", "jobs" | "cronjobs")
+            | ("kubevirt.io", "virtualmachines" | "virtualmachineinstances")
+            | ("cdi.kubevirt.io", "datavolumes") => &["all"],
+            _ => &[],
+        }
+    }
+
     /// A virtual resource: a request is answered and never stored (CDI's upload token
     /// requests, the authorization reviews), so `create` is its only verb.
     pub fn create_only(&self) -> bool {

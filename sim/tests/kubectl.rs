@@ -70,6 +70,15 @@ async fn get_and_list_with_label_selectors() {
     // The default table output (no -o) works too and lists the object.
     let r = k.run(&["get", "cm", "b"]).await.ok();
     assert!(r.stdout.contains('b') && r.stdout.contains("NAME"), "{r:?}");
+    // `get all` lists the kinds in the `all` category, VMs included.
+    k.run_stdin(&["create", "-f", "-"], &vm("in-all", json!({}), json!({})))
+        .await
+        .ok();
+    let r = k.run(&["get", "all", "-o", "name"]).await.ok();
+    assert!(
+        r.stdout.contains("virtualmachine.kubevirt.io/in-all"),
+        "{r:?}"
+    );
     let r = k.run(&["get", "cm", "nope"]).await.failed();
     assert!(
         r.stderr
@@ -469,6 +478,13 @@ async fn explain_uses_the_served_schemas() {
         r.stdout.contains("GROUP:      snapshot.storage.k8s.io"),
         "{r:?}"
     );
+    // --recursive walks every nested schema (KubeVirt's type lists are served structurally).
+    let r = k.run(&["explain", "vm.spec", "--recursive"]).await.ok();
+    assert!(
+        r.stdout.contains("port\t<IntOrString>") || r.stdout.contains("port\t<"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("runStrategy\t<string>"), "{r:?}");
     let r = k.run(&["explain", "vm.spec.nonsense"]).await.failed();
     assert!(
         r.stderr.contains("field \"nonsense\" does not exist"),
@@ -603,4 +619,45 @@ async fn server_dry_run_creates_nothing() {
         .is_none());
     assert!(sim.object("", "configmaps", "default", "drycm").is_none());
     k.run(&["get", "vm", "dry"]).await.failed();
+}
+
+#[tokio::test]
+async fn imperative_creates_send_protobuf_and_work() {
+    let sim = sim().await;
+    let k = require_kubectl!(sim.kubeconfig_path());
+    let r = k.run(&["create", "namespace", "imp"]).await.ok();
+    assert!(r.stdout.contains("namespace/imp created"), "{r:?}");
+    let r = k
+        .run(&[
+            "create",
+            "configmap",
+            "c",
+            "-n",
+            "imp",
+            "--from-literal=a=b",
+            "--from-literal=x=y",
+        ])
+        .await
+        .ok();
+    assert!(r.stdout.contains("configmap/c created"), "{r:?}");
+    let r = k
+        .run(&[
+            "create",
+            "secret",
+            "generic",
+            "s",
+            "-n",
+            "imp",
+            "--from-literal=pw=secret",
+            "--type=example.com/t",
+        ])
+        .await
+        .ok();
+    assert!(r.stdout.contains("secret/s created"), "{r:?}");
+    assert!(sim.object("", "namespaces", "", "imp").is_some());
+    let c = sim.object("", "configmaps", "imp", "c").unwrap();
+    assert_eq!(c["data"], json!({"a": "b", "x": "y"}));
+    let s = sim.object("", "secrets", "imp", "s").unwrap();
+    assert_eq!(s["data"], json!({"pw": "c2VjcmV0"}));
+    assert_eq!(s["type"], "example.com/t");
 }

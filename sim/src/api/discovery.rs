@@ -116,10 +116,14 @@ pub(crate) fn resource_list(inner: &Inner, group: &str, version: &str) -> Value 
                 "watch"
             ])
         };
-        resources.push(json!({
+        let mut r = json!({
             "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced, "kind": d.kind,
             "verbs": verbs, "shortNames": d.short_names,
-        }));
+        });
+        if !d.categories().is_empty() {
+            r["categories"] = json!(d.categories());
+        }
+        resources.push(r);
         if d.status {
             resources.push(json!({
                 "name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,

@@ -1,24 +1,99 @@
-//! The Kubernetes protobuf encoding, read for the one case a stock kubectl needs it: its
-//! typed clients (`kubectl auth can-i`) send access reviews as
+//! The Kubernetes protobuf encoding, read for what a stock kubectl sends that way: its typed
+//! clients (`kubectl auth can-i`, `kubectl create namespace|configmap|secret`) send
 //! `application/vnd.kubernetes.protobuf` and do not fall back to JSON on 415.
 //!
 //! Format: the magic `k8s\0`, then a `runtime.Unknown` message (`typeMeta` = 1 with
-//! `apiVersion` = 1 and `kind` = 2, `raw` = 2 holding the object's own message). Only
-//! SelfSubjectAccessReview and SelfSubjectRulesReview specs are decoded (field numbers of
-//! k8s.io/api/authorization/v1/generated.proto); any other kind is 415, as before.
+//! `apiVersion` = 1 and `kind` = 2, `raw` = 2 holding the object's own message). The kinds
+//! below are decoded by a descriptor per message with the field numbers of
+//! k8s.io/api's generated.proto (only the fields a client sets; server-owned metadata is
+//! skipped); any other kind is 415, and the client has to send JSON (as every generic
+//! kubectl command does).
 //!
 //! Invariant: input is untrusted — every length is bounds-checked and a malformed message is
 //! a 400, never a panic.
 
+use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::status::ApiError;
 
 const MAGIC: &[u8] = b"k8s\0";
 
-/// One field of a message: its number and, for length-delimited fields, the bytes.
+/// How one field of a message maps to JSON.
+enum F {
+    Str(&'static str),
+    /// `bytes`, base64 in JSON.
+    Bytes(&'static str),
+    Bool(&'static str),
+    Msg(&'static str, &'static [(u64, F)]),
+    RepStr(&'static str),
+    StrMap(&'static str),
+    /// `map<string, bytes>`, base64 values in JSON.
+    BytesMap(&'static str),
+}
+
+const OBJECT_META: &[(u64, F)] = &[
+    (1, F::Str("name")),
+    (2, F::Str("generateName")),
+    (3, F::Str("namespace")),
+    (11, F::StrMap("labels")),
+    (12, F::StrMap("annotations")),
+    (14, F::RepStr("finalizers")),
+];
+const CONFIG_MAP: &[(u64, F)] = &[
+    (1, F::Msg("metadata", OBJECT_META)),
+    (2, F::StrMap("data")),
+    (3, F::BytesMap("binaryData")),
+    (4, F::Bool("immutable")),
+];
+const SECRET: &[(u64, F)] = &[
+    (1, F::Msg("metadata", OBJECT_META)),
+    (2, F::BytesMap("data")),
+    (3, F::Str("type")),
+    (4, F::StrMap("stringData")),
+    (5, F::Bool("immutable")),
+];
+const NAMESPACE: &[(u64, F)] = &[
+    (1, F::Msg("metadata", OBJECT_META)),
+    (2, F::Msg("spec", &[(1, F::RepStr("finalizers"))])),
+];
+const RESOURCE_ATTRIBUTES: &[(u64, F)] = &[
+    (1, F::Str("namespace")),
+    (2, F::Str("verb")),
+    (3, F::Str("group")),
+    (4, F::Str("version")),
+    (5, F::Str("resource")),
+    (6, F::Str("subresource")),
+    (7, F::Str("name")),
+];
+const ACCESS_REVIEW: &[(u64, F)] = &[
+    (1, F::Msg("metadata", OBJECT_META)),
+    (
+        2,
+        F::Msg(
+            "spec",
+            &[
+                (1, F::Msg("resourceAttributes", RESOURCE_ATTRIBUTES)),
+                (
+                    2,
+                    F::Msg(
+                        "nonResourceAttributes",
+                        &[(1, F::Str("path")), (2, F::Str("verb"))],
+                    ),
+                ),
+            ],
+        ),
+    ),
+];
+const RULES_REVIEW: &[(u64, F)] = &[
+    (1, F::Msg("metadata", OBJECT_META)),
+    (2, F::Msg("spec", &[(1, F::Str("namespace"))])),
+];
+
+/// One field of a message: its number and its value (varint or length-delimited bytes).
 struct Field<'a> {
     number: u64,
+    varint: Option<u64>,
     bytes: Option<&'a [u8]>,
 }
 
@@ -45,53 +120,89 @@ fn fields(b: &[u8]) -> Result<Vec<Field<'_>>, ApiError> {
     let mut pos = 0;
     while pos < b.len() {
         let tag = varint(b, &mut pos)?;
-        let number = tag >> 3;
-        let bytes = match tag & 7 {
-            0 => {
-                varint(b, &mut pos)?;
-                None
-            }
-            1 => {
-                pos = pos.checked_add(8).ok_or_else(malformed)?;
-                None
-            }
+        let mut f = Field {
+            number: tag >> 3,
+            varint: None,
+            bytes: None,
+        };
+        match tag & 7 {
+            0 => f.varint = Some(varint(b, &mut pos)?),
+            1 => pos = pos.checked_add(8).ok_or_else(malformed)?,
             2 => {
                 let len = usize::try_from(varint(b, &mut pos)?).map_err(|_| malformed())?;
                 let end = pos.checked_add(len).ok_or_else(malformed)?;
-                let s = b.get(pos..end).ok_or_else(malformed)?;
+                f.bytes = Some(b.get(pos..end).ok_or_else(malformed)?);
                 pos = end;
-                Some(s)
             }
-            5 => {
-                pos = pos.checked_add(4).ok_or_else(malformed)?;
-                None
-            }
+            5 => pos = pos.checked_add(4).ok_or_else(malformed)?,
             _ => return Err(malformed()),
-        };
+        }
         if pos > b.len() {
             return Err(malformed());
         }
-        out.push(Field { number, bytes });
+        out.push(f);
     }
     Ok(out)
 }
 
-fn sub<'a>(fs: &[Field<'a>], n: u64) -> Option<&'a [u8]> {
-    fs.iter()
-        .rev()
-        .find(|f| f.number == n)
-        .and_then(|f| f.bytes)
+fn text(b: &[u8]) -> Result<String, ApiError> {
+    String::from_utf8(b.to_vec()).map_err(|_| malformed())
 }
 
-/// String fields `(number, json name)` of a message as a JSON object (empty ones left out).
-fn strings(b: &[u8], names: &[(u64, &str)]) -> Result<Map<String, Value>, ApiError> {
+/// A map entry message: `key` = 1, `value` = 2.
+fn entry(b: &[u8]) -> Result<(String, &[u8]), ApiError> {
     let fs = fields(b)?;
+    let key = fs
+        .iter()
+        .find(|f| f.number == 1)
+        .and_then(|f| f.bytes)
+        .unwrap_or_default();
+    let value = fs
+        .iter()
+        .find(|f| f.number == 2)
+        .and_then(|f| f.bytes)
+        .unwrap_or_default();
+    Ok((text(key)?, value))
+}
+
+/// Decode a message by its descriptor (unknown field numbers are skipped).
+fn message(b: &[u8], desc: &[(u64, F)]) -> Result<Map<String, Value>, ApiError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
     let mut m = Map::new();
-    for (n, name) in names {
-        if let Some(s) = sub(&fs, *n) {
-            let s = std::str::from_utf8(s).map_err(|_| malformed())?;
-            if !s.is_empty() {
-                m.insert((*name).to_string(), json!(s));
+    for f in fields(b)? {
+        let Some((_, kind)) = desc.iter().find(|(n, _)| *n == f.number) else {
+            continue;
+        };
+        let bytes = f.bytes.unwrap_or_default();
+        match kind {
+            F::Str(k) => {
+                m.insert((*k).into(), json!(text(bytes)?));
+            }
+            F::Bytes(k) => {
+                m.insert((*k).into(), json!(b64.encode(bytes)));
+            }
+            F::Bool(k) => {
+                m.insert((*k).into(), json!(f.varint.unwrap_or(0) != 0));
+            }
+            F::Msg(k, d) => {
+                m.insert((*k).into(), Value::Object(message(bytes, d)?));
+            }
+            F::RepStr(k) => {
+                let list = m.entry(*k).or_insert_with(|| json!([]));
+                if let Some(a) = list.as_array_mut() {
+                    a.push(json!(text(bytes)?));
+                }
+            }
+            F::StrMap(k) | F::BytesMap(k) => {
+                let (key, value) = entry(bytes)?;
+                let value = match kind {
+                    F::BytesMap(_) => json!(b64.encode(value)),
+                    _ => json!(text(value)?),
+                };
+                let map = m.entry(*k).or_insert_with(|| json!({}));
+                if let Some(o) = map.as_object_mut() {
+                    o.insert(key, value);
+                }
             }
         }
     }
@@ -101,54 +212,49 @@ fn strings(b: &[u8], names: &[(u64, &str)]) -> Result<Map<String, Value>, ApiErr
 /// Decode a protobuf request body into the JSON object the rest of the API handles.
 pub(crate) fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let rest = body.strip_prefix(MAGIC).ok_or_else(malformed)?;
-    let unknown = fields(rest)?;
-    let type_meta = strings(
-        sub(&unknown, 1).unwrap_or_default(),
-        &[(1, "apiVersion"), (2, "kind")],
-    )?;
-    let raw = fields(sub(&unknown, 2).unwrap_or_default())?;
-    let spec = fields(sub(&raw, 2).unwrap_or_default())?;
-    let kind = type_meta.get("kind").and_then(Value::as_str).unwrap_or("");
-    let spec = match kind {
-        "SelfSubjectAccessReview" => {
-            let mut s = Map::new();
-            if let Some(r) = sub(&spec, 1) {
-                let attrs = strings(
-                    r,
-                    &[
-                        (1, "namespace"),
-                        (2, "verb"),
-                        (3, "group"),
-                        (4, "version"),
-                        (5, "resource"),
-                        (6, "subresource"),
-                        (7, "name"),
-                    ],
-                )?;
-                s.insert("resourceAttributes".into(), Value::Object(attrs));
-            }
-            if let Some(r) = sub(&spec, 2) {
-                let attrs = strings(r, &[(1, "path"), (2, "verb")])?;
-                s.insert("nonResourceAttributes".into(), Value::Object(attrs));
-            }
-            Value::Object(s)
-        }
-        "SelfSubjectRulesReview" => {
-            let raw_spec = sub(&raw, 2).unwrap_or_default();
-            Value::Object(strings(raw_spec, &[(1, "namespace")])?)
-        }
+    let unknown = Value::Object(message(
+        rest,
+        &[
+            (
+                1,
+                F::Msg(
+                    "typeMeta",
+                    &[(1, F::Str("apiVersion")), (2, F::Str("kind"))],
+                ),
+            ),
+            (2, F::Bytes("raw")),
+        ],
+    )?);
+    let kind = unknown
+        .pointer("/typeMeta/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(unknown.get("raw").and_then(Value::as_str).unwrap_or(""))
+        .map_err(|_| malformed())?;
+    let desc = match kind.as_str() {
+        "ConfigMap" => CONFIG_MAP,
+        "Secret" => SECRET,
+        "Namespace" => NAMESPACE,
+        "SelfSubjectAccessReview" => ACCESS_REVIEW,
+        "SelfSubjectRulesReview" => RULES_REVIEW,
         other => {
             return Err(ApiError::unsupported_media(format!(
                 "the body of the request was in an unknown format (application/vnd.kubernetes.protobuf of {other:?}) - accepted media types include: application/json, application/yaml"
             )))
         }
     };
-    Ok(json!({
-        "apiVersion": type_meta.get("apiVersion").cloned().unwrap_or(json!("authorization.k8s.io/v1")),
-        "kind": kind,
-        "metadata": {},
-        "spec": spec,
-    }))
+    let mut obj = message(&raw, desc)?;
+    obj.insert(
+        "apiVersion".into(),
+        unknown
+            .pointer("/typeMeta/apiVersion")
+            .cloned()
+            .unwrap_or(json!("v1")),
+    );
+    obj.insert("kind".into(), json!(kind));
+    Ok(Value::Object(obj))
 }
 
 #[cfg(test)]
@@ -187,7 +293,7 @@ mod tests {
         );
         assert_eq!(decode(b"k8s\0\x0a\xff").unwrap_err().code, 400);
         assert_eq!(decode(b"{}").unwrap_err().code, 400);
-        let tm = [ld(1, b"v1"), ld(2, b"ConfigMap")].concat();
+        let tm = [ld(1, b"v1"), ld(2, b"Pod")].concat();
         let body = [MAGIC.to_vec(), ld(1, &tm)].concat();
         assert_eq!(decode(&body).unwrap_err().code, 415);
     }

@@ -304,6 +304,9 @@ pub(crate) fn commit(
         obj["metadata"]["namespace"] = json!(t.ns.clone().unwrap_or_default());
     }
     let warnings = validate(inner, t, &mut obj, opts)?;
+    // Validation normalizes the whole object; what this write may not change (status on
+    // the main resource, the rest on /status) stays exactly as stored.
+    let mut obj = merge_scope(&def, t.sub.as_deref(), old, obj);
     obj["apiVersion"] = json!(def.api_version(def.version()));
     obj["kind"] = json!(def.kind);
     let scope = scope(inner, t);

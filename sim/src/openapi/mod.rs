@@ -71,7 +71,63 @@ fn import(defs: &Value, prefix: &str, into: &mut Map<String, Value>) {
             r.strip_prefix("#/definitions/")
                 .map(|n| format!("#/definitions/{prefix}{n}"))
         });
+        structural_types(&mut s);
         into.insert(format!("{prefix}{name}"), s);
+    }
+}
+
+/// KubeVirt's document has JSON-Schema type lists (`["string", "null"]`,
+/// `["string", "number"]`), which OpenAPI 2/3 and kubectl do not accept; a real cluster
+/// serves the structural equivalents of its CRDs: `nullable: true`, and
+/// `x-kubernetes-int-or-string: true` without a type.
+fn structural_types(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let is_schema_type = m.get("type").is_some_and(Value::is_array);
+            if is_schema_type {
+                let types: Vec<String> = m
+                    .get("type")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                m.remove("type");
+                if types.iter().any(|t| t == "null") {
+                    m.insert("nullable".into(), json!(true));
+                }
+                let rest: Vec<&String> = types.iter().filter(|t| *t != "null").collect();
+                match rest.as_slice() {
+                    [one] => {
+                        m.insert("type".into(), json!(one));
+                    }
+                    [a, b]
+                        if [a.as_str(), b.as_str()].contains(&"string")
+                            && [a.as_str(), b.as_str()]
+                                .iter()
+                                .any(|t| *t == "number" || *t == "integer") =>
+                    {
+                        m.insert("x-kubernetes-int-or-string".into(), json!(true));
+                    }
+                    _ => {}
+                }
+            }
+            for (k, c) in m.iter_mut() {
+                // `properties` maps field names to schemas: a field may be called "type".
+                if k == "properties" {
+                    if let Some(props) = c.as_object_mut() {
+                        props.values_mut().for_each(structural_types);
+                    }
+                } else {
+                    structural_types(c);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(structural_types),
+        _ => {}
     }
 }
 
@@ -400,6 +456,39 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("/openapi/v3/api/v1?hash="));
+    }
+
+    #[test]
+    fn served_schemas_are_structural() {
+        let (api, _) = api();
+        fn walk(v: &Value, path: &str) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(t) = m.get("type") {
+                        assert!(
+                            t.is_string() || m.contains_key("properties") && t.is_object(),
+                            "{path}: {t}"
+                        );
+                    }
+                    for (k, c) in m {
+                        if k == "properties" {
+                            for (p, s) in c.as_object().into_iter().flatten() {
+                                walk(s, &format!("{path}.{p}"));
+                            }
+                        } else {
+                            walk(c, &format!("{path}/{k}"));
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|c| walk(c, path)),
+                _ => {}
+            }
+        }
+        let v2: Value = serde_json::from_slice(api.v2()).unwrap();
+        walk(&v2["definitions"], "");
+        let port = &v2["definitions"]["io.kubevirt.k8s.io.api.core.v1.TCPSocketAction"]
+            ["properties"]["port"];
+        assert_eq!(port["x-kubernetes-int-or-string"], true, "{port}");
     }
 
     #[test]
