@@ -280,7 +280,7 @@ fn clean(v: &Value) -> Value {
 
 /// Order `list` as `order` says (by merge key, or by value for scalars); elements it does
 /// not name keep their relative order after those it does.
-fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
+fn reorder(list: &mut [Value], order: &[Value], key: Option<&str>) {
     let id = |v: &Value| -> Value {
         match key {
             Some(k) if !k.is_empty() => v.get(k).cloned().unwrap_or(Value::Null),
