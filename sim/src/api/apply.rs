@@ -45,8 +45,7 @@ pub(crate) fn apply(
     opts: &WriteOpts,
 ) -> Result<Written, ApiError> {
     let def = inner.reg.def(t.res).clone();
-    let name = t.name.clone().unwrap_or_default();
-    let ns = t.ns.clone().unwrap_or_default();
+    let (name, ns) = t.name_ns();
     if !opts.manager_given {
         return Err(ApiError::bad_request(
             "PATCH requests must have a field manager: set the fieldManager query parameter",

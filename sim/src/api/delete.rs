@@ -39,8 +39,7 @@ pub(crate) fn delete(
         .pointer("/preconditions/resourceVersion")
         .and_then(Value::as_str);
     let uid = opts.pointer("/preconditions/uid").and_then(Value::as_str);
-    let name = t.name.clone().unwrap_or_default();
-    let ns = t.ns.clone().unwrap_or_default();
+    let (name, ns) = t.name_ns();
     let dry = w.dry_run
         || opts
             .get("dryRun")

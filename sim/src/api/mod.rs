@@ -55,6 +55,16 @@ pub(crate) struct Target {
     pub watch_path: bool,
 }
 
+impl Target {
+    /// The object's name and namespace ("" where the path has none).
+    pub(crate) fn name_ns(&self) -> (String, String) {
+        (
+            self.name.clone().unwrap_or_default(),
+            self.ns.clone().unwrap_or_default(),
+        )
+    }
+}
+
 /// What to do with fields the schema does not know (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FieldValidation {

@@ -30,8 +30,7 @@ pub(crate) fn patch(
     opts: &WriteOpts,
 ) -> Result<Written, ApiError> {
     let def = inner.reg.def(t.res).clone();
-    let name = t.name.clone().unwrap_or_default();
-    let ns = t.ns.clone().unwrap_or_default();
+    let (name, ns) = t.name_ns();
     if matches!(
         ctype,
         "application/apply-patch+yaml" | "application/apply-patch+cbor"

@@ -246,8 +246,7 @@ pub(crate) fn update(
 ) -> Result<Written, ApiError> {
     let def = inner.reg.def(t.res).clone();
     check_kind(&def, &obj)?;
-    let name = t.name.clone().unwrap_or_default();
-    let ns = t.ns.clone().unwrap_or_default();
+    let (name, ns) = t.name_ns();
     if meta_str(&obj, "name").is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(
             "the name of the object does not match the name on the URL",

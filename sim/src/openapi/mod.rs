@@ -85,16 +85,7 @@ fn structural_types(v: &mut Value) {
         Value::Object(m) => {
             let is_schema_type = m.get("type").is_some_and(Value::is_array);
             if is_schema_type {
-                let types: Vec<String> = m
-                    .get("type")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let types = strings(m.get("type"));
                 m.remove("type");
                 if types.iter().any(|t| t == "null") {
                     m.insert("nullable".into(), json!(true));
@@ -306,17 +297,7 @@ impl OpenApi {
         let Some(s) = self.field_schema(res, version, path) else {
             return ListType::Atomic;
         };
-        let keys = |k: &str| -> Vec<String> {
-            s.get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let keys = |k: &str| strings(s.get(k));
         match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
             Some("set") => ListType::Set,
             Some("map") => ListType::Map(keys("x-kubernetes-list-map-keys")),
@@ -346,6 +327,18 @@ impl OpenApi {
                 .to_string(),
         )
     }
+}
+
+/// The strings of a JSON array (none for anything else).
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn patch_merges(s: &Value) -> bool {

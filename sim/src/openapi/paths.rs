@@ -28,13 +28,15 @@ struct Op {
     action: &'static str,
     id: String,
     description: String,
-    query: &'static [(&'static str, &'static str, &'static str)],
+    query: Query,
     payload: Option<Payload>,
     /// Definition answered with 200.
     response: String,
 }
 
 /// (name, type, description) of query parameters.
+type Query = &'static [(&'static str, &'static str, &'static str)];
+
 const READ_ONE: &[(&str, &str, &str)] = &[(
     "pretty",
     "string",
@@ -87,6 +89,70 @@ fn camel(s: &str) -> String {
         .collect()
 }
 
+/// The verbs an operation can be.
+#[derive(Clone, Copy)]
+enum Verb {
+    List,
+    Create,
+    DeleteCollection,
+    Read,
+    Replace,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    /// (HTTP method, x-kubernetes-action, operationId verb, query, payload, answers Status).
+    fn parts(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        Query,
+        Option<Payload>,
+        bool,
+    ) {
+        match self {
+            Verb::List => ("get", "list", "list", LIST, None, false),
+            Verb::Create => (
+                "post",
+                "post",
+                "create",
+                WRITE,
+                Some(Payload::Object),
+                false,
+            ),
+            Verb::DeleteCollection => (
+                "delete",
+                "deletecollection",
+                "deletecollection",
+                DELETE,
+                Some(Payload::Delete),
+                true,
+            ),
+            Verb::Read => ("get", "get", "read", READ_ONE, None, false),
+            Verb::Replace => ("put", "put", "replace", WRITE, Some(Payload::Object), false),
+            Verb::Patch => (
+                "patch",
+                "patch",
+                "patch",
+                PATCH,
+                Some(Payload::Patch),
+                false,
+            ),
+            Verb::Delete => (
+                "delete",
+                "delete",
+                "delete",
+                DELETE,
+                Some(Payload::Delete),
+                true,
+            ),
+        }
+    }
+}
+
 /// Paths and their operations of one resource at one version.
 fn resource_paths(d: &ResourceDef, version: &str, def: &str) -> Vec<(String, Vec<Op>)> {
     let prefix = if d.group.is_empty() {
@@ -106,124 +172,55 @@ fn resource_paths(d: &ResourceDef, version: &str, def: &str) -> Vec<(String, Vec
         format!("{prefix}/{}", d.plural)
     };
     let item = format!("{coll}/{{name}}");
-    let op = |method, action, verb: &str, what: &str, query, payload, response: &str| Op {
-        method,
-        action,
-        id: format!("{verb}{gv}{scope}{}{what}", d.kind),
-        description: format!("{verb} {} {}", what.to_lowercase(), d.kind)
-            .trim()
-            .to_string(),
-        query,
-        payload,
-        response: response.to_string(),
+    let list = format!("{def}List");
+    // `what`: "" for the object, "Status" for its status subresource.
+    let ops = |verbs: &[Verb], what: &str| -> Vec<Op> {
+        verbs
+            .iter()
+            .map(|v| {
+                let (method, action, verb, query, payload, status) = v.parts();
+                let response = match v {
+                    _ if status => core::STATUS.to_string(),
+                    Verb::List => list.clone(),
+                    _ => def.to_string(),
+                };
+                Op {
+                    method,
+                    action,
+                    id: format!("{verb}{gv}{scope}{}{what}", d.kind),
+                    description: format!("{verb} {} {}", what.to_lowercase(), d.kind)
+                        .replace("  ", " "),
+                    query,
+                    payload,
+                    response,
+                }
+            })
+            .collect()
     };
     if d.create_only() {
-        return vec![(
-            coll,
-            vec![op(
-                "post",
-                "post",
-                "create",
-                "",
-                WRITE,
-                Some(Payload::Object),
-                def,
-            )],
-        )];
+        return vec![(coll, ops(&[Verb::Create], ""))];
     }
-    let list = format!("{def}List");
     let mut out = vec![
         (
             coll.clone(),
-            vec![
-                op("get", "list", "list", "", LIST, None, &list),
-                op(
-                    "post",
-                    "post",
-                    "create",
-                    "",
-                    WRITE,
-                    Some(Payload::Object),
-                    def,
-                ),
-                op(
-                    "delete",
-                    "deletecollection",
-                    "deletecollection",
-                    "",
-                    DELETE,
-                    Some(Payload::Delete),
-                    core::STATUS,
-                ),
-            ],
+            ops(&[Verb::List, Verb::Create, Verb::DeleteCollection], ""),
         ),
         (
             item.clone(),
-            vec![
-                op("get", "get", "read", "", READ_ONE, None, def),
-                op(
-                    "put",
-                    "put",
-                    "replace",
-                    "",
-                    WRITE,
-                    Some(Payload::Object),
-                    def,
-                ),
-                op(
-                    "patch",
-                    "patch",
-                    "patch",
-                    "",
-                    PATCH,
-                    Some(Payload::Patch),
-                    def,
-                ),
-                op(
-                    "delete",
-                    "delete",
-                    "delete",
-                    "",
-                    DELETE,
-                    Some(Payload::Delete),
-                    core::STATUS,
-                ),
-            ],
+            ops(&[Verb::Read, Verb::Replace, Verb::Patch, Verb::Delete], ""),
         ),
     ];
     if d.namespaced {
-        out.push((
-            format!("{prefix}/{}", d.plural),
-            vec![Op {
-                id: format!("list{gv}{}ForAllNamespaces", d.kind),
-                ..op("get", "list", "list", "", LIST, None, &list)
-            }],
-        ));
+        let mut all = ops(&[Verb::List], "");
+        for o in &mut all {
+            o.id = format!("list{gv}{}ForAllNamespaces", d.kind);
+        }
+        out.push((format!("{prefix}/{}", d.plural), all));
     }
     if d.status {
         out.push((
             format!("{item}/status"),
-            vec![
-                op("get", "get", "read", "Status", READ_ONE, None, def),
-                op(
-                    "put",
-                    "put",
-                    "replace",
-                    "Status",
-                    WRITE,
-                    Some(Payload::Object),
-                    def,
-                ),
-                op(
-                    "patch",
-                    "patch",
-                    "patch",
-                    "Status",
-                    PATCH,
-                    Some(Payload::Patch),
-                    def,
-                ),
-            ],
+            ops(&[Verb::Read, Verb::Replace, Verb::Patch], "Status"),
         ));
     }
     out

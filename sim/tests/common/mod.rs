@@ -140,6 +140,22 @@ impl Kubectl {
         Run::from(child.wait_with_output().await.unwrap())
     }
 
+    /// `kubectl <verb> <flags...> -f -` with `manifest` on stdin (apply, create, replace).
+    pub async fn with_manifest(&self, verb: &str, flags: &[&str], manifest: &str) -> Run {
+        let mut args = vec![verb];
+        args.extend_from_slice(flags);
+        args.extend(["-f", "-"]);
+        self.run_stdin(&args, manifest).await
+    }
+
+    /// `kubectl get <what...> -o json`, which must succeed.
+    pub async fn get_json(&self, what: &[&str]) -> serde_json::Value {
+        let mut args = vec!["get"];
+        args.extend_from_slice(what);
+        args.extend(["-o", "json"]);
+        self.run(&args).await.ok().json()
+    }
+
     /// Start `kubectl args...` and hand back its stdout line by line.
     pub fn spawn_lines(&self, args: &[&str]) -> Lines {
         let mut child = self.command(args).spawn().unwrap();
