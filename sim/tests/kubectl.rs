@@ -397,6 +397,26 @@ async fn unknown_fields_get_kubectls_error_or_warning() {
     let r = r.ok();
     assert!(r.stderr.contains(&format!("Warning: {unknown}")), "{r:?}");
     assert!(vm_of("unk").unwrap()["spec"].get("bogus").is_none());
+    // A `kind: List` is validated by kubectl itself against the protobuf v2 models.
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l1"}, "bogus": 1},
+        serde_json::from_str::<Value>(&vm("l2", json!({}), json!({"nope": 1}))).unwrap(),
+    ]});
+    let r = k
+        .with_manifest("apply", &[], &list.to_string())
+        .await
+        .failed();
+    for want in [
+        "ValidationError(ConfigMap): unknown field \"bogus\" in io.k8s.api.core.v1.ConfigMap",
+        "ValidationError(VirtualMachine.spec): unknown field \"nope\" in io.kubevirt.v1.VirtualMachineSpec",
+    ] {
+        assert!(r.stderr.contains(want), "{want}: {r:?}");
+    }
+    let good = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l1"}},
+    ]});
+    let r = k.with_manifest("apply", &[], &good.to_string()).await.ok();
+    assert!(r.stdout.contains("configmap/l1 created"), "{r:?}");
     // Server-side apply refuses it too.
     let bad2 = vm("unk2", json!({}), json!({"bogus": 1}));
     let r = k.with_manifest("apply", &["--server-side"], &bad2).await;

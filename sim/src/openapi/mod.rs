@@ -1,5 +1,6 @@
 //! The OpenAPI documents of the served resources — `/openapi/v2` (Swagger 2.0) and
-//! `/openapi/v3` (one OpenAPI 3.0 document per group-version) — and the schema look-ups the
+//! `/openapi/v3` (one OpenAPI 3.0 document per group-version), v2 also as protobuf
+//! ([`protobuf`]) — and the schema look-ups the
 //! API machinery needs (list types for managedFields and strategic merge).
 //!
 //! Built from the very schemas the sim validates with (`schema.rs`): KubeVirt and CDI kinds
@@ -17,6 +18,7 @@
 
 pub(crate) mod core;
 mod paths;
+mod protobuf;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,6 +55,10 @@ pub struct OpenApi {
     /// Definition name per served (resource, version).
     kinds: BTreeMap<(ResId, &'static str), String>,
     v2: Vec<u8>,
+    /// The same as gnostic protobuf.
+    v2_protobuf: Vec<u8>,
+    /// Uppercase hex SHA-512 of `v2` and of `v2_protobuf` (their ETags).
+    v2_hashes: (String, String),
     /// By path: `api/v1`, `apis/<group>/<version>`.
     v3: BTreeMap<String, GroupVersionDoc>,
 }
@@ -204,9 +210,14 @@ impl OpenApi {
             defs,
             kinds,
             v2: Vec::new(),
+            v2_protobuf: Vec::new(),
+            v2_hashes: (String::new(), String::new()),
             v3: BTreeMap::new(),
         };
-        api.v2 = serde_json::to_vec(&api.render_v2(reg)).unwrap_or_default();
+        let v2 = api.render_v2(reg);
+        api.v2 = serde_json::to_vec(&v2).unwrap_or_default();
+        api.v2_protobuf = protobuf::document(&v2);
+        api.v2_hashes = (hash(&api.v2), hash(&api.v2_protobuf));
         let mut gvs: BTreeSet<(&str, &str)> = BTreeSet::new();
         for d in &reg.defs {
             gvs.extend(d.versions.iter().map(|v| (d.group, *v)));
@@ -222,6 +233,20 @@ impl OpenApi {
     /// The Swagger 2.0 document (JSON).
     pub fn v2(&self) -> &[u8] {
         &self.v2
+    }
+
+    /// The ETag of the JSON (`false`) or protobuf (`true`) v2 document.
+    pub fn v2_hash(&self, protobuf: bool) -> &str {
+        if protobuf {
+            &self.v2_hashes.1
+        } else {
+            &self.v2_hashes.0
+        }
+    }
+
+    /// The Swagger 2.0 document as gnostic protobuf.
+    pub fn v2_protobuf(&self) -> &[u8] {
+        &self.v2_protobuf
     }
 
     /// The v3 discovery document: `{"paths": {"apis/g/v": {"serverRelativeURL": ...}}}`.
@@ -345,6 +370,11 @@ fn patch_merges(s: &Value) -> bool {
     s.get("x-kubernetes-patch-strategy")
         .and_then(Value::as_str)
         .is_some_and(|st| st.split(',').any(|p| p == "merge"))
+}
+
+/// Uppercase hex SHA-512, kube-openapi's ETag.
+fn hash(b: &[u8]) -> String {
+    hex::encode_upper(Sha512::digest(b))
 }
 
 fn gv_path(group: &str, version: &str) -> String {
