@@ -152,6 +152,8 @@ struct Walk<'a> {
     causes: Vec<Cause>,
     unknown: Vec<String>,
     strict: bool,
+    /// A partial object (a server-side apply configuration): required fields may be absent.
+    partial: bool,
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -287,7 +289,11 @@ impl<'a> Walk<'a> {
                         }
                     }
                 }
-                if let Some(req) = s.get("required").and_then(Value::as_array) {
+                if let Some(req) = s
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .filter(|_| !self.partial)
+                {
                     for r in req.iter().filter_map(Value::as_str) {
                         if obj.contains_key(r) {
                             continue;
@@ -471,6 +477,7 @@ pub(crate) fn validate(
                 causes: Vec::new(),
                 unknown: Vec::new(),
                 strict,
+                partial: false,
             };
             walk_root(&mut w, root, obj);
             if !w.causes.is_empty() {
@@ -491,6 +498,7 @@ pub(crate) fn validate(
                 causes: Vec::new(),
                 unknown: Vec::new(),
                 strict,
+                partial: false,
             };
             walk_root(&mut w, root, obj);
             if !w.causes.is_empty() {
@@ -513,6 +521,45 @@ pub(crate) fn validate(
         )));
     }
     Ok(unknown)
+}
+
+/// The fields of a partial object (a server-side apply configuration) that its kind's schema
+/// does not declare, as dotted paths; nothing is pruned or defaulted. A core kind whose
+/// configuration does not deserialize on its own (a required field left out) reports none.
+pub(crate) fn unknown_fields(inner: &Inner, res: ResId, version: &str, obj: &Value) -> Vec<String> {
+    let def = inner.reg.def(res);
+    let mut obj = obj.clone();
+    let (defs, root) = match def.schema {
+        SchemaSource::None => return Vec::new(),
+        SchemaSource::Core(kind) => {
+            let mut unknown = Vec::new();
+            if let Ok(round) = core_roundtrip(kind, &obj) {
+                dropped_fields(&obj, &round, "", &mut unknown);
+            }
+            return unknown;
+        }
+        SchemaSource::KubeVirt(d) => (Some(&inner.schemas.kubevirt), inner.schemas.kubevirt.get(d)),
+        SchemaSource::Cdi(d) => (Some(&inner.schemas.cdi), inner.schemas.cdi.get(d)),
+        SchemaSource::SnapshotCrd(file) => (
+            None,
+            inner
+                .schemas
+                .crd_schema(file, version)
+                .or_else(|| inner.schemas.crd_schema(file, def.version())),
+        ),
+    };
+    let Some(root) = root else {
+        return Vec::new();
+    };
+    let mut w = Walk {
+        defs,
+        causes: Vec::new(),
+        unknown: Vec::new(),
+        strict: true,
+        partial: true,
+    };
+    walk_root(&mut w, root, &mut obj);
+    w.unknown
 }
 
 /// Walk everything but `metadata`, `apiVersion` and `kind` (checked by the server itself).
@@ -543,6 +590,7 @@ fn walk_root<'a>(w: &mut Walk<'a>, root: &'a Value, obj: &mut Value) {
         causes: Vec::new(),
         unknown: Vec::new(),
         strict: w.strict,
+        partial: w.partial,
     };
     sub.walk(schema, &mut rest, "");
     w.causes.append(&mut sub.causes);

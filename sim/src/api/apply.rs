@@ -90,88 +90,208 @@ pub(crate) fn apply(
             m.remove(*f);
         }
     }
+    // Undeclared fields fail the apply whatever fieldValidation says: the configuration
+    // cannot be typed (kube-apiserver's own 500, without a reason).
+    let unknown = crate::schema::unknown_fields(inner, t.res, &t.version, &applied);
+    if !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|u| format!(".{u}: field not declared in schema"))
+            .collect();
+        return Err(ApiError::new(
+            500,
+            "",
+            format!(
+                "failed to create typed patch object ({}/{name}; {}/{}, Kind={}): {}",
+                meta_str(&applied, "namespace").unwrap_or(""),
+                def.group,
+                t.version,
+                def.kind,
+                fields.join(", ")
+            ),
+        ));
+    }
     let scope = write::scope(inner, t);
     let set = scope.field_set(&applied);
-    let Some(live) = inner.store.get(t.res, &ns, &name) else {
-        if t.sub.is_some() {
-            return Err(ApiError::not_found(def.group, def.plural, &name));
+    let mut attempt = 0;
+    loop {
+        let result = match inner.store.get(t.res, &ns, &name) {
+            None if t.sub.is_some() => {
+                return Err(ApiError::not_found(def.group, def.plural, &name))
+            }
+            None => {
+                let mut obj = applied.clone();
+                obj["metadata"]["name"] = json!(name);
+                let track = Track::Apply {
+                    set: &set,
+                    base: Vec::new(),
+                };
+                write::create_tracked(inner, t, obj, opts, track)
+            }
+            Some(live) => apply_to(
+                inner,
+                t,
+                opts,
+                &scope,
+                &live,
+                &applied,
+                &set,
+                precondition.as_deref(),
+            ),
+        };
+        // Another write came in between (or a create raced this one): apply again to the
+        // latest object, unless the configuration named the version it applies to.
+        match result {
+            Err(e)
+                if matches!(e.reason.as_str(), "Conflict" | "AlreadyExists")
+                    && e.causes.is_empty()
+                    && precondition.is_none()
+                    && attempt < super::patch::RETRIES =>
+            {
+                attempt += 1;
+            }
+            r => return r,
         }
-        applied["metadata"]["name"] = json!(name);
-        return write::create_tracked(
-            inner,
-            t,
-            applied,
-            opts,
-            Track::Apply {
-                set: &set,
-                base: Vec::new(),
-            },
-        );
-    };
-    let mut entries = managed::entries(&live);
+    }
+}
+
+/// Apply to an existing object: conflicts, merge, removal of fields no longer applied.
+#[allow(clippy::too_many_arguments)]
+fn apply_to(
+    inner: &Arc<Inner>,
+    t: &Target,
+    opts: &WriteOpts,
+    scope: &Scope,
+    live: &Value,
+    applied: &Value,
+    set: &FieldSet,
+    precondition: Option<&str>,
+) -> Result<Written, ApiError> {
+    let def = inner.reg.def(t.res);
+    let mut entries = managed::entries(live);
     let conflicts: Vec<(String, Vec<String>)> = entries
         .iter()
         .filter(|e| e.manager != opts.manager)
         .filter_map(|e| {
             let fields: Vec<String> = e
                 .set
-                .intersection(&set)
-                .filter(|p| !is_element(p) && managed::differs(Some(&live), &applied, p))
+                .intersection(set)
+                .filter(|p| !is_element(p) && managed::differs(Some(live), applied, p))
                 .map(|p| display(p))
                 .collect();
             let who = format!("\"{}\" using {}", e.manager, e.api_version);
             (!fields.is_empty()).then_some((who, fields))
         })
         .collect();
+    let name = t.name.as_deref().unwrap_or_default();
+    // kubectl's own server-side apply may take over what its client-side apply set: fields
+    // whose live value is still the last-applied one do not conflict (kube-apiserver's
+    // last-applied manager, for manager "kubectl" only).
+    let upgrading = opts.manager == KUBECTL && last_applied(live).is_some();
+    let allowed: FieldSet = match last_applied(live).filter(|_| upgrading) {
+        Some(la) => scope
+            .field_set(&la)
+            .into_iter()
+            .filter(|p| !managed::differs(Some(live), &la, p))
+            .collect(),
+        None => FieldSet::new(),
+    };
+    let conflicts: Vec<(String, Vec<String>)> = conflicts
+        .into_iter()
+        .map(|(who, fields)| {
+            let left = fields
+                .into_iter()
+                .filter(|f| !allowed.iter().any(|p| display(p) == *f))
+                .collect::<Vec<_>>();
+            (who, left)
+        })
+        .filter(|(_, fields)| !fields.is_empty())
+        .collect();
     if !conflicts.is_empty() && !opts.force {
-        return Err(conflict_error(&def, &name, &conflicts));
+        return Err(conflict_error(def, name, &conflicts));
     }
-    // Forced: the other managers lose the fields this apply takes.
+    // Forced (or taken over from client-side apply): the other managers lose the fields this
+    // apply changes.
     for e in entries.iter_mut().filter(|e| e.manager != opts.manager) {
         e.set.retain(|p| {
-            !(set.contains(p) && !is_element(p) && managed::differs(Some(&live), &applied, p))
+            !(set.contains(p) && !is_element(p) && managed::differs(Some(live), applied, p))
         });
     }
+    let mine = |e: &managed::Entry| {
+        e.manager == opts.manager && e.operation == "Apply" && e.sub.as_deref() == t.sub.as_deref()
+    };
     let previous: FieldSet = entries
         .iter()
-        .find(|e| {
-            e.manager == opts.manager
-                && e.operation == "Apply"
-                && e.sub.as_deref() == t.sub.as_deref()
-        })
+        .find(|e| mine(e))
         .map(|e| e.set.clone())
         .unwrap_or_default();
     let mut merged = live.clone();
-    merge(&scope, &mut Vec::new(), &mut merged, &applied);
+    merge(scope, &mut Vec::new(), &mut merged, applied);
     // Fields this manager stopped applying go, unless someone else owns them too. Deeper
     // paths first, so an element's fields go before the element.
     let others: FieldSet = entries
         .iter()
-        .filter(|e| {
-            !(e.manager == opts.manager
-                && e.operation == "Apply"
-                && e.sub.as_deref() == t.sub.as_deref())
-        })
+        .filter(|e| !mine(e))
         .flat_map(|e| e.set.iter().cloned())
         .collect();
-    let dropped: Vec<&managed::FieldPath> = previous.difference(&set).collect();
+    let dropped: Vec<&managed::FieldPath> = previous.difference(set).collect();
     for p in dropped.into_iter().rev() {
         if !others.contains(p) {
             managed::remove_at(&mut merged, p);
         }
     }
-    write::commit(
-        inner,
-        t,
-        &live,
-        merged,
-        precondition.as_deref(),
-        opts,
-        Track::Apply {
-            set: &set,
-            base: entries,
-        },
-    )
+    if upgrading {
+        // Keep the client-side apply annotation in step with what was applied, so a later
+        // client-side apply diffs against it (kube-apiserver's last-applied updater).
+        merged["metadata"]["annotations"][LAST_APPLIED] = json!(last_applied_of(applied));
+    }
+    let expected = precondition.or(meta_str(live, "resourceVersion"));
+    let track = Track::Apply { set, base: entries };
+    write::commit(inner, t, live, merged, expected, opts, track)
+}
+
+/// The field manager kubectl's server-side apply uses.
+const KUBECTL: &str = "kubectl";
+/// kubectl's client-side apply annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The configuration recorded in an object's last-applied annotation.
+fn last_applied(obj: &Value) -> Option<Value> {
+    let text = obj
+        .pointer("/metadata/annotations")?
+        .get(LAST_APPLIED)?
+        .as_str()?;
+    serde_json::from_str(text).ok()
+}
+
+/// The annotation's value for an applied configuration: the configuration without the
+/// annotation itself, as JSON with sorted keys and a final newline (what Go's encoder writes).
+fn last_applied_of(applied: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&m[k])))
+                        .collect(),
+                )
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut v = applied.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(LAST_APPLIED);
+            if a.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+    }
+    format!("{}\n", sorted(&v))
 }
 
 /// Merge `applied` into `live` (names: the field-name path, for list types).

@@ -22,6 +22,60 @@ use crate::status::ApiError;
 use crate::store::meta_str;
 use crate::Inner;
 
+/// How many times a write without a client precondition is re-done when the object changed
+/// underneath it (the real server's GuaranteedUpdate loop).
+pub(crate) const RETRIES: usize = 8;
+
+/// A parsed patch document.
+enum Doc {
+    Json(json_patch::Patch),
+    Merge(Value),
+    Strategic(Value),
+}
+
+impl Doc {
+    fn parse(ctype: &str, body: &[u8], crd: bool) -> Result<Doc, ApiError> {
+        match ctype {
+            "application/json-patch+json" => serde_json::from_slice(body)
+                .map(Doc::Json)
+                .map_err(|e| ApiError::bad_request(format!("decoding JSON patch: {e}"))),
+            "application/merge-patch+json" => serde_json::from_slice(body)
+                .map(Doc::Merge)
+                .map_err(|e| ApiError::bad_request(format!("decoding merge patch: {e}"))),
+            "application/strategic-merge-patch+json" if crd => Err(ApiError::unsupported_media(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            )),
+            "application/strategic-merge-patch+json" => serde_json::from_slice(body)
+                .map(Doc::Strategic)
+                .map_err(|e| ApiError::bad_request(format!("decoding strategic merge patch: {e}"))),
+            other => Err(ApiError::unsupported_media(format!(
+                "the body of the request was in an unknown format ({other}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+            ))),
+        }
+    }
+
+    /// `old` with the patch applied.
+    fn apply(&self, s: &Strategic, old: &Value) -> Result<Value, ApiError> {
+        let mut doc = old.clone();
+        match self {
+            // kube-apiserver answers a failed operation (a `test` included) with this generic
+            // 422 and no detail.
+            Doc::Json(p) => json_patch::patch(&mut doc, p).map_err(|_| {
+                let mut e = ApiError::new(
+                    422,
+                    "Invalid",
+                    "the server rejected our request due to an error in our request",
+                );
+                e.details = Some(serde_json::json!({}));
+                e
+            })?,
+            Doc::Merge(p) => json_patch::merge(&mut doc, p),
+            Doc::Strategic(p) => s.merge(&mut Vec::new(), &mut doc, p)?,
+        }
+        Ok(doc)
+    }
+}
+
 pub(crate) fn patch(
     inner: &Arc<Inner>,
     t: &Target,
@@ -37,70 +91,40 @@ pub(crate) fn patch(
     ) {
         return super::apply::apply(inner, t, body, opts);
     }
-    let old = || {
-        inner
+    let doc = Doc::parse(ctype, body, def.crd)?;
+    let strategic = Strategic {
+        api: inner.openapi(),
+        res: t.res,
+        version: &t.version,
+    };
+    let mut attempt = 0;
+    loop {
+        let old = inner
             .store
             .get(t.res, &ns, &name)
-            .ok_or_else(|| ApiError::not_found(def.group, def.plural, &name))
-    };
-    let (old, patched) = match ctype {
-        "application/json-patch+json" => {
-            let old = old()?;
-            let p: json_patch::Patch = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("decoding JSON patch: {e}")))?;
-            let mut doc = old.clone();
-            json_patch::patch(&mut doc, &p).map_err(|e| {
-                ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("the JSON patch could not be applied: {e}"),
-                )
-            })?;
-            (old, doc)
-        }
-        "application/merge-patch+json" => {
-            let old = old()?;
-            let p: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("decoding merge patch: {e}")))?;
-            let mut doc = old.clone();
-            json_patch::merge(&mut doc, &p);
-            (old, doc)
-        }
-        "application/strategic-merge-patch+json" => {
-            if def.crd {
-                return Err(ApiError::unsupported_media(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
-                ));
+            .ok_or_else(|| ApiError::not_found(def.group, def.plural, &name))?;
+        let patched = doc.apply(&strategic, &old)?;
+        // Only a resourceVersion the patch itself sets is a precondition; otherwise the patch
+        // is applied to the latest object, again if another write came in between.
+        let old_rv = meta_str(&old, "resourceVersion").map(str::to_string);
+        let new_rv = meta_str(&patched, "resourceVersion").map(str::to_string);
+        let precondition = new_rv.clone().filter(|rv| Some(rv) != old_rv.as_ref());
+        let expected = precondition.clone().or(old_rv);
+        match write::commit(
+            inner,
+            t,
+            &old,
+            patched,
+            expected.as_deref(),
+            opts,
+            Track::Update,
+        ) {
+            Err(e) if e.code == 409 && precondition.is_none() && attempt < RETRIES => {
+                attempt += 1;
             }
-            let old = old()?;
-            let p: Value = serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request(format!("decoding strategic merge patch: {e}"))
-            })?;
-            let mut doc = old.clone();
-            let s = Strategic {
-                api: inner.openapi(),
-                res: t.res,
-                version: &t.version,
-            };
-            s.merge(&mut Vec::new(), &mut doc, &p)?;
-            (old, doc)
+            r => return r,
         }
-        other => {
-            return Err(ApiError::unsupported_media(format!(
-                "the body of the request was in an unknown format ({other}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
-            )))
-        }
-    };
-    let expected = meta_str(&patched, "resourceVersion").map(str::to_string);
-    write::commit(
-        inner,
-        t,
-        &old,
-        patched,
-        expected.as_deref(),
-        opts,
-        Track::Update,
-    )
+    }
 }
 
 /// Strategic merge of one kind.
