@@ -13,7 +13,7 @@
 //! Each rule file is also parsed as YAML first, so a file that is not a plain `groups:` document
 //! is refused rather than half-copied. `--runbook-base` replaces the default runbook base URL
 //! ([`DEFAULT_RUNBOOK_BASE`]) in every `runbook_url`; the committed manifest uses the default.
-//! The integration test `tests/tests/alerts.rs` runs this binary with `--check`.
+//! The integration test `tests/tests/alerts/` (module `generated`) runs this binary with `--check`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -18,232 +18,36 @@
 //! Needs root, libvirtd, virsh, qemu-system-x86_64, ip, unshare, mkfs.ext4, apt-get (the guest is
 //! built from Debian packages into $VIRTGUARD_GUEST_CACHE or ~/.cache/virtguard, once),
 //! prometheus and promtool. Missing pieces fail the test unless VIRTGUARD_ALLOW_SKIP=1.
+//!
+//! The steps share one booted guest (booting it costs most of the test's time), so they stay one
+//! test function, in order; the machinery it runs on — a private libvirtd, the network
+//! namespace, guest-exec, HTTP scrapes, a simulated cluster naming the guest's hidden NIC — is
+//! in `harness`.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::io::Write as _;
+mod harness;
+
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
-use virtguard_e2e::peers::{
-    free_port, promtool_check_metrics, require_binary, Prometheus, PrometheusConfig,
-};
+use virtguard_e2e::peers::{free_port, promtool_check_metrics, Prometheus, PrometheusConfig};
 use virtguard_exporter::node::guest_nics::WantedNic;
-use virtguard_exporter::node::stats::{Identity, VmStats};
-use virtguard_exporter::node::{NodeCollector, NodeConfig, NodeScrape};
+use virtguard_exporter::node::stats::Identity;
+use virtguard_exporter::node::NodeScrape;
+
+use harness::{
+    collector, disk, guest_exec, http_get, http_try, net, ping, requirements, scripts, sh,
+    sim_with_sriov_vmi, vm, wait_for, Daemon, NetnsGuard, Proc,
+};
 
 const NS: &str = "default";
 const VM: &str = "testvm";
 /// MAC of the guest's second NIC, which libvirt does not know (an SR-IOV VF stand-in).
 const HIDDEN_NIC_MAC: &str = "02:5a:00:00:00:07";
-
-fn scripts() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest")
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A private libvirtd (scripts/guest/start-libvirtd.sh), stopped on drop.
-struct Daemon {
-    run: PathBuf,
-    uri: String,
-}
-
-impl Daemon {
-    fn start(run: &Path, netns: &str) -> Daemon {
-        let uri = sh(Command::new(scripts().join("start-libvirtd.sh"))
-            .arg(run)
-            .arg(netns));
-        Daemon {
-            run: run.to_path_buf(),
-            uri,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.run.join("libvirtd.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn virsh(&self, args: &[&str]) -> String {
-        sh(Command::new("virsh").arg("-c").arg(&self.uri).args(args))
-    }
-
-    fn signal(&self, sig: &str) {
-        sh(Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string()));
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // The pid file is gone when the daemon already exited; never panic in drop.
-        if let Some(pid) = std::fs::read_to_string(self.run.join("libvirtd.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(pid.to_string())
-                .status();
-        }
-        let _ = Command::new(scripts().join("stop-libvirtd.sh"))
-            .arg(&self.run)
-            .status();
-    }
-}
-
-struct NetnsGuard(String);
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
-
-/// Child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn requirements() -> bool {
-    let uid = sh(Command::new("id").arg("-u"));
-    let mut missing: Vec<String> = Vec::new();
-    if uid != "0" {
-        missing.push("root (libvirtd with QEMU as root, network namespaces)".into());
-    }
-    for b in [
-        "libvirtd",
-        "virsh",
-        "qemu-system-x86_64",
-        "ip",
-        "unshare",
-        "mkfs.ext4",
-        "apt-get",
-        "prometheus",
-        "promtool",
-    ] {
-        if let Err(e) = require_binary(b) {
-            missing.push(e.to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("VIRTGUARD_ALLOW_SKIP").is_ok_and(|v| v == "1") {
-        eprintln!("SKIP real_guest: missing {}", missing.join("; "));
-        return false;
-    }
-    panic!(
-        "real-guest test needs: {} (or set VIRTGUARD_ALLOW_SKIP=1)",
-        missing.join("; ")
-    );
-}
-
-fn collector(
-    uris: Vec<String>,
-    timeout: Duration,
-    hook: Option<virtguard_exporter::node::Hook>,
-) -> NodeCollector {
-    NodeCollector::new(NodeConfig {
-        node_name: "node-a".into(),
-        socket_globs: vec![],
-        uris,
-        timeout,
-        hook,
-        ..NodeConfig::default()
-    })
-    .unwrap()
-}
-
-fn vm<'a>(s: &'a NodeScrape, name: &str) -> &'a VmStats {
-    s.vms
-        .iter()
-        .find(|v| v.identity.name == name)
-        .unwrap_or_else(|| panic!("VM {name} not in scrape: {s:?}"))
-}
-
-/// (rx bytes, tx bytes, rx packets) of interface `default`.
-fn net(v: &VmStats) -> (u64, u64, u64) {
-    let d = v.interfaces.iter().find(|d| d.label == "default").unwrap();
-    (
-        d.values[0].unwrap(),
-        d.values[1].unwrap(),
-        d.values[2].unwrap(),
-    )
-}
-
-/// (write bytes, write requests) of drive `rootdisk`.
-fn disk(v: &VmStats) -> (u64, u64) {
-    let d = v.drives.iter().find(|d| d.label == "rootdisk").unwrap();
-    (d.values[1].unwrap(), d.values[3].unwrap())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-fn guest_exec(d: &Daemon, domain: &str, args: &[&str]) {
-    let cmd = serde_json::json!({"execute": "guest-exec",
-        "arguments": {"path": "/bin/busybox", "arg": args}});
-    let out = d.virsh(&["qemu-agent-command", domain, &cmd.to_string()]);
-    let pid = serde_json::from_str::<serde_json::Value>(&out).unwrap()["return"]["pid"]
-        .as_i64()
-        .unwrap();
-    let status = serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
-    wait_for("guest-exec to finish", Duration::from_secs(30), || {
-        let out = d.virsh(&["qemu-agent-command", domain, &status.to_string()]);
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["return"]["exited"] == true
-    });
-}
-
-fn ping(netns: &str, busybox: &Path, count: u32) {
-    sh(Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(busybox)
-        .args([
-            "ping",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.1",
-            "-W",
-            "2",
-            "10.77.0.2",
-        ]));
-}
 
 #[test]
 fn real_guest_end_to_end() {
@@ -732,88 +536,4 @@ fn real_guest_end_to_end() {
     // The call stuck on the never-answering socket keeps its blocking thread; a plain runtime
     // drop would wait for it forever.
     rt.shutdown_timeout(Duration::from_millis(100));
-}
-
-/// GET without assertions: None when the exporter is not up yet or answers non-200.
-fn http_try(port: u16, path: &str) -> Option<String> {
-    use std::io::Read as _;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-/// A simulated cluster in which VM default/testvm runs with an SR-IOV interface `fast` whose MAC
-/// is the hidden NIC's (virt-handler reports it in `status.interfaces`).
-async fn sim_with_sriov_vmi() -> virtguard_sim::Sim {
-    use kube::api::{Patch, PatchParams};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let scenario = virtguard_sim::Scenario::from_yaml(
-        &format!(
-            "vms:\n  - {{namespace: {NS}, name: {VM}, running: false, disks: [{{name: root, size: 1Mi}}]}}\n"
-        ),
-        "real-guest",
-    )
-    .unwrap();
-    let sim = virtguard_sim::Sim::start(virtguard_sim::SimConfig {
-        scenario,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    let vms: kube::Api<virtguard_api::kubevirt::VirtualMachine> =
-        kube::Api::namespaced(client.clone(), NS);
-    let patch = serde_json::json!({"spec": {
-        "runStrategy": "Always",
-        "running": null,
-        "template": {"spec": {
-            "domain": {"devices": {"interfaces": [
-                {"name": "default", "masquerade": {}},
-                {"name": "fast", "sriov": {}, "macAddress": HIDDEN_NIC_MAC},
-            ]}},
-            "networks": [
-                {"name": "default", "pod": {}},
-                {"name": "fast", "multus": {"networkName": "sriov-net"}},
-            ],
-        }},
-    }});
-    vms.patch(VM, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    let vmis: kube::Api<virtguard_api::kubevirt::VirtualMachineInstance> =
-        kube::Api::namespaced(client, NS);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = vmis.get_opt(VM).await.unwrap() {
-            if !virtguard_exporter::node::guest_nics::wanted_from_vmi(&v).is_empty() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the VMI never reported `fast`");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sim
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::Read as _;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // hyper answers with Content-Length here (full body), so the body is the exposition.
-    body.to_string()
 }
