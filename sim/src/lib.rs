@@ -4,8 +4,11 @@
 //!
 //! Parts:
 //! - [`api`](crate::api): the REST API server (HTTPS, bearer token, discovery, GET/LIST/WATCH/
-//!   POST/PUT/PATCH/DELETE, `/status`), over the [`store`](crate::store) of JSON objects;
+//!   POST/PUT/PATCH/DELETE, server-side apply, `/status`), over the [`store`](crate::store) of
+//!   JSON objects;
 //! - [`schema`](crate::schema): validation against the reference OpenAPI schemas;
+//! - [`openapi`](crate::openapi): the `/openapi/v2` and `/openapi/v3` documents built from
+//!   those same schemas, and the list types `managedFields` and strategic merge follow;
 //! - controllers: [`kubevirt`](crate::kubevirt) (VM → VMI, freeze/unfreeze, VMIM timelines),
 //!   [`snapshot`](crate::snapshot) (CSI snapshotter + PVC provisioning),
 //!   [`groupsnapshot`](crate::groupsnapshot) (VolumeGroupSnapshots), [`export`](crate::export)
@@ -32,6 +35,7 @@ pub mod groupsnapshot;
 pub mod http;
 pub mod jobs;
 pub mod kubevirt;
+pub mod openapi;
 pub mod persist;
 pub mod resources;
 pub mod scenario;
@@ -178,6 +182,11 @@ impl Inner {
     /// The API server URL (`https://127.0.0.1:PORT`).
     pub fn api_url(&self) -> &str {
         self.api_url.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// The OpenAPI documents (built on first use, shared by every sim on the same schemas).
+    pub(crate) fn openapi(&self) -> Arc<openapi::OpenApi> {
+        self.schemas.openapi(&self.reg)
     }
 
     /// Resource id of a registry entry named in code.

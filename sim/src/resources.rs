@@ -35,6 +35,8 @@ pub enum CoreKind {
     CronJob,
     StorageClass,
     Lease,
+    SelfSubjectAccessReview,
+    SelfSubjectRulesReview,
 }
 
 /// One served resource.
@@ -69,6 +71,27 @@ impl ResourceDef {
     /// The preferred version.
     pub fn version(&self) -> &'static str {
         self.versions[0]
+    }
+
+    /// Discovery categories: `all` for what `kubectl get all` lists on a real cluster (the
+    /// core workload kinds the sim serves, and the kinds KubeVirt's and CDI's CRDs put there).
+    pub fn categories(&self) -> &'static [&'static str] {
+        match (self.group, self.plural) {
+            ("", "pods" | "services")
+            | ("batch", "jobs" | "cronjobs")
+            | ("kubevirt.io", "virtualmachines" | "virtualmachineinstances")
+            | ("cdi.kubevirt.io", "datavolumes") => &["all"],
+            _ => &[],
+        }
+    }
+
+    /// A virtual resource: a request is answered and never stored (CDI's upload token
+    /// requests, the authorization reviews), so `create` is its only verb.
+    pub fn create_only(&self) -> bool {
+        matches!(
+            self.plural,
+            "uploadtokenrequests" | "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+        )
     }
 }
 
@@ -237,6 +260,30 @@ pub fn all() -> Vec<ResourceDef> {
             status = false,
             crd = false,
             S::Core(C::Lease)
+        ),
+        res!(
+            "authorization.k8s.io",
+            &["v1"],
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            "selfsubjectaccessreview",
+            &[],
+            ns = false,
+            status = false,
+            crd = false,
+            S::Core(C::SelfSubjectAccessReview)
+        ),
+        res!(
+            "authorization.k8s.io",
+            &["v1"],
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            "selfsubjectrulesreview",
+            &[],
+            ns = false,
+            status = false,
+            crd = false,
+            S::Core(C::SelfSubjectRulesReview)
         ),
         res!(
             "k8s.cni.cncf.io",

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
-use crate::resources::{CoreKind, ResId, SchemaSource};
+use crate::resources::{CoreKind, Registry, ResId, SchemaSource};
 use crate::status::{ApiError, Cause};
 use crate::{Error, Inner};
 
@@ -48,6 +48,8 @@ pub struct Schemas {
     kubevirt: Value,
     cdi: Value,
     crds: HashMap<String, Value>,
+    /// The OpenAPI documents built from these schemas (on first use).
+    openapi: OnceLock<Arc<crate::openapi::OpenApi>>,
 }
 
 static EMBEDDED: OnceLock<Arc<Schemas>> = OnceLock::new();
@@ -75,6 +77,7 @@ fn parse(
         kubevirt: kubevirt["definitions"].clone(),
         cdi: cdi["definitions"].clone(),
         crds: map,
+        openapi: OnceLock::new(),
     })
 }
 
@@ -115,7 +118,25 @@ impl Schemas {
         }
     }
 
-    fn crd_schema(&self, file: &str, version: &str) -> Option<&Value> {
+    /// The `definitions` of kubevirt-openapi.json.
+    pub(crate) fn kubevirt_defs(&self) -> &Value {
+        &self.kubevirt
+    }
+
+    /// The `definitions` of cdi-openapi.json.
+    pub(crate) fn cdi_defs(&self) -> &Value {
+        &self.cdi
+    }
+
+    /// The OpenAPI documents of every served resource, built from these schemas once.
+    pub(crate) fn openapi(&self, reg: &Registry) -> Arc<crate::openapi::OpenApi> {
+        self.openapi
+            .get_or_init(|| Arc::new(crate::openapi::OpenApi::build(self, reg)))
+            .clone()
+    }
+
+    /// The `openAPIV3Schema` of `version` in a snapshot CRD file.
+    pub(crate) fn crd_schema(&self, file: &str, version: &str) -> Option<&Value> {
         self.crds
             .get(file)?
             .pointer("/spec/versions")?
@@ -131,6 +152,8 @@ struct Walk<'a> {
     causes: Vec<Cause>,
     unknown: Vec<String>,
     strict: bool,
+    /// A partial object (a server-side apply configuration): required fields may be absent.
+    partial: bool,
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -266,7 +289,11 @@ impl<'a> Walk<'a> {
                         }
                     }
                 }
-                if let Some(req) = s.get("required").and_then(Value::as_array) {
+                if let Some(req) = s
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .filter(|_| !self.partial)
+                {
                     for r in req.iter().filter_map(Value::as_str) {
                         if obj.contains_key(r) {
                             continue;
@@ -380,7 +407,8 @@ fn core_check<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 fn core_roundtrip(kind: CoreKind, obj: &Value) -> Result<Value, String> {
     use k8s_openapi::api::{
-        batch::v1 as batch, coordination::v1 as coord, core::v1 as core, storage::v1 as storage,
+        authorization::v1 as authz, batch::v1 as batch, coordination::v1 as coord,
+        core::v1 as core, storage::v1 as storage,
     };
     match kind {
         CoreKind::Namespace => core_check::<core::Namespace>(obj),
@@ -395,24 +423,27 @@ fn core_roundtrip(kind: CoreKind, obj: &Value) -> Result<Value, String> {
         CoreKind::CronJob => core_check::<batch::CronJob>(obj),
         CoreKind::StorageClass => core_check::<storage::StorageClass>(obj),
         CoreKind::Lease => core_check::<coord::Lease>(obj),
+        CoreKind::SelfSubjectAccessReview => core_check::<authz::SelfSubjectAccessReview>(obj),
+        CoreKind::SelfSubjectRulesReview => core_check::<authz::SelfSubjectRulesReview>(obj),
     }
 }
 
-/// Validate (and prune/default) an object about to be written.
+/// Validate (and default) an object about to be written. Unknown fields are refused when
+/// `strict`, otherwise pruned and returned (dotted paths) for the caller to warn about.
 pub(crate) fn validate(
     inner: &Arc<Inner>,
     res: ResId,
     version: &str,
     obj: &mut Value,
     strict: bool,
-) -> Result<(), ApiError> {
+) -> Result<Vec<String>, ApiError> {
     let def = inner.reg.def(res).clone();
     let name = crate::store::meta_str(obj, "name")
         .unwrap_or("")
         .to_string();
     let mut unknown = Vec::new();
     match def.schema {
-        SchemaSource::None => return Ok(()),
+        SchemaSource::None => return Ok(Vec::new()),
         SchemaSource::Core(kind) => {
             let round = core_roundtrip(kind, obj).map_err(|e| {
                 ApiError::invalid(
@@ -439,13 +470,14 @@ pub(crate) fn validate(
                 _ => &inner.schemas.cdi,
             };
             let Some(root) = defs.get(d) else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             let mut w = Walk {
                 defs: Some(defs),
                 causes: Vec::new(),
                 unknown: Vec::new(),
                 strict,
+                partial: false,
             };
             walk_root(&mut w, root, obj);
             if !w.causes.is_empty() {
@@ -459,13 +491,14 @@ pub(crate) fn validate(
                 .crd_schema(file, version)
                 .or_else(|| inner.schemas.crd_schema(file, def.version()))
             else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             let mut w = Walk {
                 defs: None,
                 causes: Vec::new(),
                 unknown: Vec::new(),
                 strict,
+                partial: false,
             };
             walk_root(&mut w, root, obj);
             if !w.causes.is_empty() {
@@ -487,7 +520,46 @@ pub(crate) fn validate(
             list.join(", ")
         )));
     }
-    Ok(())
+    Ok(unknown)
+}
+
+/// The fields of a partial object (a server-side apply configuration) that its kind's schema
+/// does not declare, as dotted paths; nothing is pruned or defaulted. A core kind whose
+/// configuration does not deserialize on its own (a required field left out) reports none.
+pub(crate) fn unknown_fields(inner: &Inner, res: ResId, version: &str, obj: &Value) -> Vec<String> {
+    let def = inner.reg.def(res);
+    let mut obj = obj.clone();
+    let (defs, root) = match def.schema {
+        SchemaSource::None => return Vec::new(),
+        SchemaSource::Core(kind) => {
+            let mut unknown = Vec::new();
+            if let Ok(round) = core_roundtrip(kind, &obj) {
+                dropped_fields(&obj, &round, "", &mut unknown);
+            }
+            return unknown;
+        }
+        SchemaSource::KubeVirt(d) => (Some(&inner.schemas.kubevirt), inner.schemas.kubevirt.get(d)),
+        SchemaSource::Cdi(d) => (Some(&inner.schemas.cdi), inner.schemas.cdi.get(d)),
+        SchemaSource::SnapshotCrd(file) => (
+            None,
+            inner
+                .schemas
+                .crd_schema(file, version)
+                .or_else(|| inner.schemas.crd_schema(file, def.version())),
+        ),
+    };
+    let Some(root) = root else {
+        return Vec::new();
+    };
+    let mut w = Walk {
+        defs,
+        causes: Vec::new(),
+        unknown: Vec::new(),
+        strict: true,
+        partial: true,
+    };
+    walk_root(&mut w, root, &mut obj);
+    w.unknown
 }
 
 /// Walk everything but `metadata`, `apiVersion` and `kind` (checked by the server itself).
@@ -518,6 +590,7 @@ fn walk_root<'a>(w: &mut Walk<'a>, root: &'a Value, obj: &mut Value) {
         causes: Vec::new(),
         unknown: Vec::new(),
         strict: w.strict,
+        partial: w.partial,
     };
     sub.walk(schema, &mut rest, "");
     w.causes.append(&mut sub.causes);

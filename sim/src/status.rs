@@ -160,6 +160,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // Some failures carry no reason at all (an apply configuration with undeclared fields).
+        if self.reason.is_empty() {
+            if let Some(m) = s.as_object_mut() {
+                m.remove("reason");
+            }
+        }
         if let Some(d) = details {
             s["details"] = d;
         }

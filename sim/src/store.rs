@@ -6,7 +6,9 @@
 //! - every write appends one [`Event`] to an in-memory log (capped; older events are compacted,
 //!   and a watch that asks for a version older than the log gets 410 Gone);
 //! - `uid`, `creationTimestamp` and `generation` (1, then +1 whenever anything outside
-//!   `metadata` and `status` changes) are set here, never by clients;
+//!   `metadata` and `status` changes) are set here, never by clients; `managedFields` are
+//!   stored as given (the API layer, `api/managed.rs`, computes them for client writes, and a
+//!   controller's read-modify-write carries them over);
 //! - deleting an object with finalizers only sets `deletionTimestamp`; the object goes away when
 //!   an update removes the last finalizer;
 //! - when an object is really removed, dependents whose only owner it was are deleted too
@@ -261,7 +263,6 @@ impl Store {
             m.insert("generation".into(), json!(1));
             m.remove("deletionTimestamp");
             m.remove("deletionGracePeriodSeconds");
-            m.remove("managedFields");
             if !d.namespaced {
                 m.remove("namespace");
             }
@@ -353,7 +354,6 @@ impl Store {
                 "generation".into(),
                 json!(if spec_changed { gen + 1 } else { gen }),
             );
-            m.remove("managedFields");
             if !d.namespaced {
                 m.remove("namespace");
             }

@@ -48,7 +48,9 @@ async fn validation_like_structural_crds() {
         .unwrap();
     assert!(made.data["spec"].get("bogus").is_none());
     assert_eq!(made.data["spec"]["runStrategy"], "Halted");
-    // ...or rejected when the client asks for strict validation.
+    // ...but a server-side apply configuration with an undeclared field cannot be typed at
+    // all: kube-apiserver (1.37, checked with the same request) answers 500 without a reason,
+    // whatever fieldValidation says.
     let strict = vms
         .patch(
             "extra",
@@ -63,9 +65,10 @@ async fn validation_like_structural_crds() {
     let kube::Error::Api(s) = strict else {
         panic!()
     };
-    assert_eq!(s.code, 400);
+    assert_eq!(s.code, 500);
     assert!(
-        s.message.contains("unknown field \"spec.bogus\""),
+        s.message
+            .contains(".spec.bogus: field not declared in schema"),
         "{}",
         s.message
     );
