@@ -3,7 +3,7 @@
 # binary (end-to-end tests run the real binaries), then runs all tests of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
+./scripts/install-deps.sh --control-plane
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"

@@ -579,6 +579,17 @@ impl VirtualMachineInstance {
             .and_then(|s| s.phase.as_deref())
             .unwrap_or("")
     }
+
+    /// True in phase `Running` (also while paused: KubeVirt keeps the phase and adds a
+    /// condition, see [`Self::paused`]).
+    pub fn is_running(&self) -> bool {
+        self.phase() == "Running"
+    }
+
+    /// True when the VMI is paused (condition `Paused` is "True", set by `virtctl pause`).
+    pub fn paused(&self) -> bool {
+        self.condition("Paused") == Some("True")
+    }
 }
 
 #[cfg(test)]

@@ -22,3 +22,9 @@ pub const STATUS_CONFIGMAP: &str = "virtguard-status";
 pub const RESTORE_SOURCE_VM_NAME: &str = "restore.kubevirt.io/source-vm-name";
 /// KubeVirt's label on PVCs restored from a VM snapshot (the source VM's namespace).
 pub const RESTORE_SOURCE_VM_NAMESPACE: &str = "restore.kubevirt.io/source-vm-namespace";
+
+/// KubeVirt's label on a scheduled VMI naming its node (virt-controller keeps it equal to
+/// `status.nodeName`; node agents such as virt-handler select their VMIs by it).
+pub const VMI_NODE_NAME: &str = "kubevirt.io/nodeName";
+/// The well-known node label; a VM's `nodeSelector` on it pins the VM to one node.
+pub const HOSTNAME: &str = "kubernetes.io/hostname";

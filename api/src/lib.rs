@@ -1,5 +1,6 @@
 //! virtguard-api: typed subsets of the KubeVirt, CDI and CSI snapshot objects virtguard reads and
-//! writes, plus the contracts between virtguard's own parts (labels, the backup status record).
+//! writes, plus the contracts between virtguard's own parts (labels, the backup status record)
+//! and Kubernetes quantities as bytes ([`quantity`]).
 //!
 //! No I/O lives here. Field names and shapes follow the reference schemas in reference/
 //! (KubeVirt and CDI OpenAPI, CSI snapshot CRDs); `tests/conformance.rs` walks every modelled field
@@ -20,6 +21,7 @@ pub mod cdi;
 pub mod csi;
 pub mod kubevirt;
 pub mod labels;
+pub mod quantity;
 pub mod schema;
 pub mod status;
 

@@ -5,34 +5,16 @@
 //! labelled [`STATUS`](crate::labels::STATUS)`=true`. The data key is the VM's name; the value is
 //! the JSON of [`BackupStatusRecord`]. The cluster-mode exporter watches these ConfigMaps and turns
 //! each record into the `virtguard_backup_*` series. Timestamps are Unix seconds (what Prometheus
-//! wants; no parsing in the exporter). Unknown keys are ignored by readers, so the record can grow.
+//! wants; no parsing in the exporter). Unknown keys are ignored by readers, so the record can grow:
+//! `freezeFailure` was added that way, and a record without it (or with an older virtguard's
+//! `consistency`) still parses.
 
 use serde::{Deserialize, Serialize};
 
-/// How consistent a backup's disk images are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Consistency {
-    /// The guest agent froze the filesystems while the snapshots were cut.
-    ApplicationConsistent,
-    /// Running without a connected guest agent: like pulling the power plug.
-    CrashConsistent,
-    /// The VM was paused: no I/O in flight, but no filesystem flush either.
-    Paused,
-    /// The VM was stopped: disks not in use.
-    Offline,
-}
-
-impl Consistency {
-    /// The `virtguard_backup_consistency` value: 1 when the image is consistent by construction
-    /// (frozen or offline), 0 when only crash-consistent (or paused without a flush).
-    pub fn metric_value(self) -> f64 {
-        match self {
-            Consistency::ApplicationConsistent | Consistency::Offline => 1.0,
-            Consistency::CrashConsistent | Consistency::Paused => 0.0,
-        }
-    }
-}
+/// How consistent a backup's images are: defined once, in `virtguard-model` (shared with the
+/// repository manifest), and re-exported here so `virtguard_api::status::Consistency` keeps
+/// working.
+pub use virtguard_model::{Consistency, ConsistencyKind, FreezeFailure};
 
 /// Outcome of the last attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,8 +39,12 @@ pub struct BackupStatusRecord {
     /// A fixed, short reason code for failures (e.g. `snapshot-timeout`); never free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Consistency of the last successful backup.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Consistency of the last successful backup: key `consistency` (the kind) and, when its
+    /// freeze failed, `freezeFailure` (the reason). Absent before the first success.
+    #[serde(
+        flatten,
+        with = "virtguard_model::consistency::camel_case_optional_fields"
+    )]
     pub consistency: Option<Consistency>,
     /// Backup id of the last successful backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,8 +92,40 @@ mod tests {
     }
 
     #[test]
-    fn consistency_metric_values() {
-        assert_eq!(Consistency::ApplicationConsistent.metric_value(), 1.0);
-        assert_eq!(Consistency::CrashConsistent.metric_value(), 0.0);
+    fn a_failed_freeze_is_recorded_with_its_reason_and_old_records_still_parse() {
+        let r = BackupStatusRecord {
+            last_attempt_timestamp: 1,
+            last_success_timestamp: Some(2),
+            result: BackupResult::Succeeded,
+            reason: None,
+            consistency: Some(Consistency::FreezeFailed(FreezeFailure::TimedOut)),
+            backup_id: None,
+            duration_seconds: 1.0,
+            freeze_seconds: 0.0,
+            bytes_read: 0,
+            bytes_new: 0,
+            bytes_stored: 0,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""consistency":"crash-consistent","freezeFailure":"timed-out""#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<BackupStatusRecord>(&json).unwrap(),
+            r
+        );
+        // Written by a virtguard before this change (a stopped VM, no freezeFailure key).
+        let old: BackupStatusRecord = serde_json::from_str(
+            r#"{"lastAttemptTimestamp":1763768000,"lastSuccessTimestamp":1763768100,"result":"Succeeded","consistency":"offline","backupId":"20261121T233302Z-3f9a","durationSeconds":1.5,"freezeSeconds":0.0,"bytesRead":10,"bytesNew":5,"bytesStored":2}"#,
+        )
+        .unwrap();
+        assert_eq!(old.consistency, Some(Consistency::Offline));
+        // A failed first attempt has no consistency at all.
+        let failed: BackupStatusRecord = serde_json::from_str(
+            r#"{"lastAttemptTimestamp":1,"result":"Failed","reason":"snapshot","durationSeconds":3.0,"freezeSeconds":0.0,"bytesRead":0,"bytesNew":0,"bytesStored":0}"#,
+        )
+        .unwrap();
+        assert_eq!(failed.consistency, None);
     }
 }

@@ -12,16 +12,17 @@ use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cluster::virtguard;
 use kube::api::ListParams;
 use kube::Api;
 use sha2::{Digest, Sha256};
-use virtguard::cluster;
 use virtguard::engine::backup::{backup_vm, BackupConfig, VmBackupReport};
 use virtguard::engine::cbt::{CHECKPOINT_LABEL, TYPE_LABEL};
 use virtguard::repo::repository::InitOptions;
 use virtguard::repo::{LocalStore, Manifest, Repository, RestoreOptions};
+use virtguard_api::status::{Consistency, FreezeFailure};
 use virtguard_api::{VirtualMachine, VirtualMachineBackup};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const MIB: u64 = 1 << 20;
 
@@ -55,17 +56,7 @@ async fn new_repo(dir: &std::path::Path) -> Arc<Repository> {
 }
 
 async fn start() -> (Sim, kube::Client) {
-    cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    for name in ["cbt", "plain"] {
-        common::cluster::wait_running(&client, "prod", name).await;
-    }
+    let (sim, client) = common::cluster::start_sim(SCENARIO, &["prod/cbt", "prod/plain"]).await;
     // CBT is reported Enabled by the sim's controller.
     let vms = Api::<VirtualMachine>::namespaced(client.clone(), "prod");
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -351,20 +342,6 @@ async fn cbt_failures_thaw_clean_up_and_commit_nothing() {
     assert_clean(&sim, &client).await;
 }
 
-/// Runs the real binary against the sim (blocks this worker only).
-fn virtguard(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> std::process::Output {
-    tokio::task::block_in_place(|| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_virtguard"))
-            .args(["--repo", repo.to_str().unwrap(), "--quiet"])
-            .args(args)
-            .env("KUBECONFIG", sim.kubeconfig_path())
-            .env_remove("VIRTGUARD_KEY")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    })
-}
-
 async fn status_record(client: &kube::Client) -> virtguard_api::status::BackupStatusRecord {
     let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "prod")
         .get("virtguard-status")
@@ -428,21 +405,13 @@ async fn a_failed_quiesce_is_never_recorded_as_application_consistent() {
         target: Some("prod/cbt".into()),
         ..Default::default()
     });
-    let err = backup_vm(
-        &client,
-        repo.clone(),
-        "prod",
-        "cbt",
-        &BackupConfig::default(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("quiesceStatus Failed"), "{err}");
-    assert!(
-        repo.latest("prod", "cbt").await.unwrap().is_none(),
-        "no manifest"
-    );
+    // KubeVirt reads the volumes anyway: the backup is kept, crash-consistent, and says why.
+    let r = backup(&client, &repo, "cbt").await;
+    let want = Consistency::FreezeFailed(FreezeFailure::QuiesceFailed);
+    assert_eq!(r.consistency, want);
+    assert_eq!(r.freeze, Duration::ZERO, "nothing was frozen");
+    assert_eq!(manifest(&repo, &r.backup_id).await.consistency, want);
+    assert_eq!(status_record(&client).await.consistency, Some(want));
     assert_eq!(common::cluster::leftovers(&client).await, 0);
 }
 

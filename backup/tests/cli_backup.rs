@@ -5,12 +5,13 @@
 
 mod common;
 
+use common::cluster::virtguard;
 use common::text;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod, dev]
@@ -32,16 +33,10 @@ vms:
 "#;
 
 async fn sim() -> Sim {
-    virtguard::cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    // VMIs start after a short delay; the CLI backs up whatever state it finds, so wait.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    sim
+    // The CLI backs up whatever state it finds: wait until the VMIs run.
+    common::cluster::start_sim(SCENARIO, &["prod/web", "dev/scratch", "dev/ignored"])
+        .await
+        .0
 }
 
 /// A fresh, initialised local repository (the TempDir keeps it alive).
@@ -60,22 +55,6 @@ fn never_cut(sim: &Sim) {
         target: Some("prod/web-root".into()),
         ..Default::default()
     });
-}
-
-/// Runs the binary; blocks this worker only (the sim keeps serving on the others).
-fn virtguard(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
-    tokio::task::block_in_place(|| run(sim, repo, args))
-}
-
-fn run(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_virtguard"))
-        .args(["--repo", repo.to_str().unwrap(), "--quiet"])
-        .args(args)
-        .env("KUBECONFIG", sim.kubeconfig_path())
-        .env_remove("VIRTGUARD_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,10 +230,7 @@ async fn snapshot_that_is_never_cut_times_out_thawed() {
 async fn kill_9_mid_stream_then_cleanup_and_a_new_backup_reuses_chunks() {
     use kube::api::ListParams;
     use kube::Api;
-    virtguard::cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(
-            r#"
+    let scenario = r#"
 namespaces: [prod]
 vms:
   - namespace: prod
@@ -262,15 +238,8 @@ vms:
     guestAgent: false
     disks:
       - {name: root, size: 192Mi, content: {random: 5}}
-"#,
-            "test",
-        )
-        .unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+"#;
+    let (sim, _) = common::cluster::start_sim(scenario, &["prod/big"]).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     assert!(virtguard(&sim, &repo, &["init", "--chunk-size", "1MiB"])

@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::{FaultPlan, FaultProxy, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use sha2::{Digest, Sha256};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod]
@@ -32,16 +32,7 @@ vms:
 "#;
 
 async fn sim() -> Sim {
-    virtguard::cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    common::cluster::wait_running(&client, "prod", "web").await;
-    sim
+    common::cluster::start_sim(SCENARIO, &["prod/web"]).await.0
 }
 
 /// The binary with the sim's kubeconfig, S3 credentials in the environment, fast retries.

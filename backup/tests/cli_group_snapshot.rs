@@ -25,7 +25,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use sha2::{Digest, Sha256};
 use virtguard_api::{labels, VolumeGroupSnapshot, VolumeSnapshot};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod]
@@ -53,18 +53,9 @@ vms:
 const READY_MS: i64 = 800;
 
 async fn sim() -> Sim {
-    virtguard::cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    for vm in ["db", "solo", "mixed"] {
-        common::cluster::wait_running(&client, "prod", vm).await;
-    }
-    sim
+    common::cluster::start_sim(SCENARIO, &["prod/db", "prod/solo", "prod/mixed"])
+        .await
+        .0
 }
 
 fn command(sim: &Sim, repo: &std::path::Path, args: &[&str]) -> Command {

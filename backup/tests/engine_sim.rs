@@ -18,7 +18,7 @@ use virtguard::engine::backup::{backup_vm, BackupConfig};
 use virtguard::repo::repository::InitOptions;
 use virtguard::repo::{LocalStore, Repository, RestoreOptions};
 use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
-use virtguard_sim::{FaultRule, FreezeAction, Scenario, Sim, SimConfig};
+use virtguard_sim::{FaultRule, FreezeAction, Sim};
 
 const SCENARIO: &str = r#"
 namespaces: [prod]
@@ -49,14 +49,7 @@ struct Env {
 }
 
 async fn env() -> Env {
-    cluster::install_crypto_provider();
-    let sim = Sim::start(SimConfig {
-        scenario: Scenario::from_yaml(SCENARIO, "test").unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
+    let (sim, client) = common::cluster::start_sim(SCENARIO, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LocalStore::new(dir.path().join("repo")));
     let repo = Repository::init(

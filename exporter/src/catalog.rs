@@ -201,7 +201,9 @@ pub const CATALOG: &[MetricDef] = &[
     m!("virtguard_backup_freeze_seconds", Gauge, BACKUP, Cluster,
         "How long the guest filesystems stayed frozen in the last backup, in seconds."),
     m!("virtguard_backup_consistency", Gauge, BACKUP, Cluster,
-        "Consistency of the last backup: 1 application-consistent, 0 crash-consistent."),
+        "Consistency of the last backup: 1 application-consistent, 0 otherwise (crash-consistent, paused or offline; the kind is in virtguard_backup_consistency_info)."),
+    m!("virtguard_backup_consistency_info", Gauge, &["namespace", "name", "kind", "freeze_failure"], Cluster,
+        "Always 1; labels carry the last backup's consistency kind (application-consistent, crash-consistent, paused, offline) and why its freeze failed (refused, timed-out, agent-disconnected, quiesce-failed; none when it did not)."),
     m!("virtguard_backup_bytes", Gauge, &["namespace", "name", "kind"], Cluster,
         "Bytes of the last backup by kind: read from the disks, new to the repository, stored after compression."),
     // --- the exporter itself.

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use virtguard_api::kubevirt::{VirtualMachineInstanceMigration, VirtualMachineSnapshot};
 use virtguard_api::labels;
-use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
+use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency, FreezeFailure};
 use virtguard_e2e::{free_port, require_binary, require_peer};
 use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
 
@@ -342,10 +342,15 @@ async fn follows_the_cluster_through_watches() {
         bytes_new: 52_428_800,
         bytes_stored: 20_971_520,
     };
+    // A VM whose freeze failed: crash-consistent, and why (the record's `freezeFailure`).
+    let web_rec = BackupStatusRecord {
+        consistency: Some(Consistency::FreezeFailed(FreezeFailure::AgentDisconnected)),
+        ..db_rec.clone()
+    };
     let cms = Api::<ConfigMap>::namespaced(client.clone(), "prod");
     cms.create(
         &PostParams::default(),
-        &status_configmap(&[("db", &db_rec)]),
+        &status_configmap(&[("db", &db_rec), ("web", &web_rec)]),
     )
     .await
     .unwrap();
@@ -359,6 +364,13 @@ async fn follows_the_cluster_through_watches() {
         ("consistency", 1.0),
     ] {
         assert_eq!(value(&text, &b(m)), Some(v), "{m}\n{text}");
+    }
+    for (series, v) in [
+        ("virtguard_backup_consistency{namespace=\"prod\",name=\"web\"}", 0.0),
+        ("virtguard_backup_consistency_info{namespace=\"prod\",name=\"db\",kind=\"application-consistent\",freeze_failure=\"none\"}", 1.0),
+        ("virtguard_backup_consistency_info{namespace=\"prod\",name=\"web\",kind=\"crash-consistent\",freeze_failure=\"agent-disconnected\"}", 1.0),
+    ] {
+        assert!(is(&text, series, v), "{series}\n{text}");
     }
     assert!(is(
         &text,
@@ -562,26 +574,55 @@ async fn readiness_waits_for_every_reflector_and_an_absent_crd_breaks_nothing() 
 /// appear on the libvirt series (libvirt's test driver serves domains named `<ns>_<name>`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_mode_copies_allow_listed_labels_of_its_own_vmis() {
-    let sim = start_sim().await;
+    // db is pinned to node-a (this exporter's node); web to node-b, with a label that must not
+    // show. The sim schedules each VMI onto its nodeSelector's node and labels it
+    // kubevirt.io/nodeName, as virt-controller does: the test no longer writes that label itself
+    // (the sim's controller re-asserted its own node over the test's patch, so the outcome
+    // depended on which write came last).
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(
+            r#"
+namespaces: [prod]
+vms:
+  - {namespace: prod, name: db, node: node-a, labels: {team: blue}}
+  - {namespace: prod, name: web, node: node-b, labels: {team: red}}
+"#,
+            "test",
+        )
+        .unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let client = sim.client().await.unwrap();
     let vmis =
         Api::<virtguard_api::kubevirt::VirtualMachineInstance>::namespaced(client.clone(), "prod");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while vmis.list(&Default::default()).await.unwrap().items.len() < 2 {
-        assert!(Instant::now() < deadline, "VMIs never appeared");
+    loop {
+        let scheduled: Vec<(String, String)> = vmis
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter_map(|v| {
+                let node = v.metadata.labels.as_ref()?.get(labels::VMI_NODE_NAME)?;
+                Some((v.metadata.name.clone()?, node.clone()))
+            })
+            .collect();
+        if scheduled.len() == 2 {
+            assert!(
+                scheduled.contains(&("db".into(), "node-a".into()))
+                    && scheduled.contains(&("web".into(), "node-b".into())),
+                "VMIs scheduled onto their nodeSelector's node: {scheduled:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VMIs never scheduled: {scheduled:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // db runs on node-a (this exporter's node); web on node-b, with a label that must not show.
-    for (vmi, node, team) in [("db", "node-a", "blue"), ("web", "node-b", "red")] {
-        vmis.patch(
-            vmi,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"labels": {"kubevirt.io/nodeName": node, "team": team}}}),
-            ),
-        )
-        .await
-        .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let xml = dir.path().join("node.xml");

@@ -19,6 +19,12 @@
 //!   otherwise 200, `status.fsFreezeStatus: frozen`, and a safety thaw after the timeout
 //!   (0 = none). Freezing again is accepted and restarts the timer. `unfreeze` is idempotent.
 //!   Every call is recorded ([`FreezeRecord`]) with its UTC time.
+//! - `PUT .../virtualmachineinstances/{name}/pause` / `unpause` (body `PauseOptions`, may be
+//!   empty) like virt-api: 404 if no VMI; pause 409 `VM is not running` unless Running, 409 `VMI
+//!   is already paused`; unpause 409 `VMI is not running` / `VMI is not paused`; otherwise 200
+//!   and the VMI condition `Paused=True` (reason `PausedByUser`) is added or removed. The phase
+//!   stays `Running`, the VM's `printableStatus` becomes `Paused`; a restarted VMI is not paused.
+//!   Pausing does not touch the guest agent or the freeze subresources.
 //! - VMIM: phases Pending → Scheduling → Scheduled → PreparingTarget → TargetReady → Running →
 //!   Succeeded, one step per `migrationStepMs`, or the scripted timeline in the annotation
 //!   `virtguard.io/sim-timeline: "Pending:0,Scheduling:100,...,Failed:900"` (ms since creation).
@@ -44,6 +50,10 @@ pub const AGENT_SOCKET_ANNOTATION: &str = "virtguard.io/sim-guest-agent-socket";
 pub const AGENT_LIBVIRT_ANNOTATION: &str = "virtguard.io/sim-guest-agent-libvirt";
 pub const TIMELINE_ANNOTATION: &str = "virtguard.io/sim-timeline";
 pub const NODE: &str = "sim-node-1";
+/// The label virt-controller keeps equal to a scheduled VMI's `status.nodeName`.
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+/// The well-known node label a `nodeSelector` pins a VM with.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// What a freeze-log entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +148,8 @@ pub(crate) async fn subresource(
             &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "subresources.kubevirt.io/v1", "resources": [
                 {"name": "virtualmachineinstances/freeze", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachineinstances/unfreeze", "namespaced": true, "kind": "", "verbs": ["update"]},
+                {"name": "virtualmachineinstances/pause", "namespaced": true, "kind": "", "verbs": ["update"]},
+                {"name": "virtualmachineinstances/unpause", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachines/start", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachines/stop", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachines/restart", "namespaced": true, "kind": "", "verbs": ["update"]},
@@ -156,6 +168,19 @@ pub(crate) async fn subresource(
             freeze_call(&inner, &ns, &name, &action, &body).await?;
             Ok(Response::new(full(Vec::new())))
         }
+        ["apis", "subresources.kubevirt.io", "v1" | "v1alpha3", "namespaces", ns, "virtualmachineinstances", name, action @ ("pause" | "unpause")] =>
+        {
+            if req.method() != Method::PUT {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{} is not supported on {action}",
+                    req.method()
+                )));
+            }
+            let (ns, name, pause) = (ns.to_string(), name.to_string(), *action == "pause");
+            read_body(req, 1 << 16).await?;
+            pause_call(&inner, &ns, &name, pause)?;
+            Ok(Response::new(full(Vec::new())))
+        }
         ["apis", "subresources.kubevirt.io", "v1" | "v1alpha3", "namespaces", ns, "virtualmachines", name, action @ ("start" | "stop" | "restart")] =>
         {
             if req.method() != Method::PUT {
@@ -172,6 +197,60 @@ pub(crate) async fn subresource(
         }
         _ => Err(not_found()),
     }
+}
+
+/// True when the VMI carries the condition `Paused=True`.
+fn paused(vmi: &Value) -> bool {
+    vmi.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Paused" && c["status"] == "True")
+        })
+}
+
+/// The `pause` / `unpause` subresources of a VMI (virt-api's checks, then virt-handler's
+/// condition).
+fn pause_call(inner: &Inner, ns: &str, name: &str, pause: bool) -> Result<(), ApiError> {
+    let vmi_res = inner.rid("kubevirt.io", "virtualmachineinstances");
+    let vmi = inner
+        .store
+        .get(vmi_res, ns, name)
+        .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", name))?;
+    if let Some(e) = inner
+        .faults
+        .call(if pause { "pause" } else { "unpause" }, ns, name)
+    {
+        return Err(e);
+    }
+    let conflict =
+        |msg: &str| ApiError::conflict("kubevirt.io", "virtualmachineinstance", name, msg);
+    let running = vmi.pointer("/status/phase").and_then(Value::as_str) == Some("Running");
+    match (pause, running, paused(&vmi)) {
+        (true, false, _) => return Err(conflict("VM is not running")),
+        (false, false, _) => return Err(conflict("VMI is not running")),
+        (true, true, true) => return Err(conflict("VMI is already paused")),
+        (false, true, false) => return Err(conflict("VMI is not paused")),
+        _ => {}
+    }
+    inner.store.mutate(vmi_res, ns, name, |o| {
+        let mut conds: Vec<Value> = o["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conds.retain(|c| c["type"] != "Paused");
+        if pause {
+            conds.push(paused_condition());
+        }
+        o["status"]["conditions"] = json!(conds);
+    })?;
+    Ok(())
+}
+
+fn paused_condition() -> Value {
+    json!({"type": "Paused", "status": "True", "reason": "PausedByUser",
+           "message": "VMI was paused by user", "lastProbeTime": null,
+           "lastTransitionTime": now_rfc3339()})
 }
 
 fn vm_action(inner: &Inner, ns: &str, name: &str, action: &str) -> Result<(), ApiError> {
@@ -531,11 +610,12 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
         let printable = match (&vmi, phase.as_deref(), want) {
             (None, _, false) => "Stopped",
             (None, _, true) => "Starting",
+            (Some(v), Some("Running"), true) if paused(v) => "Paused",
             (Some(_), Some("Running"), true) => "Running",
             (Some(_), _, false) => "Stopping",
             (Some(_), _, true) => "Starting",
         };
-        let ready = printable == "Running";
+        let ready = matches!(printable, "Running" | "Paused");
         let generation = vm
             .pointer("/metadata/generation")
             .cloned()
@@ -615,12 +695,23 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
             }
             let running = st["phase"] == "Running";
             if running {
-                st["nodeName"] = json!(NODE);
-                // virt-controller labels a scheduled VMI with its node (what node agents select on).
+                // Scheduled once: the node stays until a migration moves the VMI.
+                if st["nodeName"].as_str().is_none_or(str::is_empty) {
+                    let node = o
+                        .pointer("/spec/nodeSelector")
+                        .and_then(|s| s.get(HOSTNAME_LABEL))
+                        .and_then(Value::as_str)
+                        .unwrap_or(NODE)
+                        .to_string();
+                    o["status"]["nodeName"] = json!(node);
+                }
+                // virt-controller keeps a scheduled VMI labelled with its node (what node agents
+                // such as virt-handler select on).
+                let node = o["status"]["nodeName"].clone();
                 if !o["metadata"]["labels"].is_object() {
                     o["metadata"]["labels"] = json!({});
                 }
-                o["metadata"]["labels"]["kubevirt.io/nodeName"] = json!(NODE);
+                o["metadata"]["labels"][NODE_NAME_LABEL] = node;
                 let st = &mut o["status"];
                 st["qosClass"] = json!("Burstable");
                 st["guestOSInfo"] = if agent { json!({"id": "sim", "name": "virtguard-sim guest"}) } else { json!({}) };
@@ -663,6 +754,13 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
                 ];
                 if agent {
                     conds.push(json!({"type": "AgentConnected", "status": "True", "lastProbeTime": null, "lastTransitionTime": null}));
+                }
+                // Set and cleared only by the pause / unpause subresources.
+                if let Some(p) = st["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Paused"))
+                {
+                    conds.push(p.clone());
                 }
                 st["conditions"] = json!(conds);
                 if frozen {

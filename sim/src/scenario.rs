@@ -20,6 +20,8 @@
 //!     guestAgentLibvirt: {uri: "qemu+unix:///system?socket=/x", domain: prod_db}  # or via libvirt
 //!     changedBlockTracking: true     # default false: CBT Enabled (see the `cbt` module)
 //!     labels: {app: db}
+//!     node: node-a                   # optional: nodeSelector kubernetes.io/hostname; the VMI is
+//!                                    #   scheduled there (default: sim-node-1)
 //!     networks: [br-data]            # Multus networks (bridge interfaces)
 //!     disks:
 //!       - name: root                 # PVC `<vm>-<disk>`
@@ -113,6 +115,9 @@ pub struct VmSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// Node the VM is pinned to (template `nodeSelector` `kubernetes.io/hostname`).
+    #[serde(default)]
+    pub node: Option<String>,
     #[serde(default)]
     pub networks: Vec<String>,
     #[serde(default)]
@@ -324,6 +329,14 @@ pub(crate) fn apply(inner: &Inner, s: &Scenario) -> Result<(), Error> {
         }
         let mut tmpl_labels = vm.labels.clone();
         tmpl_labels.insert("kubevirt.io/domain".into(), vm.name.clone());
+        let mut tmpl_spec = json!({
+            "domain": {"devices": {"disks": disks, "interfaces": interfaces}, "resources": {"requests": {"memory": "128Mi"}}},
+            "networks": networks,
+            "volumes": volumes,
+        });
+        if let Some(node) = &vm.node {
+            tmpl_spec["nodeSelector"] = json!({crate::kubevirt::HOSTNAME_LABEL: node});
+        }
         let obj = json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"name": vm.name, "namespace": vm.namespace, "labels": vm.labels},
@@ -331,11 +344,7 @@ pub(crate) fn apply(inner: &Inner, s: &Scenario) -> Result<(), Error> {
                 "runStrategy": if vm.running { "Always" } else { "Halted" },
                 "template": {
                     "metadata": {"labels": tmpl_labels, "annotations": annotations},
-                    "spec": {
-                        "domain": {"devices": {"disks": disks, "interfaces": interfaces}, "resources": {"requests": {"memory": "128Mi"}}},
-                        "networks": networks,
-                        "volumes": volumes,
-                    }
+                    "spec": tmpl_spec,
                 }
             }
         });

@@ -8,8 +8,8 @@
 //! The scan is lexical. Every path-like token that contains `../` is normalised twice — relative
 //! to the directory of the file it appears in (how `include_str!`, `#[path]`, Cargo `path =` and
 //! Markdown links resolve) and relative to the checkout root (how scripts run from the root see
-//! it) — and reported when it escapes the root both ways. Any mention of `../shared` is reported
-//! outright. `target/`, `.git/` and the upstream documents in `reference/` (data, not ours) are
+//! it) — and reported when it escapes the root both ways. A path naming the `shared` folder
+//! beside the checkout is reported outright. `target/`, `.git/` and the upstream documents in `reference/` (data, not ours) are
 //! not scanned.
 
 use std::fmt;
@@ -141,6 +141,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `n` parent-directory steps. Fixtures are built at run time, so that this file does not
+    /// itself hold the paths the scan of the checkout must not find.
+    fn up(n: usize) -> String {
+        "../".repeat(n)
+    }
+
     fn scan(file: &str, text: &str) -> Vec<String> {
         scan_text(Path::new(file), text)
             .into_iter()
@@ -150,52 +156,65 @@ mod tests {
 
     #[test]
     fn include_str_climbing_out_of_the_checkout_is_found() {
-        let text = r#"const K: &str = include_str!("../../../shared/reference/kubevirt-openapi.json");"#;
-        assert_eq!(
-            scan("sim/src/schema.rs", text),
-            ["../../../shared/reference/kubevirt-openapi.json"]
-        );
+        let bad = format!("{}shared/reference/kubevirt-openapi.json", up(3));
+        let text = format!("const K: &str = include_str!(\"{bad}\");");
+        assert_eq!(scan("sim/src/schema.rs", &text), [bad]);
         // The same depth into the checkout's own copy is fine.
-        let ok = r#"const K: &str = include_str!("../../reference/kubevirt-openapi.json");"#;
-        assert!(scan("sim/src/schema.rs", ok).is_empty());
+        let ok = format!(
+            "const K: &str = include_str!(\"{}reference/x.json\");",
+            up(2)
+        );
+        assert!(scan("sim/src/schema.rs", &ok).is_empty());
     }
 
     #[test]
     fn sibling_folder_is_found_from_the_root_and_from_scripts() {
-        assert_eq!(scan("README.md", "see `../shared/DESIGN.md`"), ["../shared/DESIGN.md"]);
-        assert_eq!(
-            scan("scripts/x.sh", "cp ../../other/thing ."),
-            ["../../other/thing"]
-        );
+        let design = format!("{}shared/DESIGN.md", up(1));
+        assert_eq!(scan("README.md", &format!("see `{design}`")), [design]);
+        let other = format!("{}other/thing", up(2));
+        assert_eq!(scan("scripts/x.sh", &format!("cp {other} .")), [other]);
         // A path that escapes from the file's directory but not from the root (a script run from
         // the root) is not reported, nor is one inside the checkout from the file's directory.
-        assert!(scan("scripts/x.sh", "cat ../README.md").is_empty());
-        assert!(scan("sim/README.md", "[top](../README.md)").is_empty());
+        assert!(scan("scripts/x.sh", &format!("cat {}README.md", up(1))).is_empty());
+        assert!(scan("sim/README.md", &format!("[top]({}README.md)", up(1))).is_empty());
     }
 
     #[test]
     fn manifest_dir_join_is_resolved_from_the_file() {
-        let bad = r#"PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")"#;
-        assert_eq!(scan("api/tests/conformance.rs", bad), ["../../shared/reference"]);
-        let good = r#"PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../reference")"#;
-        assert!(scan("api/tests/conformance.rs", good).is_empty());
+        let bad = format!("{}shared/reference", up(2));
+        let text = format!("PathBuf::from(env!(\"CARGO_MANIFEST_DIR\")).join(\"{bad}\")");
+        assert_eq!(scan("api/tests/conformance.rs", &text), [bad]);
+        let good = format!(
+            "PathBuf::from(env!(\"CARGO_MANIFEST_DIR\")).join(\"{}reference\")",
+            up(1)
+        );
+        assert!(scan("api/tests/conformance.rs", &good).is_empty());
     }
 
     #[test]
     fn whole_tree_scan_reports_file_and_line() {
+        let far = format!("{}x", up(3));
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("a/src")).unwrap();
-        std::fs::write(dir.path().join("a/src/lib.rs"), "//! ok\nx(\"../../../x\");\n").unwrap();
+        std::fs::write(
+            dir.path().join("a/src/lib.rs"),
+            format!("//! ok\nx(\"{far}\");\n"),
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("target")).unwrap();
-        std::fs::write(dir.path().join("target/gen.rs"), "x(\"../../../x\");\n").unwrap();
-        std::fs::write(dir.path().join("run"), "#!/bin/sh\ncd ../../elsewhere\n").unwrap();
+        std::fs::write(dir.path().join("target/gen.rs"), format!("x(\"{far}\");\n")).unwrap();
+        std::fs::write(
+            dir.path().join("run"),
+            format!("#!/bin/sh\ncd {}elsewhere\n", up(2)),
+        )
+        .unwrap();
         let found = outside_references(dir.path()).unwrap();
         let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
             [
-                "a/src/lib.rs:2: `../../../x` points outside the checkout",
-                "run:2: `../../elsewhere` points outside the checkout",
+                format!("a/src/lib.rs:2: `{far}` points outside the checkout"),
+                format!("run:2: `{}elsewhere` points outside the checkout", up(2)),
             ]
         );
     }

@@ -10,6 +10,7 @@
 //! | S3 server | `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`) | [`S3Server`] |
 //! | Prometheus | `prometheus` (Debian package `prometheus`) | [`Prometheus`] |
 //! | promtool | `promtool` (same package) | [`require_binary`] |
+//! | Kubernetes control plane | etcd, kube-apiserver, kube-controller-manager built from source by `scripts/control-plane/build.sh` | [`ControlPlane`] |
 //!
 //! A missing binary is reported by [`PeerError::Missing`], whose message says how to install it.
 //! Tests turn that into a failure with [`require_peer!`]; only when `VIRTGUARD_ALLOW_SKIP=1` is set
@@ -22,9 +23,11 @@
 //! deadlock on cargo's build-directory lock.
 
 pub mod checkout;
+pub mod control_plane;
 pub mod demo;
 pub mod peers;
 
+pub use control_plane::ControlPlane;
 pub use peers::{
     free_port, require_binary, skip_allowed, wait_for_port, workspace_bin, workspace_root,
     PeerError, Prometheus, PrometheusConfig, S3Server,

@@ -27,6 +27,9 @@ fn the_reference_documents_the_build_embeds_are_in_the_checkout() {
         "snapshot-crds/snapshot.storage.k8s.io_volumesnapshots.yaml",
         "snapshot-crds/groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml",
     ] {
-        assert!(dir.join(f).is_file(), "reference/{f} is missing from the checkout");
+        assert!(
+            dir.join(f).is_file(),
+            "reference/{f} is missing from the checkout"
+        );
     }
 }

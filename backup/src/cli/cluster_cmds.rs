@@ -9,7 +9,8 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use virtguard_api::{labels, VirtualMachine};
 
-use super::Config;
+use super::commands::human;
+use super::{shutdown_signal, Config};
 use crate::cluster;
 use crate::engine::backup::{backup_vm, BackupConfig};
 use crate::error::{Error, Result};
@@ -220,22 +221,19 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
     };
     let mut failed = Vec::new();
     println!(
-        "{:<40} {:<8} {:<24} {:>9} {:>9} {:>12}",
+        "{:<40} {:<8} {:<37} {:>9} {:>9} {:>12}",
         "VM", "RESULT", "CONSISTENCY", "FREEZE", "DURATION", "STORED"
     );
     for (vm, r) in &results {
         match r {
             Ok(rep) => println!(
-                "{:<40} {:<8} {:<24} {:>8.2}s {:>8.1}s {:>12}",
+                "{:<40} {:<8} {:<37} {:>8.2}s {:>8.1}s {:>12}",
                 vm,
                 "ok",
-                serde_json::to_value(rep.consistency)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                rep.consistency.to_string(),
                 rep.freeze.as_secs_f64(),
                 rep.duration.as_secs_f64(),
-                indicatif::HumanBytes(rep.bytes_stored)
+                human(rep.bytes_stored)
             ),
             Err(e) => {
                 println!("{vm:<40} {:<8} {}", "FAILED", e.reason());
@@ -323,25 +321,24 @@ async fn dispatch_jobs(
     };
     let mut failed = Vec::new();
     println!(
-        "{:<40} {:<8} {:<24} {:>9} {:>9} {:>12}  JOB",
+        "{:<40} {:<8} {:<37} {:>9} {:>9} {:>12}  JOB",
         "VM", "RESULT", "CONSISTENCY", "FREEZE", "DURATION", "STORED"
     );
     for o in &results {
         let st = o.status.as_ref();
         let consistency = st
             .and_then(|s| s.consistency)
-            .and_then(|c| serde_json::to_value(c).ok())
-            .and_then(|v| v.as_str().map(str::to_string))
+            .map(|c| c.to_string())
             .unwrap_or_default();
         match &o.result {
             Ok(()) => println!(
-                "{:<40} {:<8} {:<24} {:>8.2}s {:>8.1}s {:>12}  {}",
+                "{:<40} {:<8} {:<37} {:>8.2}s {:>8.1}s {:>12}  {}",
                 o.vm,
                 "ok",
                 consistency,
                 st.map_or(0.0, |s| s.freeze_seconds),
                 st.map_or(0.0, |s| s.duration_seconds),
-                indicatif::HumanBytes(st.map_or(0, |s| s.bytes_stored)),
+                human(st.map_or(0, |s| s.bytes_stored)),
                 o.job
             ),
             Err(e) => {
@@ -349,7 +346,7 @@ async fn dispatch_jobs(
                     .and_then(|s| s.reason.clone())
                     .unwrap_or_else(|| "job".into());
                 println!(
-                    "{:<40} {:<8} {:<24} {:>9} {:>9} {:>12}  {}",
+                    "{:<40} {:<8} {:<37} {:>9} {:>9} {:>12}  {}",
                     o.vm, "FAILED", reason, "", "", "", o.job
                 );
                 failed.push(format!(
@@ -367,21 +364,6 @@ async fn dispatch_jobs(
             total,
             details: failed.join("\n  "),
         })
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the Job's pod) or SIGINT (Ctrl-C).
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        // Without signal handlers there is nothing to wait for.
-        _ => std::future::pending().await,
     }
 }
 

@@ -217,7 +217,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                             m.volumes.len(),
                             human(m.volumes.iter().map(|v| v.size).sum()),
                             human(m.volumes.iter().map(|v| v.bytes_stored).sum()),
-                            consistency(&m.consistency)
+                            m.consistency
                         );
                     }
                 }
@@ -236,7 +236,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                     println!("started     {}", m.started.to_rfc3339());
                     println!("finished    {}", m.finished.to_rfc3339());
                     println!("duration    {:.1}s", duration_secs(&m));
-                    println!("consistency {}", consistency(&m.consistency));
+                    println!("consistency {}", m.consistency);
                     if let Some(p) = &m.parent {
                         println!("parent      {p}");
                     }
@@ -401,20 +401,15 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
     }
 }
 
-fn consistency(c: &crate::repo::format::Consistency) -> &'static str {
-    match c {
-        crate::repo::format::Consistency::ApplicationConsistent => "application-consistent",
-        crate::repo::format::Consistency::CrashConsistent => "crash-consistent",
-    }
-}
-
 /// Seconds from the backup's start to its commit.
 fn duration_secs(m: &Manifest) -> f64 {
     (m.finished - m.started).num_milliseconds().max(0) as f64 / 1000.0
 }
 
+/// One backup of `list -o json`: the manifest's own keys (`consistency`, and `freeze_failure`
+/// only when a freeze failed, as in `show -o json`) without the per-chunk details.
 fn summary_json(m: &Manifest) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "duration_seconds": duration_secs(m),
         "tool_version": m.tool_version,
         "id": m.id,
@@ -422,13 +417,17 @@ fn summary_json(m: &Manifest) -> serde_json::Value {
         "vm": m.vm,
         "started": m.started,
         "finished": m.finished,
-        "consistency": m.consistency,
+        "consistency": m.consistency.kind(),
         "parent": m.parent,
         "volumes": m.volumes.iter().map(|v| json!({
             "name": v.name, "size": v.size, "chunks": v.chunks, "zero_chunks": v.zero_chunks,
             "new_chunks": v.new_chunks, "bytes_new": v.bytes_new, "bytes_stored": v.bytes_stored,
         })).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(f) = m.consistency.freeze_failure() {
+        v["freeze_failure"] = json!(f);
+    }
+    v
 }
 
 async fn backup_file(config: &Config, a: BackupFileArgs) -> Result<()> {

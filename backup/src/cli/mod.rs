@@ -25,6 +25,23 @@ use crate::error::{Error, Result};
 use crate::repo::s3::{S3Options, S3Store};
 use crate::repo::store::{LimitStore, LocalStore, RetryStore, Store};
 
+/// Resolves on SIGTERM (Kubernetes stopping a Job's pod) or SIGINT (Ctrl-C), for the commands
+/// that clean up after themselves when stopped (`backup`, `restore`).
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        // Without signal handlers there is nothing to wait for.
+        _ => std::future::pending().await,
+    }
+}
+
 /// virtguard: backup and restore of KubeVirt VMs into a deduplicating, verifiable repository.
 #[derive(Debug, Parser)]
 #[command(name = "virtguard", version, about, max_term_width = 100)]

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::commands::human;
-use super::Config;
+use super::{shutdown_signal, Config};
 use crate::engine::restore::{self, Method, Mode, RestoreError, RestoreRequest};
 use crate::error::{Error, Result};
 use crate::repo::locks::LockKind;
@@ -197,10 +197,10 @@ impl restore::Progress for CliProgress {
                     let secs = t0.elapsed().as_secs_f64().max(1e-3);
                     eprintln!(
                         "volume {name}: {} of {} ({:.0}%), {}/s",
-                        HumanBytes(done),
-                        HumanBytes(size),
+                        human(done),
+                        human(size),
                         done as f64 * 100.0 / size.max(1) as f64,
-                        HumanBytes((done as f64 / secs) as u64)
+                        human((done as f64 / secs) as u64)
                     );
                 }
             });
@@ -276,21 +276,6 @@ fn job_env(config: &Config) -> Result<Vec<(String, String)>> {
     Ok(env)
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => std::future::pending().await,
-    }
-}
-
 /// `virtguard restore`.
 pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
     let repo = open(config).await?;
@@ -345,13 +330,14 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let what = format!(
-        "{} backup {r} ({}) as VM {}/{}{}: {} volume(s) via {}",
+        "{} backup {r} ({}, {}) as VM {}/{}{}: {} volume(s) via {}",
         if plan.mode == Mode::InPlace {
             "restore in place"
         } else {
             "restore a copy of"
         },
         m.finished.to_rfc3339(),
+        m.consistency,
         plan.namespace,
         plan.name,
         if a.start { ", started" } else { ", stopped" },

@@ -39,9 +39,14 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
-    /// The VM could not be frozen (the backup continues crash-consistent only if the caller allows).
-    #[error("freezing VMI {object} failed: {message}")]
-    Freeze { object: String, message: String },
+    /// The VM could not be frozen; `failure` is the bounded reason ([`freeze::classify`]). The
+    /// backup engine goes on crash-consistent and records the reason.
+    #[error("freezing VMI {object} failed ({failure}): {message}")]
+    Freeze {
+        object: String,
+        message: String,
+        failure: virtguard_model::FreezeFailure,
+    },
     /// The VM could not be thawed: urgent, the guest's filesystems may stay frozen until
     /// KubeVirt's unfreezeTimeout safety net fires.
     #[error("THAW FAILED for VMI {object}: {message}; run `virtctl unfreeze vmi {name} -n {namespace}` now (KubeVirt thaws it by itself when the unfreezeTimeout expires)")]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use virtguard_api::labels;
-use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency};
+use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency, FreezeFailure};
 use virtguard_api::{VirtualMachine, VirtualMachineInstance};
 
 use super::EngineError;
@@ -278,10 +278,8 @@ async fn run(
             &vm_id,
         ))
         .map_err(cl("resolving the VMI"))?;
-    let running = vmi.as_ref().is_some_and(|v| v.phase() == "Running");
-    let paused = vmi
-        .as_ref()
-        .is_some_and(|v| v.condition("Paused") == Some("True"));
+    let running = vmi.as_ref().is_some_and(VirtualMachineInstance::is_running);
+    let paused = vmi.as_ref().is_some_and(VirtualMachineInstance::paused);
     let agent = vmi.as_ref().is_some_and(|v| v.agent_connected());
 
     // 2. Snapshot classes, before any freeze (the CBT path takes no snapshots: none needed).
@@ -326,28 +324,19 @@ async fn run(
         };
     }
 
+    // What the run aims for; a freeze that fails turns it into FreezeFailed (the session
+    // records the final value, see `stream`).
     let consistency = match (running, paused, agent) {
         (false, _, _) => Consistency::Offline,
         (true, true, _) => Consistency::Paused,
         (true, false, true) => Consistency::ApplicationConsistent,
         (true, false, false) => Consistency::CrashConsistent,
     };
-    let mut opts = BackupOptions {
+    let opts = BackupOptions {
         concurrency: cfg.concurrency,
-        consistency: if consistency == Consistency::ApplicationConsistent {
-            repo::format::Consistency::ApplicationConsistent
-        } else {
-            repo::format::Consistency::CrashConsistent
-        },
+        consistency,
         ..Default::default()
     };
-    opts.labels.insert(
-        "consistency".into(),
-        serde_json::to_value(consistency)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-    );
     let repo_err = |step: &'static str| {
         let vm = vm_id.clone();
         move |source: crate::Error| EngineError::Repo { vm, step, source }
@@ -427,6 +416,7 @@ async fn run(
             return Err(e);
         }
     };
+    let consistency = session.consistency();
 
     // Save the VM object (everything, including fields we do not model).
     let mut files = vec![(
@@ -506,12 +496,22 @@ async fn stream(
         tracing::info!(vm = %vm_id, group = %group, class = %class, pvcs = pvc_names.len(),
             "one VolumeGroupSnapshot for all PVCs");
     }
+    let mut failed_freeze = None;
     let guest = if consistency == Consistency::ApplicationConsistent {
-        Some(
-            FrozenGuest::freeze(client, namespace, name, cfg.unfreeze_timeout)
-                .await
-                .map_err(cl("freezing the guest"))?,
-        )
+        match FrozenGuest::freeze(client, namespace, name, cfg.unfreeze_timeout).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                let failure = match &e {
+                    ClusterError::Freeze { failure, .. } => *failure,
+                    _ => FreezeFailure::Refused,
+                };
+                tracing::warn!(vm = %vm_id, error = %e,
+                    "freeze failed: backing up crash-consistent ({failure})");
+                session.set_consistency(Consistency::FreezeFailed(failure));
+                failed_freeze = Some(failure);
+                None
+            }
+        }
     } else {
         None
     };
@@ -557,6 +557,12 @@ async fn stream(
         Some(g) => g.thaw().await.map_err(cl("thawing the guest"))?,
         None => Duration::ZERO,
     };
+    if let Some(failure) = failed_freeze {
+        // A freeze that failed on our side may still have frozen the guest: thaw to be sure.
+        if let Err(e) = cluster::freeze::unfreeze(client, namespace, name).await {
+            tracing::debug!(vm = %vm_id, error = %e, "thaw after a failed freeze ({failure})");
+        }
+    }
     let ready = match plan {
         SnapshotPlan::PerVolume(_) => {
             cut.map_err(cl("cutting the snapshots"))?;

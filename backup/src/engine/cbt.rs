@@ -33,8 +33,10 @@
 //! The freeze window reported is an upper bound: from creating the VirtualMachineBackup to
 //! seeing it Ready. When a quiesce was asked for and the VMI's
 //! `status.changedBlockTracking.backupStatus` does not report `quiesceStatus: Succeeded` for
-//! this backup, the run fails (`quiescing the guest`), as a failed freeze does on the snapshot
-//! path: an image is never recorded as application-consistent when it is not.
+//! this backup, KubeVirt has read the volumes without quiescing: the backup goes on
+//! crash-consistent with [`FreezeFailure::QuiesceFailed`], as a failed freeze does on the
+//! snapshot path, and a freeze window of zero. An image is never recorded as
+//! application-consistent when it is not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,7 +46,7 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Post
 use kube::{Api, Client};
 use serde::Deserialize;
 use virtguard_api::labels;
-use virtguard_api::status::Consistency;
+use virtguard_api::status::{Consistency, FreezeFailure};
 use virtguard_api::{
     TypedLocalObjectReference, VirtualMachine, VirtualMachineBackup, VirtualMachineBackupSpec,
     VirtualMachineBackupStatus, VirtualMachineInstance,
@@ -81,7 +83,7 @@ pub fn applies(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> boo
         .and_then(|c| c.get("state"))
         .and_then(|s| s.as_str())
         == Some("Enabled");
-    enabled && vmi.is_some_and(|v| v.phase() == "Running")
+    enabled && vmi.is_some_and(VirtualMachineInstance::is_running)
 }
 
 /// The tracker of `vm` (one per VM, kept between runs).
@@ -305,17 +307,9 @@ pub async fn stream(
         if consistency == Consistency::ApplicationConsistent
             && quiesce.as_deref() != Some("Succeeded")
         {
-            return Err(EngineError::Cluster {
-                vm: vm_id.clone(),
-                step: "quiescing the guest",
-                source: ClusterError::Freeze {
-                    object: vm_id.clone(),
-                    message: format!(
-                        "KubeVirt reports quiesceStatus {} for VirtualMachineBackup {object}",
-                        quiesce.as_deref().unwrap_or("(none)")
-                    ),
-                },
-            });
+            tracing::warn!(vm = %vm_id, quiesce_status = quiesce.as_deref().unwrap_or("(none)"),
+                "KubeVirt could not quiesce the guest for VirtualMachineBackup {object}: backing up crash-consistent");
+            session.set_consistency(Consistency::FreezeFailed(FreezeFailure::QuiesceFailed));
         }
         let stats = pull(session, namespace, name, pvcs, &st, &token, &object).await?;
         Ok::<_, EngineError>((window, st, stats))
@@ -333,7 +327,7 @@ pub async fn stream(
     let typ = st.type_.clone().unwrap_or_default();
     session.set_label(CHECKPOINT_LABEL, &checkpoint);
     session.set_label(TYPE_LABEL, &typ);
-    let quiesced = consistency == Consistency::ApplicationConsistent;
+    let quiesced = session.consistency() == Consistency::ApplicationConsistent;
     tracing::info!(vm = %vm_id, checkpoint = %checkpoint, kind = %typ, "changed block tracking backup read");
     Ok((if quiesced { window } else { Duration::ZERO }, stats))
 }

@@ -279,6 +279,17 @@ impl BackupSession {
         Ok(entry)
     }
 
+    /// Records how consistent the images turned out (e.g. a freeze that failed after the session
+    /// was opened); the manifest gets it at [`BackupSession::commit`].
+    pub fn set_consistency(&mut self, consistency: Consistency) {
+        self.opts.consistency = consistency;
+    }
+
+    /// The consistency the manifest will record.
+    pub fn consistency(&self) -> Consistency {
+        self.opts.consistency
+    }
+
     /// Stores the VM's Kubernetes objects as `resources.tar.zst` (`(file name, content)` pairs).
     pub async fn write_resources(&mut self, files: Vec<(String, Vec<u8>)>) -> Result<()> {
         let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();

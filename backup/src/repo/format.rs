@@ -353,15 +353,14 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
-/// Whether a backup was taken with the guest's filesystems frozen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Consistency {
-    /// Guest agent froze the filesystems.
-    ApplicationConsistent,
-    /// No freeze (no agent, stopped/paused VM, or a plain file).
-    CrashConsistent,
-}
+/// How consistent a backup is: one definition for the whole workspace, in `virtguard-model`
+/// (the repository layer never depends on a Kubernetes crate, so not on `virtguard-api`).
+pub use virtguard_model::{Consistency, ConsistencyKind, FreezeFailure};
+
+/// Manifest label under which virtguard before `freeze_failure` existed wrote the full
+/// consistency kind (`paused`, `offline`, ...) while the `consistency` field could only say
+/// `crash-consistent`. Read (and dropped) by [`Manifest::decode`]; never written any more.
+pub const LEGACY_CONSISTENCY_LABEL: &str = "consistency";
 
 /// One volume in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,6 +400,10 @@ pub struct Manifest {
     pub vm: String,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
+    /// Keys `consistency` (the kind) and `freeze_failure` (only when a freeze failed). Manifests
+    /// written before paused/offline were kept say `crash-consistent` for those, with the kind
+    /// in [`LEGACY_CONSISTENCY_LABEL`]; [`Manifest::decode`] restores it.
+    #[serde(flatten, with = "virtguard_model::consistency::snake_case_fields")]
     pub consistency: Consistency,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<BackupId>,
@@ -422,7 +425,7 @@ impl Manifest {
 
     /// Parses and checks a manifest read from `key`.
     pub fn decode(key: &str, data: &[u8]) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(data)
+        let mut m: Manifest = serde_json::from_slice(data)
             .map_err(|e| Error::corrupt(key, format!("malformed manifest: {e}")))?;
         if m.format_version > REPO_FORMAT_VERSION {
             return Err(Error::corrupt(
@@ -442,6 +445,14 @@ impl Manifest {
                     key,
                     format!("volume `{}` has inconsistent sizes", v.name),
                 ));
+            }
+        }
+        if let Some(legacy) = m.labels.remove(LEGACY_CONSISTENCY_LABEL) {
+            // Only ever refines the lossy `crash-consistent` of an old manifest.
+            if m.consistency == Consistency::CrashConsistent {
+                if let Some(kind) = ConsistencyKind::parse(&legacy) {
+                    m.consistency = Consistency::from_parts(kind, None);
+                }
             }
         }
         Ok(m)
@@ -539,6 +550,93 @@ mod tests {
         assert!(!is_all_zero(&v));
     }
 
+    /// `manifest.json` as virtguard wrote it before consistency had four kinds: a stopped VM is
+    /// `crash-consistent` in the field, `offline` only in the engine's label.
+    const OLD_OFFLINE_MANIFEST: &str = r#"{
+  "format_version": 1,
+  "id": "20261121T233302Z-3f9a",
+  "namespace": "prod",
+  "vm": "db",
+  "started": "2026-11-21T23:33:02Z",
+  "finished": "2026-11-21T23:33:09Z",
+  "consistency": "crash-consistent",
+  "volumes": [
+    {
+      "name": "root",
+      "size": 6291456,
+      "chunk_size": 4194304,
+      "chunks": 2,
+      "zero_chunks": 0,
+      "new_chunks": 2,
+      "bytes_read": 6291456,
+      "bytes_new": 6291456,
+      "bytes_stored": 1234,
+      "index_digest": "00",
+      "image_digest": "11"
+    }
+  ],
+  "tool_version": "0.1.0",
+  "labels": {
+    "consistency": "offline",
+    "snapshot-classes": "sim-snapclass"
+  }
+}"#;
+
+    #[test]
+    fn old_two_valued_manifests_still_read_with_their_full_consistency() {
+        let m = Manifest::decode("m", OLD_OFFLINE_MANIFEST.as_bytes()).unwrap();
+        assert_eq!(m.consistency, Consistency::Offline);
+        assert!(!m.labels.contains_key(LEGACY_CONSISTENCY_LABEL), "{m:?}");
+        assert_eq!(m.labels["snapshot-classes"], "sim-snapclass");
+        // Re-encoded, it is a new-format manifest: the full value in the field.
+        let json: serde_json::Value = serde_json::from_slice(&m.encode()).unwrap();
+        assert_eq!(json["consistency"], "offline");
+        assert!(json.get("freeze_failure").is_none());
+        // Application-consistent and unlabelled crash-consistent (backup-file) ones read as such.
+        for (field, label, want) in [
+            (
+                "application-consistent",
+                None,
+                Consistency::ApplicationConsistent,
+            ),
+            ("crash-consistent", None, Consistency::CrashConsistent),
+            ("crash-consistent", Some("paused"), Consistency::Paused),
+            (
+                "crash-consistent",
+                Some("crash-consistent"),
+                Consistency::CrashConsistent,
+            ),
+            // The label only ever refines a crash-consistent field.
+            (
+                "application-consistent",
+                Some("offline"),
+                Consistency::ApplicationConsistent,
+            ),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(OLD_OFFLINE_MANIFEST).unwrap();
+            v["consistency"] = field.into();
+            match label {
+                Some(l) => v["labels"]["consistency"] = l.into(),
+                None => {
+                    v["labels"].as_object_mut().unwrap().remove("consistency");
+                }
+            }
+            let m = Manifest::decode("m", v.to_string().as_bytes()).unwrap();
+            assert_eq!(m.consistency, want, "{field} / {label:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_freeze_is_stored_with_its_reason() {
+        let mut m = Manifest::decode("m", OLD_OFFLINE_MANIFEST.as_bytes()).unwrap();
+        m.consistency = Consistency::FreezeFailed(FreezeFailure::AgentDisconnected);
+        let enc = m.encode();
+        let json: serde_json::Value = serde_json::from_slice(&enc).unwrap();
+        assert_eq!(json["consistency"], "crash-consistent");
+        assert_eq!(json["freeze_failure"], "agent-disconnected");
+        assert_eq!(Manifest::decode("m", &enc).unwrap(), m);
+    }
+
     fn arb_index() -> impl Strategy<Value = Index> {
         (16u32..=20, 0u64..(1 << 24)).prop_flat_map(|(shift, size)| {
             let cs = 1u32 << shift;
@@ -577,7 +675,8 @@ mod tests {
 
         #[test]
         fn manifest_roundtrip(ns in "[a-z][a-z0-9-]{0,20}", vm in "[a-z][a-z0-9-]{0,20}",
-                              size in 0u64..(1 << 40), secs in 0i64..4_000_000_000, suffix: u16) {
+                              size in 0u64..(1 << 40), secs in 0i64..4_000_000_000, suffix: u16,
+                              kind in 0usize..4, failure in proptest::option::of(0usize..4)) {
             let t = DateTime::from_timestamp(secs, 0).unwrap();
             let cs = DEFAULT_CHUNK_SIZE;
             let m = Manifest {
@@ -587,7 +686,10 @@ mod tests {
                 vm,
                 started: t,
                 finished: t,
-                consistency: Consistency::CrashConsistent,
+                consistency: Consistency::from_parts(
+                    ConsistencyKind::ALL[kind],
+                    failure.map(|f| FreezeFailure::ALL[f]),
+                ),
                 parent: None,
                 volumes: vec![VolumeEntry {
                     name: "disk0".into(), size, chunk_size: cs, chunks: chunk_count(size, cs),

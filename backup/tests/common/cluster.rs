@@ -1,5 +1,7 @@
 //! Cluster helpers shared by the backup tests that run against the simulated cluster.
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -10,6 +12,40 @@ use serde::de::DeserializeOwned;
 use virtguard_api::{
     VirtualMachineExport, VirtualMachineInstance, VolumeGroupSnapshot, VolumeSnapshot,
 };
+use virtguard_sim::{Scenario, Sim, SimConfig};
+
+/// Starts the simulated cluster on `scenario` (YAML) with default timings, and waits until the
+/// VMIs `running` (`namespace/name`) are Running, so a backup sees the state the test means.
+pub async fn start_sim(scenario: &str, running: &[&str]) -> (Sim, kube::Client) {
+    virtguard::cluster::install_crypto_provider();
+    let sim = Sim::start(SimConfig {
+        scenario: Scenario::from_yaml(scenario, "test").unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client().await.unwrap();
+    for vmi in running {
+        let (ns, name) = vmi.split_once('/').unwrap();
+        wait_running(&client, ns, name).await;
+    }
+    (sim, client)
+}
+
+/// Runs the real `virtguard` binary on repository `repo` with the sim's kubeconfig (no key,
+/// `--quiet`); blocks this worker only, so an in-process sim keeps serving on the others.
+pub fn virtguard(sim: &Sim, repo: &Path, args: &[&str]) -> Output {
+    tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_virtguard"))
+            .args(["--repo", repo.to_str().unwrap(), "--quiet"])
+            .args(args)
+            .env("KUBECONFIG", sim.kubeconfig_path())
+            .env_remove("VIRTGUARD_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+}
 
 async fn count<K>(client: &kube::Client, lp: &ListParams) -> usize
 where

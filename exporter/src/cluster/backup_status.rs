@@ -14,13 +14,22 @@
 //! ```
 //!
 //! Timestamps are Unix seconds; unknown fields are ignored (forward compatible); failure reasons
-//! are short fixed codes and never become labels here.
+//! are short fixed codes and never become labels here. A backup whose freeze failed also has
+//! `"freezeFailure"` (a fixed code of [`virtguard_api::status::FreezeFailure`]).
+//!
+//! Consistency is rendered twice: `virtguard_backup_consistency` keeps its documented meaning
+//! (1 application-consistent, 0 anything else), and `virtguard_backup_consistency_info`, whose
+//! value is always 1, tells the kinds apart with bounded labels `kind` and `freeze_failure`
+//! (`none` when the freeze did not fail or none was attempted).
 //!
 //! A malformed entry never fails a scrape: it is skipped (and logged), the other VMs render.
 
 use std::collections::BTreeMap;
 
 use virtguard_api::status::{BackupResult, BackupStatusRecord};
+
+/// `freeze_failure` label value of `virtguard_backup_consistency_info` when there is no failure.
+pub const NO_FREEZE_FAILURE: &str = "none";
 
 use crate::render::{Exposition, Num};
 
@@ -68,7 +77,8 @@ pub fn render(out: &mut Exposition, entries: &[(String, String, BackupStatus)]) 
             Some(Num::Float(s.freeze_seconds))
         }),
         ("virtguard_backup_consistency", |s| {
-            s.consistency.map(|c| Num::Float(c.metric_value()))
+            s.consistency
+                .map(|c| Num::Int(u64::from(c.is_application_consistent())))
         }),
     ];
     for (metric, get) in families {
@@ -77,6 +87,13 @@ pub fn render(out: &mut Exposition, entries: &[(String, String, BackupStatus)]) 
             if let Some(v) = get(s) {
                 f.sample(&[ns, vm], &[], v);
             }
+        }
+    }
+    let mut f = out.family("virtguard_backup_consistency_info");
+    for (ns, vm, s) in entries {
+        if let Some(c) = s.consistency {
+            let failure = c.freeze_failure().map_or(NO_FREEZE_FAILURE, |f| f.as_str());
+            f.sample(&[ns, vm, c.kind().as_str(), failure], &[], Num::Int(1));
         }
     }
     let mut f = out.family("virtguard_backup_bytes");
@@ -106,9 +123,17 @@ mod tests {
             "web".to_string(),
             r#"{"lastAttemptTimestamp":1795309200,"result":"Failed","reason":"snapshot","consistency":"crash-consistent","durationSeconds":3.0,"freezeSeconds":0.0,"bytesRead":0,"bytesNew":0,"bytesStored":0}"#.to_string(),
         );
+        data.insert(
+            "stopped".to_string(),
+            r#"{"lastAttemptTimestamp":1795309300,"lastSuccessTimestamp":1795309310,"result":"Succeeded","consistency":"offline","durationSeconds":3.0,"freezeSeconds":0.0,"bytesRead":0,"bytesNew":0,"bytesStored":0}"#.to_string(),
+        );
+        data.insert(
+            "frozen-out".to_string(),
+            r#"{"lastAttemptTimestamp":1795309300,"lastSuccessTimestamp":1795309310,"result":"Succeeded","consistency":"crash-consistent","freezeFailure":"timed-out","durationSeconds":3.0,"freezeSeconds":0.0,"bytesRead":0,"bytesNew":0,"bytesStored":0}"#.to_string(),
+        );
         data.insert("broken".to_string(), "{not json".to_string());
         let parsed = parse_configmap("prod", &data);
-        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed.len(), 4);
         let entries: Vec<_> = parsed
             .into_iter()
             .map(|(vm, s)| ("prod".to_string(), vm, s))
@@ -121,6 +146,13 @@ mod tests {
             "virtguard_backup_last_status{namespace=\"prod\",name=\"db\"} 1\n",
             "virtguard_backup_last_status{namespace=\"prod\",name=\"web\"} 0\n",
             "virtguard_backup_consistency{namespace=\"prod\",name=\"web\"} 0\n",
+            "virtguard_backup_consistency{namespace=\"prod\",name=\"db\"} 1\n",
+            // Offline is not application-consistent: the documented 1/0 meaning holds.
+            "virtguard_backup_consistency{namespace=\"prod\",name=\"stopped\"} 0\n",
+            "virtguard_backup_consistency_info{namespace=\"prod\",name=\"db\",kind=\"application-consistent\",freeze_failure=\"none\"} 1\n",
+            "virtguard_backup_consistency_info{namespace=\"prod\",name=\"web\",kind=\"crash-consistent\",freeze_failure=\"none\"} 1\n",
+            "virtguard_backup_consistency_info{namespace=\"prod\",name=\"stopped\",kind=\"offline\",freeze_failure=\"none\"} 1\n",
+            "virtguard_backup_consistency_info{namespace=\"prod\",name=\"frozen-out\",kind=\"crash-consistent\",freeze_failure=\"timed-out\"} 1\n",
             "virtguard_backup_duration_seconds{namespace=\"prod\",name=\"db\"} 41.5\n",
             "virtguard_backup_bytes{namespace=\"prod\",name=\"db\",kind=\"stored\"} 5\n",
         ] {

@@ -20,7 +20,7 @@ pub fn render(
 ) {
     let mut rows: Vec<_> = vmis
         .iter()
-        .filter(|v| v.phase() == "Running")
+        .filter(|v| v.is_running())
         .map(|v| {
             let st = v.status.as_ref();
             let labels = [

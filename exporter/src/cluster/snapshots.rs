@@ -20,37 +20,6 @@ use virtguard_api::labels::{RESTORE_SOURCE_VM_NAME, RESTORE_SOURCE_VM_NAMESPACE}
 use super::unix_seconds;
 use crate::render::{Exposition, Num};
 
-/// Parses a Kubernetes quantity (`10Gi`, `512Mi`, `1G`, `1500M`, `1e9`, `100`) into bytes.
-/// Fractions are rounded up to a whole byte; negative or unparsable values give None.
-pub fn parse_quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let num: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse::<i32>().ok()?),
-        _ => return None,
-    };
-    let v = (num * mult).ceil();
-    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
-}
-
 /// Renders the VirtualMachineSnapshot family.
 pub fn render_snapshots(out: &mut Exposition, snapshots: &[Arc<VirtualMachineSnapshot>]) {
     let mut rows: Vec<([&str; 3], f64)> = snapshots
@@ -102,7 +71,7 @@ pub fn render_restored(out: &mut Exposition, pvcs: &[Arc<PersistentVolumeClaim>]
             .and_then(|s| s.resources.as_ref())
             .and_then(|r| r.requests.as_ref())
             .and_then(|r| r.get("storage"))
-            .and_then(|q| parse_quantity_bytes(&q.0))
+            .and_then(|q| virtguard_api::quantity::bytes(&q.0))
             .unwrap_or(0);
         let e = per_vm.entry((vm.as_str(), ns)).or_default();
         e.0 += 1;
@@ -121,20 +90,6 @@ pub fn render_restored(out: &mut Exposition, pvcs: &[Arc<PersistentVolumeClaim>]
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(parse_quantity_bytes("10Gi"), Some(10 << 30));
-        assert_eq!(parse_quantity_bytes("512Mi"), Some(512 << 20));
-        assert_eq!(parse_quantity_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(parse_quantity_bytes("1.5Gi"), Some(3 << 29));
-        assert_eq!(parse_quantity_bytes("1e3"), Some(1000));
-        assert_eq!(parse_quantity_bytes("100"), Some(100));
-        assert_eq!(parse_quantity_bytes("1500m"), Some(2));
-        assert_eq!(parse_quantity_bytes("-1Gi"), None);
-        assert_eq!(parse_quantity_bytes("ten"), None);
-        assert_eq!(parse_quantity_bytes("1Zi"), None);
-    }
 
     fn pvc(
         ns: &str,

@@ -21,9 +21,6 @@ use super::stats::VmStats;
 use crate::allowlist::VmiLabelAllowlist;
 use crate::cluster::watch::{self, KindHealth, Reflected};
 
-/// KubeVirt's label naming the node a VMI runs on.
-pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
-
 /// The VMI reflector and the allow-list.
 pub struct VmiLabelSource {
     allow: VmiLabelAllowlist,
@@ -45,7 +42,7 @@ impl VmiLabelSource {
             tracing::warn!("no --node-name: following every VMI of the cluster for their labels");
             String::new()
         } else {
-            format!("{NODE_NAME_LABEL}={node}")
+            format!("{}={node}", virtguard_api::labels::VMI_NODE_NAME)
         };
         let (vmis, task) = watch::spawn(client, "VirtualMachineInstance", None, &selector);
         VmiLabelSource { allow, vmis, task }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use virtguard_api::status::BackupStatusRecord;
 use virtguard_e2e::demo::{ext4_cat, sample, scrape, Demo, DemoOptions, RepoTarget};
 
 /// Runs virtguard's whole main job on this machine: a real guest (QEMU/TCG under a private
@@ -168,8 +169,7 @@ async fn main() -> Result<()> {
         .sim
         .object("", "configmaps", "demo", "virtguard-status")
         .and_then(|c| c["data"]["guest"].as_str().map(str::to_string))
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .unwrap_or_default();
+        .and_then(|s| serde_json::from_str::<BackupStatusRecord>(&s).ok());
     let cluster = scrape(demo.cluster_metrics_port)?;
     let backups_ok = cluster
         .lines()
@@ -191,16 +191,19 @@ async fn main() -> Result<()> {
     );
     println!(
         "  consistency:     {}",
-        status["consistency"].as_str().unwrap_or("?")
+        status
+            .as_ref()
+            .and_then(|s| s.consistency)
+            .map_or("?".to_string(), |c| c.to_string())
     );
     println!(
         "  freeze window:   {:.3} s",
-        status["freezeSeconds"].as_f64().unwrap_or(0.0)
+        status.as_ref().map_or(0.0, |s| s.freeze_seconds)
     );
     println!(
         "  disk / stored:   {} / {} bytes (zero blocks are not stored; zstd)",
         demo.disk_size,
-        status["bytesStored"].as_u64().unwrap_or(0)
+        status.as_ref().map_or(0, |s| s.bytes_stored)
     );
     println!("  metrics:         {}cluster http://127.0.0.1:{}/metrics ({backups_ok} VMs with a good last backup)",
         demo.node_metrics_port.map(|p| format!("node http://127.0.0.1:{p}/metrics, ")).unwrap_or_default(), demo.cluster_metrics_port);
