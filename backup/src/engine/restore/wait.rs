@@ -76,7 +76,7 @@ pub(super) async fn vmi_running(
         timeout,
         || async {
             let vmi = get_opt::<VirtualMachineInstance>(ctx.client, ns, name).await?;
-            Ok(vmi.is_some_and(|v| v.phase() == "Running").then_some(()))
+            Ok(vmi.is_some_and(|v| v.is_running()).then_some(()))
         },
     )
     .await
