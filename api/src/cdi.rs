@@ -1,8 +1,9 @@
-//! CDI objects (cdi.kubevirt.io/v1beta1 DataVolume, upload.cdi.kubevirt.io/v1beta1
+//! CDI objects (cdi.kubevirt.io/v1beta1 DataVolume and CDIConfig, upload.cdi.kubevirt.io/v1beta1
 //! UploadTokenRequest), modelled from reference/cdi-openapi.json.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -68,6 +69,48 @@ model! {
     }
 }
 
+impl From<&PersistentVolumeClaimSpec> for StorageSpec {
+    /// CDI's `storage` has the PVC spec's fields, named alike: each is carried over (those this
+    /// crate does not model, `dataSourceRef` and `volumeAttributesClassName`, in `extra`).
+    fn from(s: &PersistentVolumeClaimSpec) -> Self {
+        let mut extra = BTreeMap::new();
+        let unmodelled = [
+            ("dataSourceRef", serde_json::to_value(&s.data_source_ref)),
+            (
+                "volumeAttributesClassName",
+                serde_json::to_value(&s.volume_attributes_class_name),
+            ),
+        ];
+        for (key, value) in unmodelled {
+            match value {
+                Ok(serde_json::Value::Null) | Err(_) => {}
+                Ok(v) => {
+                    extra.insert(key.to_string(), v);
+                }
+            }
+        }
+        StorageSpec {
+            access_modes: s.access_modes.clone(),
+            volume_mode: s.volume_mode.clone(),
+            storage_class_name: s.storage_class_name.clone(),
+            resources: s.resources.as_ref().map(|r| ResourceRequirements {
+                requests: r.requests.clone(),
+                limits: r.limits.clone(),
+                ..Default::default()
+            }),
+            data_source: s.data_source.as_ref().map(|d| TypedLocalObjectReference {
+                api_group: d.api_group.clone(),
+                kind: Some(d.kind.clone()),
+                name: Some(d.name.clone()),
+                ..Default::default()
+            }),
+            selector: s.selector.clone(),
+            volume_name: s.volume_name.clone(),
+            extra,
+        }
+    }
+}
+
 model! {
     /// Resource requests and limits (`storage: 10Gi`).
     pub struct ResourceRequirements {
@@ -121,5 +164,55 @@ model! {
     /// The issued token (a secret: never log it).
     pub struct UploadTokenRequestStatus {
         "token" => token: String,
+    }
+}
+
+resource! {
+    /// cdi.kubevirt.io/v1beta1 CDIConfig: CDI's settings (cluster-scoped; CDI keeps one, named
+    /// `config`). virtguard reads where the upload proxy is.
+    pub struct CDIConfig {
+        group: "cdi.kubevirt.io", version: "v1beta1", plural: "cdiconfigs",
+        scope: ClusterResourceScope, schema: Cdi "v1beta1.CDIConfig",
+        spec: CDIConfigSpec, status: CDIConfigStatus,
+    }
+}
+
+model! {
+    /// CDIConfig spec (nothing of it is read; kept verbatim).
+    pub struct CDIConfigSpec {}
+}
+
+model! {
+    /// CDIConfig status.
+    pub struct CDIConfigStatus {
+        /// The upload proxy's address as CDI computed it: a host name or a URL.
+        "uploadProxyURL" => upload_proxy_url: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of a PVC spec lands in the DataVolume's `storage` under the same name.
+    #[test]
+    fn storage_spec_from_a_pvc_spec_keeps_every_field() {
+        let pvc = serde_json::json!({
+            "accessModes": ["ReadWriteMany"],
+            "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"},
+            "dataSourceRef": {"apiGroup": "cdi.kubevirt.io", "kind": "VolumeImportSource", "name": "i"},
+            "resources": {"requests": {"storage": "6Mi"}, "limits": {"storage": "8Mi"}},
+            "selector": {"matchLabels": {"tier": "db"}},
+            "storageClassName": "fast",
+            "volumeAttributesClassName": "gold",
+            "volumeMode": "Block",
+            "volumeName": "pv-1",
+        });
+        let spec: PersistentVolumeClaimSpec = serde_json::from_value(pvc.clone()).unwrap();
+        let storage = StorageSpec::from(&spec);
+        assert_eq!(serde_json::to_value(&storage).unwrap(), pvc);
+        assert_eq!(storage.storage_class_name.as_deref(), Some("fast"));
+        let empty = StorageSpec::from(&PersistentVolumeClaimSpec::default());
+        assert_eq!(serde_json::to_value(&empty).unwrap(), serde_json::json!({}));
     }
 }

@@ -531,6 +531,29 @@ model! {
     }
 }
 
+impl VirtualMachine {
+    /// The spec of the VMI template (`spec.template.spec`), if the VM has one.
+    pub fn template_spec(&self) -> Option<&VirtualMachineInstanceSpec> {
+        self.spec.as_ref()?.template.as_ref()?.spec.as_ref()
+    }
+
+    /// [`Self::template_spec`], to change it.
+    pub fn template_spec_mut(&mut self) -> Option<&mut VirtualMachineInstanceSpec> {
+        self.spec.as_mut()?.template.as_mut()?.spec.as_mut()
+    }
+}
+
+impl Volume {
+    /// The claim behind a PVC volume (`persistentVolumeClaim.claimName`) or a DataVolume volume
+    /// (`dataVolume.name`: the DataVolume's PVC has its name); None for other sources.
+    pub fn claim_name(&self) -> Option<&str> {
+        let pvc = self.persistent_volume_claim.as_ref();
+        let dv = self.data_volume.as_ref();
+        pvc.and_then(|p| p.claim_name.as_deref())
+            .or_else(|| dv.and_then(|d| d.name.as_deref()))
+    }
+}
+
 impl VirtualMachineInstance {
     /// The status of condition `type_` ("True"/"False"/"Unknown"), if reported.
     pub fn condition(&self, type_: &str) -> Option<&str> {
@@ -566,5 +589,47 @@ impl VirtualMachineInstance {
     /// True when the VMI is paused (condition `Paused` is "True", set by `virtctl pause`).
     pub fn paused(&self) -> bool {
         self.condition("Paused") == Some("True")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_names_its_pvc_or_its_datavolume() {
+        let v: Volume = serde_json::from_value(serde_json::json!(
+            {"name": "root", "persistentVolumeClaim": {"claimName": "db-root"}}
+        ))
+        .unwrap();
+        assert_eq!(v.claim_name(), Some("db-root"));
+        let v: Volume = serde_json::from_value(serde_json::json!(
+            {"name": "data", "dataVolume": {"name": "db-data"}}
+        ))
+        .unwrap();
+        assert_eq!(v.claim_name(), Some("db-data"));
+        let v: Volume = serde_json::from_value(serde_json::json!(
+            {"name": "ci", "cloudInitNoCloud": {"userData": "x"}}
+        ))
+        .unwrap();
+        assert_eq!(v.claim_name(), None);
+    }
+
+    #[test]
+    fn template_spec_is_spec_template_spec() {
+        let mut vm: VirtualMachine = serde_json::from_value(serde_json::json!(
+            {"spec": {"template": {"spec": {"volumes": [{"name": "root"}]}}}}
+        ))
+        .unwrap();
+        assert_eq!(
+            vm.template_spec().unwrap().volumes.as_ref().unwrap().len(),
+            1
+        );
+        vm.template_spec_mut().unwrap().volumes = None;
+        assert_eq!(
+            serde_json::to_value(&vm).unwrap()["spec"]["template"]["spec"],
+            serde_json::json!({})
+        );
+        assert!(VirtualMachine::default().template_spec().is_none());
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! Modelled: [`VirtualMachine`], [`VirtualMachineInstance`], [`VirtualMachineInstanceMigration`],
 //! [`VirtualMachineSnapshot`], [`VirtualMachineExport`], [`FreezeUnfreezeTimeout`],
-//! [`VirtualMachineBackup`] (KubeVirt); [`DataVolume`], [`UploadTokenRequest`] (CDI);
+//! [`VirtualMachineBackup`] (KubeVirt); [`DataVolume`], [`UploadTokenRequest`], [`CDIConfig`] (CDI);
 //! [`VolumeSnapshot`], [`VolumeSnapshotContent`], [`VolumeSnapshotClass`],
 //! [`VolumeGroupSnapshot`], [`VolumeGroupSnapshotClass`] (CSI). Core objects (PVC, PV, Secret,
 //! ConfigMap, Job, Lease) come from k8s-openapi.

@@ -209,6 +209,8 @@ fn every_modelled_field_exists_in_reference() {
         };
     }
     for_all_resources!(one);
+    // CDIConfig's fields (its identity is checked on its own in `identity_matches_reference`).
+    one!(CDIConfig);
     // FreezeUnfreezeTimeout is a request body, not a resource.
     walk(
         &<FreezeUnfreezeTimeout as schema::Schema>::shape(),
@@ -356,6 +358,21 @@ fn identity_matches_reference() {
         }};
     }
     for_all_resources!(one);
+    // CDIConfig is cluster-scoped, but CDI's generated OpenAPI lists its create, get and update
+    // only under a namespace path: check the kind, and that the cluster-wide list exists.
+    if <CDIConfig as ResourceInfo>::SCHEMA_DEFINITION
+        .rsplit('.')
+        .next()
+        != Some(<CDIConfig as k8s_openapi::Resource>::KIND)
+    {
+        errors.push("CDIConfig: kind differs from its definition".into());
+    }
+    let list = reference.cdi["paths"]["/apis/cdi.kubevirt.io/v1beta1/cdiconfigs"]["get"].clone();
+    if list.is_null() {
+        errors.push(
+            "CDIConfig: GET /apis/cdi.kubevirt.io/v1beta1/cdiconfigs not in reference".into(),
+        );
+    }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
@@ -482,6 +499,11 @@ fn fixtures_round_trip() {
     );
     let dv: DataVolume = round_trip("datavolume.yaml");
     assert!(dv.spec.unwrap().source.unwrap().upload.is_some());
+    let cfg: CDIConfig = round_trip("cdiconfig.yaml");
+    assert_eq!(
+        cfg.status.unwrap().upload_proxy_url.as_deref(),
+        Some("cdi-uploadproxy.cdi.svc:443")
+    );
     let utr: UploadTokenRequest = round_trip("uploadtokenrequest.yaml");
     assert_eq!(
         utr.spec.unwrap().pvc_name.as_deref(),

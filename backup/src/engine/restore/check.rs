@@ -7,10 +7,12 @@
 //! VolumeGroupSnapshotClass the backup used (manifest labels `snapshot-classes`,
 //! `group-snapshot-class`), that does not exist in the target.
 
-use kube::api::DynamicObject;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
+use virtguard_api::{DataVolume, VirtualMachine, VolumeGroupSnapshotClass, VolumeSnapshotClass};
 
-use super::cluster::{ar, dv_ar, get_opt, pvc_ar, vm_ar};
+use super::cluster::{get_opt, kind_of};
 use super::error::{RestoreError, Result};
 use super::model::{Mode, Plan};
 use crate::cluster::ClusterError;
@@ -28,7 +30,7 @@ pub async fn check_target(client: &Client, plan: &Plan) -> Result<Vec<String>> {
         return Err(RestoreError::NoNamespace(ns.clone()));
     }
     if plan.mode == Mode::Copy
-        && get_opt(client, ns, &vm_ar(), "VirtualMachine", &plan.name)
+        && get_opt::<VirtualMachine>(client, ns, &plan.name)
             .await?
             .is_some()
     {
@@ -39,32 +41,41 @@ pub async fn check_target(client: &Client, plan: &Plan) -> Result<Vec<String>> {
     }
     // Copy or in place, the restore only writes claims of new names (in place: staged names).
     for v in &plan.volumes {
-        for (kind, r) in [("PersistentVolumeClaim", pvc_ar()), ("DataVolume", dv_ar())] {
-            if get_opt(client, ns, &r, kind, &v.claim).await?.is_none() {
-                continue;
-            }
-            return Err(match plan.mode {
-                Mode::Copy => RestoreError::Exists {
-                    kind,
-                    object: format!("{ns}/{}", v.claim),
-                },
-                Mode::InPlace => RestoreError::Invalid(format!(
-                    "{kind} {ns}/{} exists already (left by an earlier in-place restore run with --keep-partial?): run the restore again (each run picks a new claim suffix), or delete it if the VM does not use it",
-                    v.claim
-                )),
-            });
-        }
+        let kind = if get_opt::<PersistentVolumeClaim>(client, ns, &v.claim)
+            .await?
+            .is_some()
+        {
+            kind_of::<PersistentVolumeClaim>()
+        } else if get_opt::<DataVolume>(client, ns, &v.claim).await?.is_some() {
+            kind_of::<DataVolume>()
+        } else {
+            continue;
+        };
+        return Err(match plan.mode {
+            Mode::Copy => RestoreError::Exists {
+                kind,
+                object: format!("{ns}/{}", v.claim),
+            },
+            Mode::InPlace => RestoreError::Invalid(format!(
+                "{kind} {ns}/{} exists already (left by an earlier in-place restore run with --keep-partial?): run the restore again (each run picks a new claim suffix), or delete it if the VM does not use it",
+                v.claim
+            )),
+        });
     }
     let mut warnings = Vec::new();
-    let nad = ar(
-        "k8s.cni.cncf.io",
-        "v1",
-        "NetworkAttachmentDefinition",
+    // Multus is not modelled (virtguard only needs to know that the object exists).
+    let nad = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
         "network-attachment-definitions",
     );
     for n in &plan.networks {
         let (nns, nname) = n.split_once('/').unwrap_or((ns.as_str(), n.as_str()));
-        let found = get_opt(client, nns, &nad, "NetworkAttachmentDefinition", nname).await;
+        let nads: Api<DynamicObject> = Api::namespaced_with(client.clone(), nns, &nad);
+        let found = nads.get_opt(nname).await.map_err(ClusterError::api(
+            "reading",
+            "NetworkAttachmentDefinition",
+            format!("{nns}/{nname}"),
+        ));
         match found {
             Ok(Some(_)) => {}
             Ok(None) => warnings.push(format!(
@@ -85,18 +96,10 @@ pub async fn check_target(client: &Client, plan: &Plan) -> Result<Vec<String>> {
     }
     // The snapshot classes the backup used: without them, the next backup of the restored VM
     // cannot snapshot its disks in this cluster.
-    let vsc = ar(
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshotClass",
-        "volumesnapshotclasses",
-    );
-    let vgsc = ar(
-        "groupsnapshot.storage.k8s.io",
-        "v1beta2",
-        "VolumeGroupSnapshotClass",
-        "volumegroupsnapshotclasses",
-    );
+    // Existence only: the classes are read untyped, so one the models would not parse still
+    // counts as there.
+    let vsc = ApiResource::erase::<VolumeSnapshotClass>(&());
+    let vgsc = ApiResource::erase::<VolumeGroupSnapshotClass>(&());
     let wanted = plan
         .snapshot_classes
         .iter()

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use kube::api::{DynamicObject, PostParams};
-use kube::Client;
-use serde_json::Value;
+use kube::api::PostParams;
+use kube::{Api, Client};
 
-use super::cluster::api_of;
+use super::cluster::{kind_of, Kind};
 use super::created::Created;
-use super::error::{RestoreError, Result};
+use super::error::Result;
 use super::progress::Progress;
 use crate::cluster::ClusterError;
 use crate::repo::format::Manifest;
@@ -26,19 +25,14 @@ pub struct Context<'a> {
     pub progress: &'a dyn Progress,
 }
 
-pub(super) async fn create(ctx: &Context<'_>, ns: &str, kind: &str, obj: &Value) -> Result<()> {
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let (api, k) = api_of(ctx.client, ns, kind)
-        .ok_or_else(|| RestoreError::Invalid(format!("unknown kind {kind}")))?;
-    let d: DynamicObject = serde_json::from_value(obj.clone())
-        .map_err(|e| RestoreError::Invalid(format!("building {k} {ns}/{name}: {e}")))?;
-    api.create(&PostParams::default(), &d)
+/// Creates `obj` in namespace `ns` and records it for the cleanup.
+pub(super) async fn create<K: Kind>(ctx: &Context<'_>, ns: &str, obj: &K) -> Result<()> {
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let kind = kind_of::<K>();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    api.create(&PostParams::default(), obj)
         .await
-        .map_err(ClusterError::api("creating", k, format!("{ns}/{name}")))?;
+        .map_err(ClusterError::api("creating", kind, format!("{ns}/{name}")))?;
     ctx.created.push(kind, ns, &name);
     Ok(())
 }

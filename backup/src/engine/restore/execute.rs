@@ -7,7 +7,9 @@
 
 use std::time::Instant;
 
-use super::cluster::{get_opt, vm_ar};
+use virtguard_api::VirtualMachine;
+
+use super::cluster::get_opt;
 use super::context::{create, Context};
 use super::error::Result;
 use super::in_place;
@@ -43,7 +45,7 @@ async fn execute_inner(
     let mut live_vm = None;
     let mut replaced = Vec::new();
     if plan.mode == Mode::InPlace {
-        live_vm = get_opt(ctx.client, ns, &vm_ar(), "VirtualMachine", &plan.name).await?;
+        live_vm = get_opt::<VirtualMachine>(ctx.client, ns, &plan.name).await?;
         in_place::stop_for_in_place(ctx, plan, req, live_vm.is_some()).await?;
         // The old disks stay as they are until the VM has been switched to the new ones.
         replaced = in_place::replaced_claims(ctx, plan, live_vm.as_ref()).await?;
@@ -60,11 +62,11 @@ async fn execute_inner(
     // The VM last.
     if live_vm.is_some() {
         // Re-read: stopping it changed its resourceVersion.
-        live_vm = get_opt(ctx.client, ns, &vm_ar(), "VirtualMachine", &plan.name).await?;
+        live_vm = get_opt::<VirtualMachine>(ctx.client, ns, &plan.name).await?;
     }
     match (plan.mode, live_vm) {
         (Mode::InPlace, Some(live)) => in_place::replace_vm(ctx, plan, &live).await?,
-        _ => create(ctx, ns, "VirtualMachine", &plan.vm).await?,
+        _ => create(ctx, ns, &plan.vm).await?,
     }
     let mut replaced_deleted = Vec::new();
     if plan.mode == Mode::InPlace {

@@ -10,11 +10,13 @@
 
 use std::time::Duration;
 
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
-use serde_json::{json, Value};
+use serde_json::json;
+use virtguard_api::{DataVolume, VirtualMachine, VirtualMachineInstance};
 
-use super::cluster::{dv_ar, get_opt, pvc_ar, vm_ar, vmi_ar};
+use super::cluster::get_opt;
 use super::context::Context;
 use super::error::{RestoreError, Result};
 use super::model::{Plan, RestoreRequest};
@@ -27,24 +29,19 @@ use crate::cluster::ClusterError;
 pub(super) async fn replaced_claims(
     ctx: &Context<'_>,
     plan: &Plan,
-    live_vm: Option<&Value>,
+    live_vm: Option<&VirtualMachine>,
 ) -> Result<Vec<String>> {
     let ns = plan.namespace.as_str();
     let live_vols = live_vm
-        .and_then(|vm| vm.pointer("/spec/template/spec/volumes"))
-        .and_then(Value::as_array)
-        .cloned()
+        .and_then(|vm| vm.template_spec())
+        .and_then(|s| s.volumes.as_deref())
         .unwrap_or_default();
     let mut out: Vec<String> = Vec::new();
     for v in &plan.volumes {
         let live = live_vols
             .iter()
-            .find(|lv| lv.get("name").and_then(Value::as_str) == Some(v.volume.as_str()))
-            .and_then(|lv| {
-                lv.pointer("/persistentVolumeClaim/claimName")
-                    .or_else(|| lv.pointer("/dataVolume/name"))
-                    .and_then(Value::as_str)
-            });
+            .find(|lv| lv.name.as_deref() == Some(v.volume.as_str()))
+            .and_then(|lv| lv.claim_name());
         let old = match (live_vm, live) {
             (Some(_), Some(c)) => c.to_string(),
             // The live VM no longer has this volume: nothing of it to replace.
@@ -54,12 +51,10 @@ pub(super) async fn replaced_claims(
         if old == v.claim || out.contains(&old) {
             continue;
         }
-        let exists = get_opt(ctx.client, ns, &pvc_ar(), "PersistentVolumeClaim", &old)
+        let exists = get_opt::<PersistentVolumeClaim>(ctx.client, ns, &old)
             .await?
             .is_some()
-            || get_opt(ctx.client, ns, &dv_ar(), "DataVolume", &old)
-                .await?
-                .is_some();
+            || get_opt::<DataVolume>(ctx.client, ns, &old).await?.is_some();
         if exists {
             out.push(old);
         }
@@ -74,14 +69,8 @@ pub(super) async fn stop_for_in_place(
     vm_exists: bool,
 ) -> Result<()> {
     let ns = plan.namespace.as_str();
-    let vmi = get_opt(
-        ctx.client,
-        ns,
-        &vmi_ar(),
-        "VirtualMachineInstance",
-        &plan.name,
-    )
-    .await?;
+    let name = plan.name.as_str();
+    let vmi = get_opt::<VirtualMachineInstance>(ctx.client, ns, name).await?;
     if vmi.is_none() {
         return Ok(());
     }
@@ -92,11 +81,13 @@ pub(super) async fn stop_for_in_place(
         });
     }
     ctx.progress
-        .line(&format!("--force: stopping VM {ns}/{}", plan.name));
-    let vmapi: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &vm_ar());
+        .line(&format!("--force: stopping VM {ns}/{name}"));
+    let vmapi: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
+    // A merge patch: `running: null` deletes the deprecated field, which a typed object cannot
+    // express.
     vmapi
         .patch(
-            &plan.name,
+            name,
             &PatchParams::default(),
             &Patch::Merge(json!({"spec": {"runStrategy": "Halted", "running": null}})),
         )
@@ -104,45 +95,32 @@ pub(super) async fn stop_for_in_place(
         .map_err(ClusterError::api(
             "stopping",
             "VirtualMachine",
-            format!("{ns}/{}", plan.name),
+            format!("{ns}/{name}"),
         ))?;
-    let name = plan.name.clone();
-    poll(format!("VMI {ns}/{name} to stop"), req.timeout, || {
-        let name = name.clone();
-        async move {
-            Ok(
-                get_opt(ctx.client, ns, &vmi_ar(), "VirtualMachineInstance", &name)
-                    .await?
-                    .is_none()
-                    .then_some(()),
-            )
-        }
+    poll(format!("VMI {ns}/{name} to stop"), req.timeout, || async {
+        let vmi = get_opt::<VirtualMachineInstance>(ctx.client, ns, name).await?;
+        Ok(vmi.is_none().then_some(()))
     })
     .await
 }
 
 /// Replaces the live VM `live` with the plan's VM, keeping the live object's identity and owners.
-pub(super) async fn replace_vm(ctx: &Context<'_>, plan: &Plan, live: &Value) -> Result<()> {
+pub(super) async fn replace_vm(
+    ctx: &Context<'_>,
+    plan: &Plan,
+    live: &VirtualMachine,
+) -> Result<()> {
     let ns = plan.namespace.as_str();
-    let vmapi: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &vm_ar());
     let mut obj = plan.vm.clone();
-    // Keep the live object's identity and owners.
-    for k in [
-        "uid",
-        "resourceVersion",
-        "ownerReferences",
-        "finalizers",
-        "creationTimestamp",
-    ] {
-        if let Some(v) = live.pointer(&format!("/metadata/{k}")) {
-            obj["metadata"][k] = v.clone();
-        }
-    }
-    let d: DynamicObject = serde_json::from_value(obj).map_err(|e| {
-        RestoreError::Invalid(format!("building VirtualMachine {ns}/{}: {e}", plan.name))
-    })?;
+    let (m, l) = (&mut obj.metadata, &live.metadata);
+    m.uid.clone_from(&l.uid);
+    m.resource_version.clone_from(&l.resource_version);
+    m.owner_references.clone_from(&l.owner_references);
+    m.finalizers.clone_from(&l.finalizers);
+    m.creation_timestamp.clone_from(&l.creation_timestamp);
+    let vmapi: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
     vmapi
-        .replace(&plan.name, &PostParams::default(), &d)
+        .replace(&plan.name, &PostParams::default(), &obj)
         .await
         .map_err(ClusterError::api(
             "replacing",
@@ -168,16 +146,16 @@ pub(super) async fn delete_replaced(
             "in place: deleting the replaced disk {ns}/{claim} (the VM now uses the restored one)"
         ));
         let deleted = async {
-            delete_and_wait(ctx, ns, "DataVolume", claim, timeout).await?;
-            delete_and_wait(ctx, ns, "PersistentVolumeClaim", claim, timeout).await
+            delete_and_wait::<DataVolume>(ctx, ns, claim, timeout).await?;
+            delete_and_wait::<PersistentVolumeClaim>(ctx, ns, claim, timeout).await
         }
         .await;
         match deleted {
-                Ok(()) => replaced_deleted.push(format!("{ns}/{claim}")),
-                Err(e) => ctx.progress.line(&format!(
-                    "warning: the restore is complete, but the replaced disk {ns}/{claim} could not be deleted ({e}): delete it with `kubectl delete pvc -n {ns} {claim}` once you no longer need it"
-                )),
-            }
+            Ok(()) => replaced_deleted.push(format!("{ns}/{claim}")),
+            Err(e) => ctx.progress.line(&format!(
+                "warning: the restore is complete, but the replaced disk {ns}/{claim} could not be deleted ({e}): delete it with `kubectl delete pvc -n {ns} {claim}` once you no longer need it"
+            )),
+        }
     }
     replaced_deleted
 }

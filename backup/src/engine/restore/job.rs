@@ -9,10 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
-use serde_json::Value;
+use kube::Api;
 
-use super::cluster::{api_of, ar, get_opt};
+use super::cluster::get_opt;
 use super::context::{create, Context};
 use super::error::{RestoreError, Result};
 use super::model::{Plan, RestoreRequest, VolumePlan};
@@ -29,13 +31,13 @@ pub(super) async fn run_jobs(
     let ns = plan.namespace.as_str();
     let mut volumes = Vec::new();
     let keys: Vec<String> = req.job_env.iter().map(|(k, _)| k.clone()).collect();
-    create(ctx, ns, "Secret", &secret_object(plan, &req.job_env, false)).await?;
+    create(ctx, ns, &secret_object(plan, &req.job_env, false)).await?;
     for v in &plan.volumes {
-        create(ctx, ns, "PersistentVolumeClaim", &pvc_object(plan, v)).await?;
+        create(ctx, ns, &pvc_object(plan, v)).await?;
     }
     // All Jobs run at once; then wait for each.
     for v in &plan.volumes {
-        create(ctx, ns, "Job", &job_object(plan, v, &req.job_image, &keys)).await?;
+        create(ctx, ns, &job_object(plan, v, &req.job_image, &keys)).await?;
         ctx.progress.line(&format!(
             "volume {}: restore Job {ns}/{} started",
             v.volume,
@@ -60,60 +62,43 @@ pub(super) async fn run_jobs(
         });
     }
     // The Jobs and the Secret are done; the PVCs stay.
-    let job_api = api_of(ctx.client, ns, "Job").map(|(a, _)| a);
-    if let Some(api) = job_api {
-        for v in &plan.volumes {
-            let _ = api
-                .delete(&job_name(plan, v), &DeleteParams::background())
-                .await;
-        }
-    }
-    if let Some((api, _)) = api_of(ctx.client, ns, "Secret") {
-        let _ = api
-            .delete(&secret_name(plan), &DeleteParams::background())
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    for v in &plan.volumes {
+        let _ = jobs
+            .delete(&job_name(plan, v), &DeleteParams::background())
             .await;
     }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let _ = secrets
+        .delete(&secret_name(plan), &DeleteParams::background())
+        .await;
     Ok(volumes)
 }
 
+/// Waits until the volume's Job succeeded; its failure (with the Job's `Failed` condition
+/// message) is an error.
 async fn wait_job(ctx: &Context<'_>, plan: &Plan, v: &VolumePlan, timeout: Duration) -> Result<()> {
     let ns = plan.namespace.as_str();
     let job = job_name(plan, v);
-    let r = ar("batch", "v1", "Job", "jobs");
-    let status = poll(format!("restore Job {ns}/{job}"), timeout, || {
-        let r = r.clone();
-        let job = job.clone();
-        async move {
-            let o = get_opt(ctx.client, ns, &r, "Job", &job).await?;
-            let Some(o) = o else {
-                return Ok(Some(Err("the Job disappeared".to_string())));
-            };
-            if o.pointer("/status/succeeded")
-                .and_then(Value::as_i64)
-                .unwrap_or(0)
-                > 0
-            {
-                return Ok(Some(Ok(())));
-            }
-            if o.pointer("/status/failed")
-                .and_then(Value::as_i64)
-                .unwrap_or(0)
-                > 0
-            {
-                let msg = o
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .and_then(|c| {
-                        c.iter()
-                            .find(|c| c.get("type").and_then(Value::as_str) == Some("Failed"))
-                    })
-                    .and_then(|c| c.get("message").and_then(Value::as_str))
-                    .unwrap_or("failed")
-                    .to_string();
-                return Ok(Some(Err(msg)));
-            }
-            Ok(None)
+    let status = poll(format!("restore Job {ns}/{job}"), timeout, || async {
+        let Some(o) = get_opt::<Job>(ctx.client, ns, &job).await? else {
+            return Ok(Some(Err("the Job disappeared".to_string())));
+        };
+        let st = o.status.unwrap_or_default();
+        if st.succeeded.unwrap_or(0) > 0 {
+            return Ok(Some(Ok(())));
         }
+        if st.failed.unwrap_or(0) > 0 {
+            let msg = st
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Failed")
+                .and_then(|c| c.message)
+                .unwrap_or_else(|| "failed".to_string());
+            return Ok(Some(Err(msg)));
+        }
+        Ok(None)
     })
     .await?;
     status.map_err(|message| RestoreError::Job {

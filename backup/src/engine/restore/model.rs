@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
+use virtguard_api::VirtualMachine;
 
 use crate::repo::BackupRef;
 
@@ -97,7 +98,7 @@ pub struct Plan {
     pub method: Method,
     pub restore_id: String,
     /// The VM object to create (or, in place, to replace the spec with).
-    pub vm: Value,
+    pub vm: VirtualMachine,
     pub volumes: Vec<VolumePlan>,
     /// Storage classes the backup's PVCs used (after mapping), for the existence check.
     pub storage_classes: Vec<String>,

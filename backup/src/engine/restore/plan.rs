@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use serde_json::Value;
+use virtguard_api::VirtualMachine;
 
 use super::error::{RestoreError, Result};
 use super::model::{BackupObjects, Mode, Plan, RestoreRequest, VolumePlan};
@@ -124,6 +126,22 @@ fn staged_claim_name(old_claim: &str, restore_id: &str) -> String {
     format!("{base}-r{tag}")
 }
 
+/// The saved PVC object of claim `claim`, if the backup has one.
+fn saved_pvc(
+    objs: &BackupObjects,
+    claim: &str,
+    source: &BackupRef,
+) -> Result<Option<PersistentVolumeClaim>> {
+    let Some(raw) = objs.pvcs.get(claim) else {
+        return Ok(None);
+    };
+    serde_json::from_value(raw.clone()).map(Some).map_err(|e| {
+        RestoreError::Invalid(format!(
+            "backup {source}: pvc-{claim}.json is not a PersistentVolumeClaim: {e}"
+        ))
+    })
+}
+
 /// Builds the plan (pure: no cluster access).
 pub fn plan(
     m: &Manifest,
@@ -143,26 +161,29 @@ pub fn plan(
         vm: m.vm.clone(),
         id: m.id.clone(),
     };
-    let mut vm = objs.vm.clone();
-    if !vm.is_object() {
+    if !objs.vm.is_object() {
         return Err(RestoreError::Invalid(format!(
             "backup {source}: virtualmachine.json is not an object"
         )));
     }
+    let mut vm: VirtualMachine = serde_json::from_value(objs.vm.clone()).map_err(|e| {
+        RestoreError::Invalid(format!(
+            "backup {source}: virtualmachine.json is not a VirtualMachine: {e}"
+        ))
+    })?;
     let old_vm = m.vm.clone();
     rewrite::as_new_object(&mut vm, &namespace, &name, &source, restore_id);
 
     // The claims behind the backed-up volumes.
     let tvols = vm
-        .pointer("/spec/template/spec/volumes")
-        .and_then(Value::as_array)
-        .cloned()
+        .template_spec()
+        .and_then(|s| s.volumes.clone())
         .unwrap_or_default();
     let mut volumes = Vec::new();
     for ve in &m.volumes {
         let v = tvols
             .iter()
-            .find(|v| v.get("name").and_then(Value::as_str) == Some(ve.name.as_str()))
+            .find(|v| v.name.as_deref() == Some(ve.name.as_str()))
             .ok_or_else(|| {
                 RestoreError::Invalid(format!(
                     "backup {source}: volume `{}` is not in the saved VM's spec.template.spec.volumes",
@@ -170,9 +191,7 @@ pub fn plan(
                 ))
             })?;
         let old_claim = v
-            .pointer("/persistentVolumeClaim/claimName")
-            .or_else(|| v.pointer("/dataVolume/name"))
-            .and_then(Value::as_str)
+            .claim_name()
             .ok_or_else(|| {
                 RestoreError::Invalid(format!(
                     "backup {source}: volume `{}` is neither a PVC nor a DataVolume in the saved VM",
@@ -185,37 +204,28 @@ pub fn plan(
             Mode::InPlace => staged_claim_name(&old_claim, restore_id),
         };
         crate::repo::format::check_name("claim name", &claim)?;
-        let pvc = objs.pvcs.get(&old_claim);
-        let spec = pvc.and_then(|p| p.get("spec"));
+        let pvc = saved_pvc(objs, &old_claim, &source)?;
+        let spec = pvc.as_ref().and_then(|p| p.spec.as_ref());
         let orig_request = spec
-            .and_then(|s| s.pointer("/resources/requests/storage"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone());
         let request = match &orig_request {
             Some(q) if parse_quantity(q).is_some_and(|b| b >= ve.size) => q.clone(),
             _ => ve.size.to_string(),
         };
         let storage_class = spec
-            .and_then(|s| s.get("storageClassName"))
-            .and_then(Value::as_str)
+            .and_then(|s| s.storage_class_name.as_deref())
             .map(|sc| {
                 req.storage_class_map
                     .get(sc)
                     .cloned()
                     .unwrap_or_else(|| sc.to_string())
             });
-        let volume_mode = spec
-            .and_then(|s| s.get("volumeMode"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let volume_mode = spec.and_then(|s| s.volume_mode.clone());
         let access_modes = spec
-            .and_then(|s| s.get("accessModes"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
+            .and_then(|s| s.access_modes.clone())
             .unwrap_or_else(|| vec!["ReadWriteOnce".to_string()]);
         volumes.push(VolumePlan {
             volume: ve.name.clone(),
@@ -237,15 +247,12 @@ pub fn plan(
     }
 
     let networks = vm
-        .pointer("/spec/template/spec/networks")
-        .and_then(Value::as_array)
-        .map(|ns| {
-            ns.iter()
-                .filter_map(|n| n.pointer("/multus/networkName").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+        .template_spec()
+        .and_then(|s| s.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.multus.as_ref()?.network_name.clone())
+        .collect();
     let mut storage_classes: Vec<String> = volumes
         .iter()
         .filter_map(|v| v.storage_class.clone())
@@ -388,7 +395,8 @@ mod tests {
     #[test]
     fn copy_gets_a_new_identity_and_renamed_disks() {
         let p = plan(&manifest(), &objects(), &request(Mode::Copy), "r1").unwrap();
-        let vm = &p.vm;
+        // The VM as it goes to the API server.
+        let vm = &serde_json::to_value(&p.vm).unwrap();
         assert_eq!(vm["metadata"]["name"], "db2");
         assert_eq!(vm["metadata"]["namespace"], "dr");
         for k in [
@@ -459,7 +467,8 @@ mod tests {
         req.name = None;
         req.start = true;
         let p = plan(&manifest(), &objects(), &req, "20261201t071500z-3f9a").unwrap();
-        let vm = &p.vm;
+        // The VM as it goes to the API server.
+        let vm = &serde_json::to_value(&p.vm).unwrap();
         assert_eq!(vm["metadata"]["name"], "db");
         assert_eq!(vm["spec"]["runStrategy"], "Always");
         let spec = &vm["spec"]["template"]["spec"];
@@ -515,14 +524,13 @@ mod tests {
             ("VIRTGUARD_KEY".into(), "secret!".into()),
         ];
         let p = plan(&manifest(), &objects(), &req, "r1").unwrap();
-        let vols = &p.vm["spec"]["template"]["spec"]["volumes"];
+        // The VM as it goes to the API server.
+        let vm = serde_json::to_value(&p.vm).unwrap();
+        let vols = &vm["spec"]["template"]["spec"]["volumes"];
         assert_eq!(vols[1]["persistentVolumeClaim"]["claimName"], "db2-data");
         assert!(vols[1].get("dataVolume").is_none());
         assert_eq!(
-            p.vm["spec"]["dataVolumeTemplates"]
-                .as_array()
-                .unwrap()
-                .len(),
+            vm["spec"]["dataVolumeTemplates"].as_array().unwrap().len(),
             1
         );
         let objs = objects_to_create(&p, &req);

@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use indicatif::ProgressBar;
-use kube::api::{DynamicObject, PostParams};
+use kube::api::PostParams;
 use kube::Api;
-use serde_json::{json, Value};
+use virtguard_api::{CDIConfig, DataVolume, UploadTokenRequest};
 
-use super::cluster::{ar, dv_ar, get_opt};
+use super::cluster::get_opt;
 use super::context::{create, Context};
 use super::error::{RestoreError, Result};
 use super::model::{Plan, RestoreRequest, VolumePlan};
-use super::objects::datavolume_object;
+use super::objects::{datavolume_object, upload_token_request};
 use super::progress::VolumeReport;
 use super::wait::poll;
 use crate::cluster::ClusterError;
@@ -38,12 +38,8 @@ const UPLOAD_ZSTD_LEVEL: i32 = 1;
 /// Attempts of one volume's upload (5xx and 401 are retried).
 const UPLOAD_ATTEMPTS: u32 = 5;
 
-fn dv_phase(o: &Value) -> &str {
-    o.pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
+/// Waits until DataVolume `ns/name` is in phase `want`; its disappearance or failure (with its
+/// conditions) is an upload error.
 async fn wait_dv(
     ctx: &Context<'_>,
     ns: &str,
@@ -51,26 +47,25 @@ async fn wait_dv(
     want: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let r = dv_ar();
     let res = poll(
         format!("DataVolume {ns}/{name} to be {want}"),
         timeout,
-        || {
-            let r = r.clone();
-            async move {
-                let o = get_opt(ctx.client, ns, &r, "DataVolume", name).await?;
-                Ok(match o {
-                    None => Some(Err("the DataVolume disappeared".to_string())),
-                    Some(o) if dv_phase(&o) == want => Some(Ok(())),
-                    Some(o) if dv_phase(&o) == "Failed" => Some(Err(format!(
-                        "the DataVolume failed: {}",
-                        o.pointer("/status/conditions")
-                            .map(|c| c.to_string())
-                            .unwrap_or_default()
-                    ))),
-                    Some(_) => None,
-                })
-            }
+        || async {
+            let Some(dv) = get_opt::<DataVolume>(ctx.client, ns, name).await? else {
+                return Ok(Some(Err("the DataVolume disappeared".to_string())));
+            };
+            let status = dv.status.unwrap_or_default();
+            Ok(match status.phase.as_deref().unwrap_or("") {
+                phase if phase == want => Some(Ok(())),
+                "Failed" => Some(Err(format!(
+                    "the DataVolume failed: {}",
+                    status
+                        .conditions
+                        .and_then(|c| serde_json::to_string(&c).ok())
+                        .unwrap_or_default()
+                ))),
+                _ => None,
+            })
         },
     )
     .await?;
@@ -82,38 +77,17 @@ async fn wait_dv(
 }
 
 async fn upload_token(ctx: &Context<'_>, ns: &str, pvc: &str) -> Result<String> {
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        ns,
-        &ar(
-            "upload.cdi.kubevirt.io",
-            "v1beta1",
-            "UploadTokenRequest",
-            "uploadtokenrequests",
-        ),
-    );
-    let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "upload.cdi.kubevirt.io/v1beta1",
-        "kind": "UploadTokenRequest",
-        "metadata": {"name": pvc, "namespace": ns},
-        "spec": {"pvcName": pvc},
-    }))
-    .map_err(|e| RestoreError::Invalid(format!("building UploadTokenRequest: {e}")))?;
+    let api: Api<UploadTokenRequest> = Api::namespaced(ctx.client.clone(), ns);
     let out = api
-        .create(&PostParams::default(), &obj)
+        .create(&PostParams::default(), &upload_token_request(ns, pvc))
         .await
         .map_err(ClusterError::api(
             "requesting an upload token for",
             "PVC",
             format!("{ns}/{pvc}"),
         ))?;
-    serde_json::to_value(out)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/status/token")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+    out.status
+        .and_then(|s| s.token)
         .ok_or_else(|| RestoreError::Upload {
             volume: pvc.to_string(),
             pvc: format!("{ns}/{pvc}"),
@@ -126,17 +100,14 @@ async fn upload_proxy_url(ctx: &Context<'_>, req: &RestoreRequest) -> Result<Str
     if let Some(u) = &req.upload_proxy_url {
         return Ok(u.trim_end_matches('/').to_string());
     }
-    let r = ar("cdi.kubevirt.io", "v1beta1", "CDIConfig", "cdiconfigs");
-    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &r);
-    let cfg = api
-        .get_opt("config")
-        .await
-        .map_err(ClusterError::api("reading", "CDIConfig", "config"))?
-        .and_then(|o| serde_json::to_value(o).ok());
+    let api: Api<CDIConfig> = Api::all(ctx.client.clone());
+    let cfg =
+        api.get_opt("config")
+            .await
+            .map_err(ClusterError::api("reading", "CDIConfig", "config"))?;
     let url = cfg
-        .as_ref()
-        .and_then(|c| c.pointer("/status/uploadProxyURL"))
-        .and_then(Value::as_str)
+        .and_then(|c| c.status)
+        .and_then(|s| s.upload_proxy_url)
         .filter(|u| !u.is_empty())
         .ok_or_else(|| {
             RestoreError::Invalid(
@@ -144,7 +115,7 @@ async fn upload_proxy_url(ctx: &Context<'_>, req: &RestoreRequest) -> Result<Str
             )
         })?;
     let url = if url.starts_with("http://") || url.starts_with("https://") {
-        url.to_string()
+        url
     } else {
         format!("https://{url}")
     };
@@ -352,7 +323,7 @@ pub(super) async fn upload_volume(
         .find(|e| e.name == v.volume)
         .map(|e| e.image_digest.clone())
         .unwrap_or_default();
-    create(ctx, ns, "DataVolume", &datavolume_object(plan, v)).await?;
+    create(ctx, ns, &datavolume_object(plan, v)).await?;
     wait_dv(ctx, ns, &v.claim, "UploadReady", req.timeout).await?;
     let base = upload_proxy_url(ctx, req).await?;
     let url = format!("{base}/v1beta1/upload");

@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{DeleteParams, DynamicObject};
+use kube::api::DeleteParams;
 use kube::Api;
-use serde_json::Value;
+use virtguard_api::VirtualMachineInstance;
 
-use super::cluster::{api_of, vmi_ar};
+use super::cluster::{get_opt, kind_of, Kind};
 use super::context::Context;
 use super::error::{RestoreError, Result};
 use crate::cluster::ClusterError;
@@ -37,30 +37,30 @@ where
     }
 }
 
-pub(super) async fn delete_and_wait(
+/// Deletes `ns/name` of kind `K` (absent is fine) and waits until it is gone.
+pub(super) async fn delete_and_wait<K: Kind>(
     ctx: &Context<'_>,
     ns: &str,
-    kind: &str,
     name: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let (api, k) = api_of(ctx.client, ns, kind)
-        .ok_or_else(|| RestoreError::Invalid(format!("unknown kind {kind}")))?;
+    let k = kind_of::<K>();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
         Err(e) => return Err(ClusterError::api("deleting", k, format!("{ns}/{name}"))(e).into()),
     }
-    poll(format!("{k} {ns}/{name} to be deleted"), timeout, || {
-        let api = api.clone();
-        async move {
-            match api.get_opt(name).await {
-                Ok(None) => Ok(Some(())),
-                Ok(Some(_)) => Ok(None),
-                Err(e) => Err(ClusterError::api("reading", k, format!("{ns}/{name}"))(e).into()),
-            }
-        }
-    })
+    poll(
+        format!("{k} {ns}/{name} to be deleted"),
+        timeout,
+        || async {
+            Ok(get_opt::<K>(ctx.client, ns, name)
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
     .await
 }
 
@@ -71,27 +71,13 @@ pub(super) async fn vmi_running(
     name: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let vmi: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &vmi_ar());
-    let name = name.to_string();
-    poll(format!("VMI {ns}/{name} to be Running"), timeout, || {
-        let vmi = vmi.clone();
-        let name = name.clone();
-        async move {
-            let o = vmi.get_opt(&name).await.map_err(ClusterError::api(
-                "reading",
-                "VirtualMachineInstance",
-                name.clone(),
-            ))?;
-            let running = o
-                .and_then(|o| serde_json::to_value(o).ok())
-                .and_then(|v| {
-                    v.pointer("/status/phase")
-                        .and_then(Value::as_str)
-                        .map(|p| p == "Running")
-                })
-                .unwrap_or(false);
-            Ok(running.then_some(()))
-        }
-    })
+    poll(
+        format!("VMI {ns}/{name} to be Running"),
+        timeout,
+        || async {
+            let vmi = get_opt::<VirtualMachineInstance>(ctx.client, ns, name).await?;
+            Ok(vmi.is_some_and(|v| v.is_running()).then_some(()))
+        },
+    )
     .await
 }
