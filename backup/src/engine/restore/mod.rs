@@ -51,6 +51,6 @@ pub use objects::{
     datavolume_object, job_object, objects_to_create, pvc_object, secret_object, JOB_DEVICE_PATH,
     JOB_MOUNT_PATH,
 };
-pub use plan::{load_objects, parse_quantity, plan};
+pub use plan::{load_objects, plan};
 pub use progress::{NoProgress, Progress, RestoreReport, VolumeReport};
 pub use rewrite::FIXED_IP_ANNOTATION_PREFIXES;

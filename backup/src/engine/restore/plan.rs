@@ -65,29 +65,6 @@ pub async fn load_objects(repo: &Repository, m: &Manifest) -> Result<BackupObjec
     Ok(BackupObjects { vm, pvcs })
 }
 
-/// Parses a Kubernetes quantity in bytes (`6Mi`, `10Gi`, `1G`, `1048576`); None if unusual.
-pub fn parse_quantity(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let units: [(&str, u64); 10] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("Pi", 1 << 50),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-        ("P", 1_000_000_000_000_000),
-    ];
-    for (suf, mult) in units {
-        if let Some(n) = q.strip_suffix(suf) {
-            return n.parse::<u64>().ok()?.checked_mul(mult);
-        }
-    }
-    q.parse::<u64>().ok()
-}
-
 /// The claim name a copy gets.
 fn copy_claim_name(old_claim: &str, old_vm: &str, new_vm: &str) -> String {
     if old_vm == new_vm {
@@ -212,7 +189,7 @@ pub fn plan(
             .and_then(|r| r.get("storage"))
             .map(|q| q.0.clone());
         let request = match &orig_request {
-            Some(q) if parse_quantity(q).is_some_and(|b| b >= ve.size) => q.clone(),
+            Some(q) if virtguard_api::quantity::bytes(q).is_some_and(|b| b >= ve.size) => q.clone(),
             _ => ve.size.to_string(),
         };
         let storage_class = spec
@@ -549,14 +526,10 @@ mod tests {
     }
 
     #[test]
-    fn claim_names_and_quantities() {
+    fn claim_names_and_fixed_ip_annotations() {
         assert_eq!(copy_claim_name("db-root", "db", "x"), "x-root");
         assert_eq!(copy_claim_name("dbroot", "db", "x"), "x-dbroot");
         assert_eq!(copy_claim_name("disk", "db", "db"), "disk");
-        assert_eq!(parse_quantity("6Mi"), Some(6 << 20));
-        assert_eq!(parse_quantity("1G"), Some(1_000_000_000));
-        assert_eq!(parse_quantity("123"), Some(123));
-        assert_eq!(parse_quantity("1.5Gi"), None);
         assert!(is_fixed_ip_annotation("ipam.spidernet.io/ippools"));
         assert!(!is_fixed_ip_annotation("ipam.spidernet.io"));
     }
