@@ -13,8 +13,9 @@
 //! reaches it with `dryRun=All`; every error is a `Status` object with the real reason and
 //! code (checked against a real kube-apiserver by `tests/tests/kubectl_parity.rs`); unknown
 //! fields follow `fieldValidation` (`Ignore` prunes, `Warn` — the server's default — prunes
-//! and answers `Warning: 299` headers, `Strict` refuses with 400); a write without a
-//! precondition of its own never fails because another write came in between.
+//! and answers `Warning: 299` headers, `Strict` refuses with 400); a PATCH or apply without a
+//! precondition of its own is re-applied to the latest object when another write came in
+//! between (up to `patch::RETRIES` times), as the real server's GuaranteedUpdate does.
 
 pub(crate) mod apply;
 pub(crate) mod authz;
