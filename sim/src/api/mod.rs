@@ -4,18 +4,18 @@
 //! `/apis/{group}/{version}/...`. Every request except the CDI upload proxy must carry
 //! `Authorization: Bearer <token>` (401 otherwise). The verbs live in their own modules:
 //! [`discovery`] (`/api`, `/apis`, `/version`), [`openapi`] (`/openapi/v2`, `/openapi/v3`),
-//! [`read`] (get, list), [`watch`], [`write`] (create, update), [`patch`], [`apply`]
-//! (server-side apply and `managedFields`), [`delete`], [`authz`] (access reviews).
+//! [`read`] (get, list), [`watch`], [`write`] (create, update, and the tail every write
+//! shares), [`patch`] (JSON, merge, strategic), [`apply`] (server-side apply), [`managed`]
+//! (`managedFields`), [`delete`], [`authz`] (access reviews); [`proto`] reads the protobuf
+//! bodies kubectl's typed clients send.
 //!
 //! Invariants: a write is validated (`schema.rs`) before it reaches the store and never
 //! reaches it with `dryRun=All`; every error is a `Status` object with the real reason and
-//! code; unknown fields follow `fieldValidation` (`Ignore` prunes, `Warn` — the server's
-//! default — prunes and answers `Warning: 299` headers, `Strict` refuses with 400).
-//!
-//! Simplifications (documented in the README): strategic merge patch on core kinds is a JSON
-//! merge patch (lists are replaced, not merged by key) apart from the directives kubectl sends
-//! (see [`patch`]); strategic merge on custom resources is refused with 415, like the real
-//! server.
+//! code (checked against a real kube-apiserver by `tests/tests/kubectl_parity.rs`); unknown
+//! fields follow `fieldValidation` (`Ignore` prunes, `Warn` — the server's default — prunes
+//! and answers `Warning: 299` headers, `Strict` refuses with 400); a PATCH or apply without a
+//! precondition of its own is re-applied to the latest object when another write came in
+//! between (up to `patch::RETRIES` times), as the real server's GuaranteedUpdate does.
 
 pub(crate) mod apply;
 pub(crate) mod authz;
