@@ -10,6 +10,7 @@
 
 mod cluster_cmds;
 mod commands;
+mod files_cmds;
 mod restore_cmds;
 
 pub use cluster_cmds::{BackupArgs, CleanupArgs};
@@ -132,6 +133,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write one disk of a backup to a local raw or qcow2 file
     Download(DownloadArgs),
+    /// Files out of a backup's disk images without restoring them: parts, ls, get, find, diff
+    Files(files_cmds::FilesArgs),
     /// Internal: write one volume into a PVC (what restore Jobs run)
     #[command(hide = true)]
     RestoreVolume(RestoreVolumeArgs),

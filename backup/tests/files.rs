@@ -1,0 +1,794 @@
+//! End-to-end tests of `virtguard files` on real images: filesystems made by `mkfs.ext4 -d`
+//! (populated from a directory, no root and no loop mount) and changed with `debugfs -w`,
+//! partitioned with `sfdisk`, backed up with the real `virtguard backup-file`. What
+//! `files ls/find/get` report is compared with what `debugfs` sees (`ls -p` of every
+//! directory, `rdump`), and every fetched file's SHA-256 with the original's.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtguard");
+
+/// A system tool from PATH or the sbin directories; `None` (after a loud SKIP) only when
+/// VIRTGUARD_ALLOW_SKIP=1, otherwise a panic saying which package installs it.
+fn tool(name: &str, package: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    if let Some(p) = dirs.iter().map(|d| d.join(name)).find(|p| p.exists()) {
+        return Some(p);
+    }
+    if std::env::var("VIRTGUARD_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("SKIP: {name} not found (apt-get install {package})");
+        return None;
+    }
+    panic!("{name} not found: run scripts/install-deps.sh or apt-get install {package} (or set VIRTGUARD_ALLOW_SKIP=1)");
+}
+
+fn check(o: Output, what: &str) -> String {
+    assert!(o.status.success(), "{what}: {}", common::text(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn sh(prog: &Path, args: &[&str]) -> String {
+    let o = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    check(o, &format!("{} {args:?}", prog.display()))
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    key: Option<&'static str>,
+    s3: Option<(String, String)>,
+}
+
+impl Env {
+    fn new(key: Option<&'static str>) -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            key,
+            s3: None,
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("VIRTGUARD_REPO", self.path("repo"))
+            .env_remove("VIRTGUARD_KEY")
+            .env_remove("VIRTGUARD_KEY_FILE")
+            .env("VIRTGUARD_CONCURRENCY", "4")
+            .stdin(Stdio::null());
+        if let Some((repo, endpoint)) = &self.s3 {
+            c.env("VIRTGUARD_REPO", repo)
+                .env("VIRTGUARD_S3_ENDPOINT", endpoint)
+                .env("VIRTGUARD_S3_PATH_STYLE", "true")
+                .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+                .env("AWS_REGION", "us-east-1");
+        }
+        if let Some(k) = self.key {
+            c.env("VIRTGUARD_KEY", k);
+        }
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        check(self.run(args), &format!("virtguard {args:?}"))
+    }
+    fn init(&self) {
+        self.ok(&[
+            "init",
+            "--chunk-size",
+            "64KiB",
+            "--kdf-memory-kib",
+            "256",
+            "--kdf-iterations",
+            "1",
+        ]);
+    }
+    /// Backs `img` up as `volume` of ns/vm; returns the backup id.
+    fn backup(&self, img: &Path, vm: &str, volume: &str) -> String {
+        let out = self.ok(&[
+            "backup-file",
+            img.to_str().unwrap(),
+            "--vm",
+            vm,
+            "--volume",
+            volume,
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+}
+
+fn sha256_file(p: &Path) -> String {
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// The source tree: nested and deep directories, long and unicode names, a hard link, symlinks,
+/// a file with holes, a 1 GiB file that is mostly holes, random files, odd modes and an old
+/// mtime.
+fn make_tree(root: &Path) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    std::fs::create_dir_all(root.join("etc/app")).unwrap();
+    std::fs::write(root.join("etc/app/app.conf"), "listen = 8080\n").unwrap();
+    std::fs::write(root.join("etc/hostname"), "guest\n").unwrap();
+    let mut deep = root.join("deep");
+    for i in 0..40 {
+        deep = deep.join(format!("level{i:02}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom.txt"), "the bottom\n").unwrap();
+    let long = "L".repeat(250) + ".txt";
+    std::fs::write(root.join(&long), "long name\n").unwrap();
+    std::fs::create_dir_all(root.join("ünïcødé/日本語")).unwrap();
+    std::fs::write(root.join("ünïcødé/日本語/ファイル.txt"), "こんにちは\n").unwrap();
+    std::fs::write(root.join("ünïcødé/émoji-🦀.txt"), "crab\n").unwrap();
+    let data: Vec<u8> = (0..1_000_000).map(|_| rng.gen()).collect();
+    std::fs::write(root.join("random.bin"), &data).unwrap();
+    std::fs::hard_link(root.join("random.bin"), root.join("random-hardlink.bin")).unwrap();
+    std::os::unix::fs::symlink("etc/app/app.conf", root.join("conf-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    // Holes: data at 0, 1 MiB and the last byte of 3 MiB.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(root.join("holes.dat")).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(&[7u8; 5000], 1 << 20).unwrap();
+        f.write_all_at(b"end", (3 << 20) - 3).unwrap();
+        let big = std::fs::File::create(root.join("big-sparse.img")).unwrap();
+        big.set_len(1 << 30).unwrap();
+        for k in 0..8u64 {
+            let chunk: Vec<u8> = (0..200_000).map(|_| rng.gen()).collect();
+            big.write_all_at(&chunk, k * (128 << 20) + 12345).unwrap();
+        }
+    }
+    let mut files = Vec::new();
+    for i in 0..30 {
+        let n: usize = rng.gen_range(0..20_000);
+        let content: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+        let p = root.join(format!("var/log/file{i:02}.log"));
+        files.push(p.clone());
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+    }
+    std::fs::write(root.join("empty"), "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        root.join("etc/hostname"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(root.join("var"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(files[0].as_path(), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    // An old mtime (2001) on one file, a recent one on the rest.
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(981_173_106);
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("etc/app/app.conf"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+/// `mkfs.ext4 -d` an image of `size` from `src` (at `offset` bytes into `img`, which may
+/// already hold a partition table).
+fn mkfs(img: &Path, src: &Path, args: &[&str], offset: u64, size_kib: u64) {
+    let mkfs = tool("mkfs.ext4", "e2fsprogs").unwrap();
+    let mut a: Vec<String> = vec!["-q".into(), "-F".into()];
+    a.extend(args.iter().map(|s| s.to_string()));
+    if offset > 0 {
+        a.push("-E".into());
+        a.push(format!("offset={offset}"));
+    }
+    a.push("-d".into());
+    a.push(src.to_str().unwrap().into());
+    a.push(img.to_str().unwrap().into());
+    a.push(format!("{size_kib}k"));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    sh(&mkfs, &a);
+}
+
+/// One object as debugfs lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dbg {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: Option<u64>,
+}
+
+/// Walks the filesystem with `debugfs -R 'ls -p DIR'`: path → object.
+fn debugfs_tree(spec: &str) -> BTreeMap<String, Dbg> {
+    let debugfs = tool("debugfs", "e2fsprogs").unwrap();
+    let mut out = BTreeMap::new();
+    let mut dirs = vec!["/".to_string()];
+    while let Some(dir) = dirs.pop() {
+        let listing = sh(&debugfs, &["-R", &format!("ls -p \"{dir}\""), spec]);
+        for line in listing.lines().filter(|l| l.starts_with('/')) {
+            // /inode/mode/uid/gid/name/size/
+            let f: Vec<&str> = line.split('/').collect();
+            let name = f[5..f.len() - 2].join("/");
+            if name == "." || name == ".." {
+                continue;
+            }
+            let mode = u32::from_str_radix(f[2], 8).unwrap();
+            let path = if dir == "/" {
+                format!("/{name}")
+            } else {
+                format!("{dir}/{name}")
+            };
+            let size = f[f.len() - 2].parse().ok();
+            if mode & 0o170000 == 0o040000 {
+                dirs.push(path.clone());
+            }
+            out.insert(
+                path,
+                Dbg {
+                    mode,
+                    uid: f[3].parse().unwrap(),
+                    gid: f[4].parse().unwrap(),
+                    size,
+                },
+            );
+        }
+    }
+    out
+}
+
+fn type_bits(t: &str) -> u32 {
+    match t {
+        "dir" => 0o040000,
+        "symlink" => 0o120000,
+        "file" => 0o100000,
+        other => panic!("unexpected type {other}"),
+    }
+}
+
+/// `files ls -R -o json` as path → JSON entry.
+fn ls_tree(env: &Env, backup: &str, volume: &str) -> BTreeMap<String, Value> {
+    let v = env.json(&["files", "ls", backup, volume, "/", "-R", "-o", "json"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+/// Our listing equals debugfs's: same paths, type and mode bits, owners, sizes of non-dirs.
+fn assert_same_as_debugfs(ours: &BTreeMap<String, Value>, theirs: &BTreeMap<String, Dbg>) {
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "paths differ from debugfs"
+    );
+    for (path, d) in theirs {
+        let e = &ours[path];
+        let mode = type_bits(e["type"].as_str().unwrap()) | e["mode"].as_u64().unwrap() as u32;
+        assert_eq!(mode, d.mode, "{path}: mode");
+        assert_eq!(e["uid"].as_u64().unwrap() as u32, d.uid, "{path}: uid");
+        assert_eq!(e["gid"].as_u64().unwrap() as u32, d.gid, "{path}: gid");
+        if let Some(size) = d.size {
+            assert_eq!(e["size"].as_u64().unwrap(), size, "{path}: size");
+        }
+    }
+}
+
+/// Every regular file and symlink under `a` equals the one under `b` (content hash, link
+/// target), and both trees have the same paths.
+fn assert_same_tree(a: &Path, b: &Path) {
+    fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    format!("-> {}", std::fs::read_link(&p).unwrap().display()),
+                );
+            } else if md.is_dir() {
+                out.insert(rel, "dir".into());
+                collect(root, &p, out);
+            } else {
+                out.insert(rel, sha256_file(&p));
+            }
+        }
+    }
+    let (mut x, mut y) = (BTreeMap::new(), BTreeMap::new());
+    collect(a, a, &mut x);
+    collect(b, b, &mut y);
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+    for (k, v) in &x {
+        assert_eq!(v, &y[k], "{k} differs");
+    }
+}
+
+#[test]
+fn ext4_metadata_csum_files_match_debugfs_and_the_originals() {
+    let Some(debugfs) = tool("debugfs", "e2fsprogs") else {
+        return;
+    };
+    let env = Env::new(Some("files-test-key"));
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    let img = env.path("disk.img");
+    std::fs::File::create(&img).unwrap();
+    mkfs(
+        &img,
+        &src,
+        &["-t", "ext4", "-O", "metadata_csum,64bit"],
+        0,
+        96 << 10,
+    );
+    // Owners set without root, in the image.
+    let img_s = img.to_str().unwrap();
+    sh(
+        &debugfs,
+        &["-w", "-R", "set_inode_field /etc/hostname uid 1234", img_s],
+    );
+    sh(
+        &debugfs,
+        &["-w", "-R", "set_inode_field /etc/hostname gid 4321", img_s],
+    );
+    let id = env.backup(&img, "ns/vm", "root");
+    let backup = "ns/vm@latest";
+
+    let parts = env.json(&["files", "parts", backup, "root", "-o", "json"]);
+    assert_eq!(parts["kind"], "none");
+    assert_eq!(parts["partitions"][0]["fs"], "ext4");
+
+    // ls -R equals debugfs's view of every directory.
+    let ours = ls_tree(&env, backup, "root");
+    let theirs = debugfs_tree(img_s);
+    assert_same_as_debugfs(&ours, &theirs);
+    assert_eq!(ours["/etc/hostname"]["uid"], 1234);
+    assert_eq!(ours["/conf-link"]["target"], "etc/app/app.conf");
+    // Modification times are the source's (mkfs -d keeps whole seconds).
+    for (path, e) in &ours {
+        if path.starts_with("/lost+found") {
+            continue;
+        }
+        let md = std::fs::symlink_metadata(src.join(&path[1..])).unwrap();
+        assert_eq!(
+            e["mtime"]["secs"].as_i64().unwrap(),
+            md.mtime(),
+            "{path}: mtime"
+        );
+    }
+
+    // ls -l of one directory.
+    let l = env.ok(&["files", "ls", &id, "root", "/etc", "-l"]);
+    assert!(
+        l.lines()
+            .any(|x| x.starts_with("-rw-------") && x.contains("1234") && x.ends_with(" hostname")),
+        "{l}"
+    );
+    let l = env.ok(&["files", "ls", backup, "root", "/", "-l"]);
+    assert!(l.contains("conf-link -> etc/app/app.conf"), "{l}");
+    assert!(
+        l.lines()
+            .any(|x| x.starts_with("drwxrwxrwt") && x.ends_with(" var")),
+        "{l}"
+    );
+
+    // get / equals debugfs rdump and the source tree; sparse output; --preserve keeps modes and
+    // mtimes.
+    let out = env.path("out");
+    let o = env.run(&[
+        "files",
+        "get",
+        backup,
+        "root",
+        "/",
+        "-o",
+        out.to_str().unwrap(),
+        "--preserve",
+    ]);
+    let stderr = check_stderr(o);
+    assert!(stderr.contains("chunk(s)"), "{stderr}");
+    let rdump = env.path("rdump");
+    std::fs::create_dir(&rdump).unwrap();
+    sh(
+        &debugfs,
+        &["-R", &format!("rdump / {}", rdump.display()), img_s],
+    );
+    assert_same_tree(&out, &rdump);
+    std::fs::remove_dir_all(out.join("lost+found")).unwrap();
+    assert_same_tree(&out, &src);
+    let big = std::fs::metadata(out.join("big-sparse.img")).unwrap();
+    assert_eq!(big.len(), 1 << 30);
+    assert!(
+        big.blocks() * 512 < 8 << 20,
+        "1 GiB file not sparse: {} blocks",
+        big.blocks()
+    );
+    let holes = std::fs::metadata(out.join("holes.dat")).unwrap();
+    assert!(holes.blocks() * 512 < 1 << 20, "holes.dat not sparse");
+    for p in [
+        "etc/hostname",
+        "var",
+        "etc/app/app.conf",
+        "var/log/file00.log",
+    ] {
+        let a = std::fs::metadata(out.join(p)).unwrap();
+        let b = std::fs::metadata(src.join(p)).unwrap();
+        assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777, "{p}: mode");
+        assert_eq!(a.mtime(), b.mtime(), "{p}: mtime");
+    }
+
+    // One file to a file name; an existing output is refused without --force.
+    let one = env.path("one.bin");
+    env.ok(&[
+        "files",
+        "get",
+        backup,
+        "root",
+        "/random-hardlink.bin",
+        "-o",
+        one.to_str().unwrap(),
+    ]);
+    assert_eq!(sha256_file(&one), sha256_file(&src.join("random.bin")));
+    let o = env.run(&[
+        "files",
+        "get",
+        backup,
+        "root",
+        "/random.bin",
+        "-o",
+        one.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && common::text(&o).contains("--force"));
+
+    // find, checked against the source tree.
+    let found = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["files", "find", backup, "root"];
+        a.extend_from_slice(args);
+        let mut v: Vec<String> = env.ok(&a).lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        found(&["--name", "*.txt", "--path", "/ünïcødé"]),
+        vec!["/ünïcødé/émoji-🦀.txt", "/ünïcødé/日本語/ファイル.txt"]
+    );
+    assert_eq!(found(&["--size", "+100M"]), vec!["/big-sparse.img"]);
+    let deep_count = found(&["--path", "/deep", "--type", "d"]).len();
+    assert_eq!(deep_count, 41);
+    // --newer: everything but the 2001 file and lost+found's... all newer than 2010.
+    let old = found(&["--type", "f", "--name", "*.conf"]);
+    assert_eq!(old, vec!["/etc/app/app.conf"]);
+    assert!(found(&["--type", "f", "--name", "*.conf", "--newer", "2010-01-01"]).is_empty());
+    assert_eq!(
+        found(&["--type", "f", "--name", "*.conf", "--newer", "2001-01-01"]),
+        vec!["/etc/app/app.conf"]
+    );
+
+    // Errors: a missing path; an unknown partition.
+    let o = env.run(&["files", "ls", backup, "root", "/nope"]);
+    assert!(!o.status.success() && common::text(&o).contains("`/nope` does not exist"));
+    let o = env.run(&["files", "ls", backup, "root:3", "/"]);
+    assert!(!o.status.success() && common::text(&o).contains("no partition 3"));
+}
+
+fn check_stderr(o: Output) -> String {
+    assert!(o.status.success(), "{}", common::text(&o));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn partitions_mbr_ext3_and_gpt_pick_the_linux_filesystem_and_name_unsupported_ones() {
+    let Some(sfdisk) = tool("sfdisk", "fdisk") else {
+        return;
+    };
+    let env = Env::new(None);
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("home/user")).unwrap();
+    std::fs::write(
+        src.join("home/user/notes.txt"),
+        "ext3 in an MBR partition\n",
+    )
+    .unwrap();
+
+    // MBR: p1 a small FAT-typed partition (empty), p2 ext3, p5 a logical ext4 partition.
+    let mbr = env.path("mbr.img");
+    std::fs::File::create(&mbr)
+        .unwrap()
+        .set_len(48 << 20)
+        .unwrap();
+    let table = "label: dos\nstart=2048, size=4096, type=c\nstart=8192, size=32768, type=83\nstart=43008, size=55296, type=5\nstart=45056, size=32768, type=83\n";
+    let mut child = Command::new(&sfdisk)
+        .args(["-q", mbr.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(table.as_bytes())
+        .unwrap();
+    check(child.wait_with_output().unwrap(), "sfdisk");
+    mkfs(&mbr, &src, &["-t", "ext3"], 8192 * 512, 16 << 10);
+    let src5 = env.path("src5");
+    std::fs::create_dir_all(&src5).unwrap();
+    std::fs::write(src5.join("logical.txt"), "in a logical partition\n").unwrap();
+    mkfs(&mbr, &src5, &["-t", "ext4"], 45056 * 512, 16 << 10);
+    env.backup(&mbr, "ns/mbr", "disk");
+
+    let parts = env.json(&["files", "parts", "ns/mbr@latest", "disk", "-o", "json"]);
+    assert_eq!(parts["kind"], "mbr");
+    let expect = sfdisk_json(&sfdisk, &mbr);
+    let ps = parts["partitions"].as_array().unwrap();
+    for (n, start, size) in &expect {
+        let p = ps
+            .iter()
+            .find(|p| p["number"] == *n)
+            .unwrap_or_else(|| panic!("no {n}: {parts}"));
+        assert_eq!(
+            p["start"].as_u64().unwrap(),
+            start * 512,
+            "partition {n} start"
+        );
+        if p["fs"] != "extended" {
+            assert_eq!(
+                p["size"].as_u64().unwrap(),
+                size * 512,
+                "partition {n} size"
+            );
+        }
+    }
+    assert_eq!(ps.len(), expect.len(), "{parts}");
+    let fs: Vec<&str> = ps.iter().map(|p| p["fs"].as_str().unwrap()).collect();
+    assert_eq!(fs, vec!["unknown", "ext3", "extended", "ext4"]);
+    let text = env.ok(&["files", "parts", "ns/mbr@latest", "disk"]);
+    assert!(
+        text.contains("MBR") && text.contains("0x83 Linux"),
+        "{text}"
+    );
+
+    // VOLUME alone: the largest Linux filesystem (both 16 MiB: the first); :p5 the logical one.
+    let notes = env.ok(&[
+        "files",
+        "find",
+        "ns/mbr@latest",
+        "disk:2",
+        "--name",
+        "*.txt",
+    ]);
+    assert_eq!(notes.trim(), "/home/user/notes.txt");
+    let logical = env.ok(&["files", "ls", "ns/mbr@latest", "disk:p5"]);
+    assert!(logical.lines().any(|l| l == "logical.txt"), "{logical}");
+    let o = env.run(&["files", "ls", "ns/mbr@latest", "disk:1"]);
+    assert!(!o.status.success(), "{}", common::text(&o));
+
+    // GPT: p1 EFI (empty), p2 ext4, p3 XFS, p4 btrfs, p5 LUKS (made by their own tools).
+    let gpt = env.path("gpt.img");
+    std::fs::File::create(&gpt)
+        .unwrap()
+        .set_len(800 << 20)
+        .unwrap();
+    let sgdisk = tool("sgdisk", "gdisk").unwrap();
+    sh(
+        &sgdisk,
+        &[
+            "-n",
+            "1:2048:+4M",
+            "-t",
+            "1:EF00",
+            "-n",
+            "2:0:+24M",
+            "-t",
+            "2:8300",
+            "-c",
+            "2:root",
+            "-n",
+            "3:0:+320M",
+            "-t",
+            "3:8300",
+            "-n",
+            "4:0:+200M",
+            "-t",
+            "4:8300",
+            "-n",
+            "5:0:+24M",
+            "-t",
+            "5:8309",
+            gpt.to_str().unwrap(),
+        ],
+    );
+    let layout = sfdisk_json(&sfdisk, &gpt);
+    let start = |n: u32| layout.iter().find(|p| p.0 == n).unwrap().1 * 512;
+    mkfs(&gpt, &src, &["-t", "ext4"], start(2), 24 << 10);
+    let put = |n: u32, file: &Path| {
+        let data = std::fs::read(file).unwrap();
+        use std::os::unix::fs::FileExt;
+        std::fs::File::options()
+            .write(true)
+            .open(&gpt)
+            .unwrap()
+            .write_all_at(&data, start(n))
+            .unwrap();
+    };
+    let xfs = env.path("xfs.img");
+    std::fs::File::create(&xfs)
+        .unwrap()
+        .set_len(320 << 20)
+        .unwrap();
+    sh(
+        &tool("mkfs.xfs", "xfsprogs").unwrap(),
+        &["-q", xfs.to_str().unwrap()],
+    );
+    let btrfs = env.path("btrfs.img");
+    std::fs::File::create(&btrfs)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    sh(
+        &tool("mkfs.btrfs", "btrfs-progs").unwrap(),
+        &["-q", btrfs.to_str().unwrap()],
+    );
+    let luks = env.path("luks.img");
+    std::fs::File::create(&luks)
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+    let keyfile = env.path("luks.key");
+    std::fs::write(&keyfile, "luks-test-passphrase").unwrap();
+    sh(
+        &tool("cryptsetup", "cryptsetup-bin").unwrap(),
+        &[
+            "luksFormat",
+            "-q",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            keyfile.to_str().unwrap(),
+            luks.to_str().unwrap(),
+        ],
+    );
+    // Only the first MiBs matter for detection; keep the image small where it can be.
+    let head = |p: &Path, n: usize| {
+        let mut d = std::fs::read(p).unwrap();
+        d.truncate(n);
+        std::fs::write(p, d).unwrap();
+    };
+    head(&xfs, 1 << 20);
+    head(&btrfs, 1 << 20);
+    head(&luks, 1 << 20);
+    put(3, &xfs);
+    put(4, &btrfs);
+    put(5, &luks);
+    env.backup(&gpt, "ns/gpt", "disk");
+
+    let parts = env.json(&["files", "parts", "ns/gpt@latest", "disk", "-o", "json"]);
+    assert_eq!(parts["kind"], "gpt");
+    let got: Vec<(u64, u64, u64, String, String)> = parts["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["number"].as_u64().unwrap(),
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["type"].as_str().unwrap().to_string(),
+                p["fs"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, u64, u64, String, String)> = layout
+        .iter()
+        .zip([
+            ("EFI System", "unknown"),
+            ("Linux filesystem", "ext4"),
+            ("Linux filesystem", "xfs"),
+            ("Linux filesystem", "btrfs"),
+            ("Linux LUKS", "LUKS"),
+        ])
+        .map(|((n, s, z), (t, f))| {
+            (
+                u64::from(*n),
+                s * 512,
+                z * 512,
+                t.to_string(),
+                f.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(parts["partitions"][1]["name"], "root");
+
+    let out = env.path("notes.txt");
+    env.ok(&[
+        "files",
+        "get",
+        "ns/gpt@latest",
+        "disk",
+        "/home/user/notes.txt",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "ext3 in an MBR partition\n"
+    );
+    for (n, name) in [(3, "xfs"), (4, "btrfs"), (5, "LUKS")] {
+        let o = env.run(&["files", "ls", "ns/gpt@latest", &format!("disk:{n}")]);
+        let t = common::text(&o);
+        assert!(!o.status.success(), "{t}");
+        assert!(
+            t.contains(&format!("partition {n} holds {name}"))
+                && t.contains("virtguard download")
+                && t.contains("virtguard mount"),
+            "{t}"
+        );
+        assert!(!t.contains("panicked"), "{t}");
+    }
+    // A whole-disk XFS volume alone: named with the fallback.
+    let xfs_disk = env.path("xfs-disk.img");
+    std::fs::copy(&xfs, &xfs_disk).unwrap();
+    env.backup(&xfs_disk, "ns/xfs", "data");
+    let o = env.run(&["files", "ls", "ns/xfs@latest", "data"]);
+    let t = common::text(&o);
+    assert!(
+        !o.status.success() && t.contains("the disk holds xfs") && t.contains("virtguard download"),
+        "{t}"
+    );
+}
+
+/// `sfdisk --json`: (number, start sector, sectors) of each partition.
+fn sfdisk_json(sfdisk: &Path, img: &Path) -> Vec<(u32, u64, u64)> {
+    let v: Value = serde_json::from_str(&sh(sfdisk, &["--json", img.to_str().unwrap()])).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let n: u32 = node
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (n, p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())
+        })
+        .collect()
+}
