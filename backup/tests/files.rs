@@ -235,7 +235,7 @@ fn debugfs_tree(spec: &str) -> BTreeMap<String, Dbg> {
             // /inode/mode/uid/gid/name/size/
             let f: Vec<&str> = line.split('/').collect();
             let name = f[5..f.len() - 2].join("/");
-            if name == "." || name == ".." {
+            if name.is_empty() || f[1] == "0" || name == "." || name == ".." {
                 continue;
             }
             let mode = u32::from_str_radix(f[2], 8).unwrap();
@@ -720,7 +720,7 @@ fn partitions_mbr_ext3_and_gpt_pick_the_linux_filesystem_and_name_unsupported_on
             ("Linux filesystem", "ext4"),
             ("Linux filesystem", "xfs"),
             ("Linux filesystem", "btrfs"),
-            ("Linux LUKS", "LUKS"),
+            ("Linux LUKS", "luks"),
         ])
         .map(|((n, s, z), (t, f))| {
             (

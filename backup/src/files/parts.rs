@@ -228,6 +228,7 @@ fn clip(disk: &Slice, lba: u64, sectors: u64) -> (u64, u64) {
 fn read_mbr(disk: &Slice, volume: &str, out: &mut Vec<Partition>) -> Result<()> {
     let mut r = disk.clone();
     let mbr = mbrman::MBR::read_from(&mut r, 512).map_err(|e| table_err(volume, e))?;
+    // Primary entries are numbered 1..=4, logical partitions from 5 on.
     for (i, e) in mbr.iter() {
         if !e.is_used() {
             continue;
@@ -244,18 +245,6 @@ fn read_mbr(disk: &Slice, volume: &str, out: &mut Vec<Partition>) -> Result<()> 
             } else {
                 FsKind::Unknown
             },
-        });
-    }
-    for (k, l) in mbr.logical_partitions.iter().enumerate() {
-        let e = &l.partition;
-        let (start, size) = clip(disk, u64::from(e.starting_lba), u64::from(e.sectors));
-        out.push(Partition {
-            number: 5 + k as u32,
-            start,
-            size,
-            type_name: mbr_type_name(e.sys),
-            name: String::new(),
-            fs: FsKind::Unknown,
         });
     }
     Ok(())
