@@ -792,3 +792,276 @@ fn sfdisk_json(sfdisk: &Path, img: &Path) -> Vec<(u32, u64, u64)> {
         })
         .collect()
 }
+
+/// The id (hex) of chunk `i` of `volume` in an unencrypted repository's index.
+fn chunk_hex(backup_dir: &Path, volume: &str, i: u64) -> String {
+    let idx = std::fs::read(backup_dir.join(format!("{volume}.idx"))).unwrap();
+    let at = 32 + 32 * i as usize;
+    hex::encode(&idx[at..at + 32])
+}
+
+/// The only backup directory of ns/vm in a local repository.
+fn backup_dir(repo: &Path, ns: &str, vm: &str) -> PathBuf {
+    let d = repo.join("backups").join(ns).join(vm);
+    let mut ids: Vec<PathBuf> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    ids.sort();
+    ids.pop().unwrap()
+}
+
+#[test]
+fn a_corrupt_chunk_fails_only_the_files_that_touch_it_naming_the_chunk() {
+    let Some(debugfs) = tool("debugfs", "e2fsprogs") else {
+        return;
+    };
+    let env = Env::new(None);
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "guest\n").unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let data: Vec<u8> = (0..1_000_000).map(|_| rng.gen()).collect();
+    std::fs::write(src.join("victim.bin"), &data).unwrap();
+    std::fs::hard_link(src.join("victim.bin"), src.join("victim-link.bin")).unwrap();
+    for i in 0..10 {
+        let d: Vec<u8> = (0..50_000).map(|_| rng.gen()).collect();
+        std::fs::write(src.join(format!("other{i}.bin")), d).unwrap();
+    }
+    let img = env.path("disk.img");
+    std::fs::File::create(&img).unwrap();
+    mkfs(&img, &src, &["-t", "ext4", "-b", "4096"], 0, 32 << 10);
+    let img_s = img.to_str().unwrap();
+    env.backup(&img, "ns/vm", "root");
+
+    // The 64 KiB chunk in the middle of victim.bin holds only its blocks (checked).
+    let blocks: Vec<u64> = sh(&debugfs, &["-R", "blocks /victim.bin", img_s])
+        .split_whitespace()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    let mid = blocks[blocks.len() / 2] * 4096;
+    let chunk = mid / 65536;
+    for b in (chunk * 16)..(chunk * 16 + 16) {
+        assert!(
+            blocks.contains(&b),
+            "chunk {chunk} holds block {b}, not victim.bin's"
+        );
+    }
+    let repo = env.path("repo");
+    let hexid = chunk_hex(&backup_dir(&repo, "ns", "vm"), "root", chunk);
+    let key = format!("chunks/{}/{hexid}", &hexid[..2]);
+    let path = repo.join(&key);
+    let mut blob = std::fs::read(&path).unwrap();
+    let n = blob.len();
+    blob[n / 2] ^= 0xff;
+    std::fs::write(&path, blob).unwrap();
+
+    let out = env.path("out");
+    let o = env.run(&[
+        "files",
+        "get",
+        "ns/vm@latest",
+        "root",
+        "/",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let t = common::text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains(&key), "the error names the chunk: {t}");
+    assert!(t.contains("2 object(s) could not be fetched"), "{t}");
+    assert!(
+        t.contains("/victim.bin:") && t.contains("/victim-link.bin:"),
+        "{t}"
+    );
+    assert!(
+        !out.join("victim.bin").exists(),
+        "a failed file's partial output is removed"
+    );
+    // Everything else came out intact.
+    let rdump = env.path("rdump");
+    std::fs::create_dir(&rdump).unwrap();
+    sh(
+        &debugfs,
+        &["-R", &format!("rdump / {}", rdump.display()), img_s],
+    );
+    std::fs::remove_file(rdump.join("victim.bin")).unwrap();
+    std::fs::remove_file(rdump.join("victim-link.bin")).unwrap();
+    assert_same_tree(&out, &rdump);
+    // Listing still works; the damaged file alone fails.
+    env.ok(&["files", "ls", "ns/vm@latest", "root", "/", "-l"]);
+    let o = env.run(&[
+        "files",
+        "get",
+        "ns/vm@latest",
+        "root",
+        "/victim.bin",
+        "-o",
+        env.path("v").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && common::text(&o).contains(&key));
+}
+
+#[test]
+fn diff_reports_added_removed_and_modified_files_between_backups() {
+    let Some(debugfs) = tool("debugfs", "e2fsprogs") else {
+        return;
+    };
+    let env = Env::new(None);
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("etc/app")).unwrap();
+    std::fs::create_dir_all(src.join("var/log")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "guest\n").unwrap();
+    std::fs::write(src.join("etc/app/app.conf"), "listen = 8080\n").unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            src.join(format!("var/log/f{i}.log")),
+            format!("line {i}\n").repeat(100),
+        )
+        .unwrap();
+    }
+    let img = env.path("disk.img");
+    std::fs::File::create(&img).unwrap();
+    mkfs(&img, &src, &["-t", "ext4"], 0, 16 << 10);
+    let img_s = img.to_str().unwrap();
+    let first = env.backup(&img, "ns/vm", "root");
+
+    let w = |req: &str| sh(&debugfs, &["-w", "-R", req, img_s]);
+    let host = env.path("host");
+    std::fs::create_dir(&host).unwrap();
+    // Removed, added, resized, mtime only.
+    w("rm /var/log/f1.log");
+    std::fs::write(host.join("new.txt"), "new\n").unwrap();
+    w(&format!(
+        "write {} /etc/new.txt",
+        host.join("new.txt").display()
+    ));
+    w("rm /etc/hostname");
+    std::fs::write(host.join("hostname"), "renamed-guest\n").unwrap();
+    w(&format!(
+        "write {} /etc/hostname",
+        host.join("hostname").display()
+    ));
+    w("set_inode_field /etc/app/app.conf mtime @1577836800");
+    // Same size, same mtime, other bytes: only --content sees it.
+    let md = std::fs::metadata(src.join("var/log/f2.log")).unwrap();
+    w("rm /var/log/f2.log");
+    let changed = "LINE 2\n".repeat(100);
+    std::fs::write(host.join("f2.log"), &changed).unwrap();
+    w(&format!(
+        "write {} /var/log/f2.log",
+        host.join("f2.log").display()
+    ));
+    w(&format!(
+        "set_inode_field /var/log/f2.log mtime @{}",
+        md.mtime()
+    ));
+    w(&format!(
+        "set_inode_field /var/log/f2.log mode 0{:o}",
+        md.mode()
+    ));
+    w(&format!("set_inode_field /var/log/f2.log uid {}", md.uid()));
+    w(&format!("set_inode_field /var/log/f2.log gid {}", md.gid()));
+    env.backup(&img, "ns/vm", "root");
+
+    let a = format!("ns/vm/{first}");
+    let plain = env.ok(&["files", "diff", &a, "ns/vm@latest", "root"]);
+    let lines: Vec<&str> = plain
+        .lines()
+        .filter(|l| !l.contains("/lost+found"))
+        .collect();
+    // Directories whose entries changed are modified too (their mtime moved).
+    assert!(lines.contains(&"A /etc/new.txt"), "{plain}");
+    assert!(lines.contains(&"D /var/log/f1.log"), "{plain}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("M /etc/hostname (size")),
+        "{plain}"
+    );
+    assert!(lines.contains(&"M /etc/app/app.conf (mtime)"), "{plain}");
+    assert!(!plain.contains("f2.log"), "{plain}");
+    assert!(
+        !plain.contains("f0.log") && !plain.contains("f3.log"),
+        "{plain}"
+    );
+    let content = env.ok(&[
+        "files",
+        "diff",
+        &a,
+        "ns/vm@latest",
+        "root",
+        "/var/log",
+        "--content",
+    ]);
+    assert!(
+        content.lines().any(|l| l == "M /var/log/f2.log (content)"),
+        "{content}"
+    );
+    assert!(
+        !content.contains("/etc/"),
+        "PATH limits the diff: {content}"
+    );
+    let v: Value = serde_json::from_str(&env.ok(&[
+        "files",
+        "diff",
+        &a,
+        "ns/vm@latest",
+        "root",
+        "/etc",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let added: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["change"] == "added")
+        .map(|c| c["entry"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(added, vec!["/etc/new.txt"]);
+}
+
+#[test]
+fn files_get_from_an_s3_repository_reads_only_the_chunks_it_needs() {
+    let Some(server) = common::S3Server::start() else {
+        return;
+    };
+    let mut env = Env::new(Some("s3-files-key"));
+    env.s3 = Some(("s3://vgbucket/files".into(), server.endpoint()));
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let want: Vec<u8> = (0..300_000).map(|_| rng.gen()).collect();
+    std::fs::write(src.join("wanted.bin"), &want).unwrap();
+    for i in 0..40 {
+        let d: Vec<u8> = (0..200_000).map(|_| rng.gen()).collect();
+        std::fs::write(src.join(format!("filler{i}.bin")), d).unwrap();
+    }
+    let img = env.path("disk.img");
+    std::fs::File::create(&img).unwrap();
+    mkfs(&img, &src, &["-t", "ext4"], 0, 32 << 10);
+    env.backup(&img, "ns/vm", "root");
+    let out = env.path("wanted.bin");
+    let o = env.run(&[
+        "files",
+        "get",
+        "ns/vm@latest",
+        "root",
+        "/wanted.bin",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = check_stderr(o);
+    assert_eq!(std::fs::read(&out).unwrap(), want);
+    // "read N of M chunk(s)": a small part of the 32 MiB image (512 chunks of 64 KiB).
+    let read: u64 = stderr
+        .split("read ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(read > 0 && read < 40, "{stderr}");
+}
