@@ -1065,3 +1065,125 @@ fn files_get_from_an_s3_repository_reads_only_the_chunks_it_needs() {
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(read > 0 && read < 40, "{stderr}");
 }
+
+/// Waits until `path` exists (the FUSE mount is up), at most 30 s.
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("virtguard mount exited early: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Stops a `virtguard mount` left running by a failed assertion and unmounts its directory.
+struct MountGuard(Option<std::process::Child>, PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        if self.1.exists() && is_mounted(&self.1) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.1)
+                .status();
+        }
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let canon = dir.canonicalize().unwrap();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(canon.to_str().unwrap()))
+}
+
+#[test]
+fn mount_serves_images_lazily_and_ctrl_c_unmounts() {
+    if !Path::new("/dev/fuse").exists() || tool("fusermount3", "fuse3").is_none() {
+        if std::env::var("VIRTGUARD_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIP: /dev/fuse or fusermount3 missing");
+            return;
+        }
+        panic!("/dev/fuse or fusermount3 missing (apt-get install fuse3; or set VIRTGUARD_ALLOW_SKIP=1)");
+    }
+    let env = Env::new(Some("mount-key"));
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "mounted-guest\n").unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let data: Vec<u8> = (0..2_000_000).map(|_| rng.gen()).collect();
+    std::fs::write(src.join("data.bin"), &data).unwrap();
+    let img = env.path("disk.img");
+    std::fs::File::create(&img).unwrap();
+    mkfs(&img, &src, &["-t", "ext4"], 0, 24 << 10);
+    let id1 = env.backup(&img, "ns/vm", "root");
+    let id2 = env.backup(&img, "ns/vm", "root");
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = env
+        .cmd(&["mount", "ns/vm", mnt.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = MountGuard(Some(child), mnt.clone());
+    let image = mnt.join(format!("ns/vm/{id2}/root.img"));
+    wait_for(&image, guard.0.as_mut().unwrap());
+    assert!(mnt.join(format!("ns/vm/{id1}/root.img")).exists());
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 24 << 20);
+    assert_eq!(sha256_file(&image), sha256_file(&img));
+    // As root (CI): the image loop-mounts read-only and its files are the originals.
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        let lm = env.path("loop");
+        std::fs::create_dir(&lm).unwrap();
+        let o = Command::new("mount")
+            .args([
+                "-o",
+                "loop,ro",
+                image.to_str().unwrap(),
+                lm.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "loop mount: {}", common::text(&o));
+        let hostname = std::fs::read_to_string(lm.join("etc/hostname"));
+        let same = std::fs::read(lm.join("data.bin")).map(|d| d == data);
+        let u = Command::new("umount").arg(&lm).output().unwrap();
+        assert!(u.status.success(), "umount: {}", common::text(&u));
+        assert_eq!(hostname.unwrap(), "mounted-guest\n");
+        assert!(same.unwrap());
+    } else {
+        eprintln!("not root: the loop mount of the FUSE image is not tested");
+    }
+    // Ctrl-C (SIGINT) unmounts and exits 0.
+    let child = guard.0.take().unwrap();
+    let k = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(
+        common::text(&o).contains("unmounted"),
+        "{}",
+        common::text(&o)
+    );
+    assert!(!is_mounted(&mnt), "still mounted after Ctrl-C");
+    assert!(!image.exists());
+}

@@ -7,6 +7,7 @@
 //! * [`probe`] — telling filesystems apart by their magic numbers (also the unsupported ones,
 //!   so they can be named in errors).
 //! * [`ext4`] and [`ntfs`] — the two readable filesystems, behind [`Filesystem`].
+//! * [`fuse`] — the read-only FUSE tree of `virtguard mount` (image files, not filesystems).
 //! * [`ops`] — what the `files` commands do on a [`Filesystem`]: list, walk, find, copy out,
 //!   diff.
 //!
@@ -22,6 +23,7 @@
 //! so they are as backed up (chunk ids) but not checked against the filesystem itself.
 
 pub mod ext4;
+pub mod fuse;
 pub mod ops;
 pub mod parts;
 pub mod probe;
