@@ -1187,3 +1187,234 @@ fn mount_serves_images_lazily_and_ctrl_c_unmounts() {
     assert!(!is_mounted(&mnt), "still mounted after Ctrl-C");
     assert!(!image.exists());
 }
+
+/// `ntfsls -l -p DIR`: (name, size) of each entry but `.` and `..`.
+fn ntfsls(ntfsls: &Path, img: &Path, dir: &str) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = sh(ntfsls, &["-l", "-p", dir, img.to_str().unwrap()])
+        .lines()
+        .filter_map(|l| {
+            // "   size Mon DD HH:MM YYYY name"
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 6 {
+                return None;
+            }
+            let size = f[0].parse().ok()?;
+            // The name is everything after the year (it may contain spaces).
+            let idx = l.find(f[4]).map(|i| i + f[4].len() + 1)?;
+            Some((l[idx..].to_string(), size))
+        })
+        .filter(|(n, _)| n != "." && n != "..")
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ntfs_in_an_mbr_partition_written_by_ntfs_3g_and_ntfscp() {
+    let Some(mkntfs) = tool("mkntfs", "ntfs-3g") else {
+        return;
+    };
+    let ntfscp = tool("ntfscp", "ntfs-3g").unwrap();
+    let ntfsls_bin = tool("ntfsls", "ntfs-3g").unwrap();
+    let env = Env::new(None);
+    env.init();
+    let vol = env.path("ntfs.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    sh(
+        &mkntfs,
+        &["-q", "-F", "-Q", "-L", "C", vol.to_str().unwrap()],
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let host = env.path("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let big: Vec<u8> = (0..3_000_000).map(|_| rng.gen()).collect();
+    std::fs::write(host.join("big.bin"), &big).unwrap();
+    // ntfscp writes into an existing volume without mounting it (no root, no FUSE).
+    std::fs::write(host.join("pagefile.txt"), "written by ntfscp\n").unwrap();
+    sh(
+        &ntfscp,
+        &[
+            vol.to_str().unwrap(),
+            host.join("big.bin").to_str().unwrap(),
+            "big.bin",
+        ],
+    );
+    sh(
+        &ntfscp,
+        &[
+            vol.to_str().unwrap(),
+            host.join("pagefile.txt").to_str().unwrap(),
+            "Notes.txt",
+        ],
+    );
+    // ntfs-3g (FUSE, as root in CI) for directories, unicode names and a file with holes.
+    let fuse = rustix::process::geteuid().is_root() && Path::new("/dev/fuse").exists();
+    let mut expected: Vec<(&str, Vec<u8>)> = vec![
+        ("/big.bin", big.clone()),
+        ("/Notes.txt", b"written by ntfscp\n".to_vec()),
+    ];
+    let mut holes = vec![0u8; 3 << 20];
+    holes[..5].copy_from_slice(b"start");
+    holes[(3 << 20) - 3..].copy_from_slice(b"end");
+    if fuse {
+        let mnt = env.path("ntfs-mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        sh(
+            &tool("ntfs-3g", "ntfs-3g").unwrap(),
+            &[vol.to_str().unwrap(), mnt.to_str().unwrap()],
+        );
+        let res = std::panic::catch_unwind(|| {
+            std::fs::create_dir_all(mnt.join("Users/Public/Documents")).unwrap();
+            std::fs::write(
+                mnt.join("Users/Public/Documents/readme.txt"),
+                "hello windows\n",
+            )
+            .unwrap();
+            std::fs::write(mnt.join("Users/ünïcødé 名前.txt"), "ünï\n").unwrap();
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(mnt.join("holes.dat")).unwrap();
+            f.write_all_at(b"start", 0).unwrap();
+            f.write_all_at(b"end", (3 << 20) - 3).unwrap();
+        });
+        let u = Command::new("umount").arg(&mnt).output().unwrap();
+        assert!(u.status.success(), "umount: {}", common::text(&u));
+        res.unwrap();
+        expected.push((
+            "/Users/Public/Documents/readme.txt",
+            b"hello windows\n".to_vec(),
+        ));
+        expected.push(("/Users/ünïcødé 名前.txt", "ünï\n".as_bytes().to_vec()));
+        expected.push(("/holes.dat", holes.clone()));
+    } else {
+        eprintln!("not root or no /dev/fuse: only the files written by ntfscp are tested");
+    }
+    // The volume as partition 1 of an MBR disk (type 0x07), as a Windows VM's C: drive.
+    let disk = env.path("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    let sfdisk = tool("sfdisk", "fdisk").unwrap();
+    let mut child = Command::new(&sfdisk)
+        .args(["-q", disk.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, size=65536, type=7\n")
+        .unwrap();
+    check(child.wait_with_output().unwrap(), "sfdisk");
+    {
+        use std::os::unix::fs::FileExt;
+        let data = std::fs::read(&vol).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .write_all_at(&data, 2048 * 512)
+            .unwrap();
+    }
+    env.backup(&disk, "win/desktop", "c");
+
+    let parts = env.json(&["files", "parts", "win/desktop@latest", "c", "-o", "json"]);
+    assert_eq!(parts["partitions"][0]["fs"], "ntfs", "{parts}");
+    // VOLUME alone picks the NTFS partition (no Linux filesystem on the disk).
+    let root: Vec<(String, u64)> = {
+        let v = env.json(&["files", "ls", "win/desktop@latest", "c", "/", "-o", "json"]);
+        let mut r: Vec<(String, u64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "file")
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    let theirs: Vec<(String, u64)> = ntfsls(&ntfsls_bin, &vol, "/")
+        .into_iter()
+        .filter(|(n, _)| n != "Users")
+        .collect();
+    assert_eq!(root, theirs);
+    if fuse {
+        let docs = env.json(&[
+            "files",
+            "ls",
+            "win/desktop@latest",
+            "c:1",
+            "/Users/Public/Documents",
+            "-o",
+            "json",
+        ]);
+        let ours: Vec<(String, u64)> = docs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, ntfsls(&ntfsls_bin, &vol, "/Users/Public/Documents"));
+        // Case-insensitive lookup, as Windows.
+        env.ok(&[
+            "files",
+            "ls",
+            "win/desktop@latest",
+            "c",
+            "/users/public/DOCUMENTS/README.TXT",
+        ]);
+    }
+    let out = env.path("out");
+    let paths: Vec<&str> = expected.iter().map(|(p, _)| *p).collect();
+    let mut args = vec!["files", "get", "win/desktop@latest", "c"];
+    args.extend(paths.iter());
+    args.extend(["-o", out.to_str().unwrap()]);
+    env.ok(&args);
+    for (p, want) in &expected {
+        let got = out.join(base(p));
+        assert_eq!(sha256_file(&got), hex::encode(Sha256::digest(want)), "{p}");
+    }
+    if fuse {
+        let md = std::fs::metadata(out.join("holes.dat")).unwrap();
+        assert!(md.blocks() * 512 < 1 << 20, "holes.dat not sparse");
+        let found = env.ok(&[
+            "files",
+            "find",
+            "win/desktop@latest",
+            "c",
+            "--name",
+            "*.txt",
+        ]);
+        let mut found: Vec<&str> = found.lines().collect();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                "/Notes.txt",
+                "/Users/Public/Documents/readme.txt",
+                "/Users/ünïcødé 名前.txt"
+            ]
+        );
+    }
+}
+
+fn base(p: &str) -> &str {
+    p.rsplit('/').next().unwrap()
+}

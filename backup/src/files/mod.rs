@@ -24,6 +24,7 @@
 
 pub mod ext4;
 pub mod fuse;
+pub mod ntfs;
 pub mod ops;
 pub mod parts;
 pub mod probe;
@@ -335,6 +336,7 @@ pub fn open_filesystem(
         probe::FsKind::Ext2 | probe::FsKind::Ext3 | probe::FsKind::Ext4 => {
             Ok(Box::new(ext4::Ext4Fs::open(slice, volume)?))
         }
+        probe::FsKind::Ntfs => Ok(Box::new(ntfs::NtfsFs::open(slice, volume)?)),
         other => Err(FilesError::Unsupported {
             volume: volume.to_string(),
             what: other.name().to_string(),
