@@ -42,6 +42,10 @@ struct Node {
     kind: NodeKind,
 }
 
+/// A use counter, and the open readers by inode with the count of their last use (for LRU
+/// eviction).
+type OpenReaders = (u64, HashMap<u64, (Arc<VolumeReader>, u64)>);
+
 /// The mounted tree.
 pub struct BackupFs {
     repo: Arc<Repository>,
@@ -49,8 +53,7 @@ pub struct BackupFs {
     nodes: Vec<Node>,
     uid: u32,
     gid: u32,
-    /// Open readers by inode, with a use tick for LRU eviction.
-    readers: Mutex<(u64, HashMap<u64, (Arc<VolumeReader>, u64)>)>,
+    readers: Mutex<OpenReaders>,
 }
 
 impl std::fmt::Debug for BackupFs {

@@ -352,12 +352,6 @@ fn available(table: &Table) -> String {
         .join(", ")
 }
 
-/// Reads the table of an in-memory disk image (the fuzz target's entry point).
-pub fn read_table_from_bytes(bytes: Vec<u8>) -> Result<Table> {
-    let disk = Slice::from_bytes(bytes);
-    read_table(&disk, "fuzz")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
