@@ -642,46 +642,37 @@ fn partitions_mbr_ext3_and_gpt_pick_the_linux_filesystem_and_name_unsupported_on
             .write_all_at(&data, start(n))
             .unwrap();
     };
-    let xfs = env.path("xfs.img");
-    std::fs::File::create(&xfs)
-        .unwrap()
-        .set_len(320 << 20)
-        .unwrap();
-    sh(
-        &tool("mkfs.xfs", "xfsprogs").unwrap(),
-        &["-q", xfs.to_str().unwrap()],
-    );
-    let btrfs = env.path("btrfs.img");
-    std::fs::File::create(&btrfs)
-        .unwrap()
-        .set_len(200 << 20)
-        .unwrap();
-    sh(
-        &tool("mkfs.btrfs", "btrfs-progs").unwrap(),
-        &["-q", btrfs.to_str().unwrap()],
-    );
-    let luks = env.path("luks.img");
-    std::fs::File::create(&luks)
-        .unwrap()
-        .set_len(24 << 20)
-        .unwrap();
     let keyfile = env.path("luks.key");
     std::fs::write(&keyfile, "luks-test-passphrase").unwrap();
-    sh(
-        &tool("cryptsetup", "cryptsetup-bin").unwrap(),
-        &[
-            "luksFormat",
-            "-q",
-            "--type",
-            "luks2",
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--key-file",
-            keyfile.to_str().unwrap(),
-            luks.to_str().unwrap(),
-        ],
+    let luks_args = [
+        "luksFormat",
+        "-q",
+        "--type",
+        "luks2",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        keyfile.to_str().unwrap(),
+    ];
+    // Each made by its own tool on a sparse file of the size the tool needs.
+    let made = |name: &str, size: u64, prog: &str, package: &str, args: &[&str]| {
+        let p = env.path(name);
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        let mut a = args.to_vec();
+        a.push(p.to_str().unwrap());
+        sh(&tool(prog, package).unwrap(), &a);
+        p
+    };
+    let xfs = made("xfs.img", 320 << 20, "mkfs.xfs", "xfsprogs", &["-q"]);
+    let btrfs = made("btrfs.img", 200 << 20, "mkfs.btrfs", "btrfs-progs", &["-q"]);
+    let luks = made(
+        "luks.img",
+        24 << 20,
+        "cryptsetup",
+        "cryptsetup-bin",
+        &luks_args,
     );
     // Only the first MiBs matter for detection; keep the image small where it can be.
     let head = |p: &Path, n: usize| {

@@ -372,35 +372,9 @@ impl Seek for BlockingVolumeReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::backup::{BackupOptions, BackupSession};
-    use crate::repo::repository::InitOptions;
-    use crate::repo::source::FileSource;
-    use crate::repo::store::{LocalStore, Store};
-    use std::path::Path;
+    use crate::repo::restore::tests::repo_with_keyed_backup as backup;
 
     const CS: usize = 64 * 1024;
-
-    async fn backup(dir: &Path, data: &[u8], key: Option<&[u8]>) -> (Arc<Repository>, Manifest) {
-        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.join("repo")));
-        let opts = InitOptions {
-            chunk_size: CS as u32,
-            key: key.map(|k| k.to_vec()),
-            kdf_memory_kib: 256,
-            kdf_iterations: 1,
-            ..Default::default()
-        };
-        let repo = Arc::new(Repository::init(store, opts).await.unwrap());
-        let img = dir.join("src.img");
-        std::fs::write(&img, data).unwrap();
-        let mut s = BackupSession::start(repo.clone(), "ns", "vm", BackupOptions::default())
-            .await
-            .unwrap();
-        s.write_volume("disk0", Arc::new(FileSource::open(&img).unwrap()), None)
-            .await
-            .unwrap();
-        let m = s.commit().await.unwrap();
-        (repo, m)
-    }
 
     fn image() -> Vec<u8> {
         // 6 chunks + a short tail; chunk 2 is all zeros.
