@@ -60,6 +60,28 @@ if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bi
   cargo install s3s-fs@0.14.1 --features binary --locked --quiet
 fi
 
+# File-level restore (issue 15): the tests make real partition tables and filesystems with their
+# own tools: sfdisk (fdisk), sgdisk (gdisk), mkntfs/ntfscp (ntfs-3g), fusermount3 (fuse3) for
+# `virtguard mount`, and mkfs.xfs, mkfs.btrfs and cryptsetup for the "unsupported filesystem"
+# errors.
+files_pkgs=()
+for pair in sfdisk:fdisk sgdisk:gdisk mkntfs:ntfs-3g ntfscp:ntfs-3g fusermount3:fuse3 \
+  mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs cryptsetup:cryptsetup-bin; do
+  tool=${pair%%:*}
+  if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ] && [ ! -x "/sbin/$tool" ]; then
+    files_pkgs+=("${pair#*:}")
+  fi
+done
+if [ ${#files_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "virtguard: missing system packages: ${files_pkgs[*]}; run: sudo apt-get install -y ${files_pkgs[*]}" >&2
+    exit 1
+  fi
+  echo "virtguard: installing Debian packages: ${files_pkgs[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${files_pkgs[@]}" >/dev/null
+fi
+
 # The real Kubernetes control plane the control-plane tests start (issue 20): kube-apiserver and
 # kube-controller-manager (k8s.io/kubernetes) and etcd, built from source with Go through the
 # module proxy, once per pinned version, into ~/.cache/virtguard/control-plane/<version>/bin.

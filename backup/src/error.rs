@@ -120,6 +120,10 @@ pub enum Error {
     #[error(transparent)]
     Restore(#[from] crate::engine::restore::RestoreError),
 
+    /// File-level access to a backup's disk image failed (`virtguard files`, `mount`).
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
+
     /// The cluster could not be reached or configured.
     #[error("connecting to the Kubernetes API: {0} (set KUBECONFIG, or run inside a pod with a service account)")]
     KubeConfig(String),

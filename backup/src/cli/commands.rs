@@ -111,6 +111,8 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         Command::Restore(a) => super::restore_cmds::restore(config, a).await,
         Command::Download(a) => super::restore_cmds::download(config, a).await,
         Command::RestoreVolume(a) => super::restore_cmds::restore_volume(config, a).await,
+        Command::Files(a) => super::files_cmds::files(config, a).await,
+        Command::Mount(a) => super::mount_cmd::mount(config, a).await,
         Command::Init(a) => {
             let store = config.store().await?;
             let encrypted = config.key.is_some();

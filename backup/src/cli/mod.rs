@@ -10,6 +10,8 @@
 
 mod cluster_cmds;
 mod commands;
+mod files_cmds;
+mod mount_cmd;
 mod restore_cmds;
 
 pub use cluster_cmds::{BackupArgs, CleanupArgs};
@@ -149,6 +151,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write one disk of a backup to a local raw or qcow2 file
     Download(DownloadArgs),
+    /// Files out of a backup's disk images without restoring them: parts, ls, get, find, diff
+    Files(files_cmds::FilesArgs),
+    /// Mount backups read-only (FUSE) as <ns>/<vm>/<backup-id>/<volume>.img, read lazily
+    Mount(mount_cmd::MountArgs),
     /// Internal: write one volume into a PVC (what restore Jobs run)
     #[command(hide = true)]
     RestoreVolume(RestoreVolumeArgs),

@@ -107,6 +107,7 @@ pub mod s3;
 pub mod source;
 pub mod store;
 pub mod verify;
+pub mod volume_reader;
 
 pub use backup::{BackupOptions, BackupSession, VolumeStats};
 pub use config::RepoConfig;
@@ -115,3 +116,4 @@ pub use repository::{BackupRef, Repository};
 pub use restore::{RestoreOptions, RestoreStats};
 pub use source::{FileSource, HttpSource, VolumeSource};
 pub use store::{LocalStore, ObjectInfo, Store};
+pub use volume_reader::{BlockingVolumeReader, ReadStats, VolumeReader, VolumeReaderOptions};

@@ -376,7 +376,7 @@ pub async fn restore_to_writer<W: AsyncWrite + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::repo::backup::{BackupOptions, BackupSession};
     use crate::repo::repository::InitOptions;
@@ -410,9 +410,22 @@ mod tests {
     }
 
     async fn repo_with_backup(dir: &Path, data: &[u8]) -> (Arc<Repository>, Manifest) {
+        repo_with_keyed_backup(dir, data, None).await
+    }
+
+    /// A repository in `dir/repo` (64 KiB chunks; encrypted with `key`, cheap KDF) holding one
+    /// backup ns/vm of `data` as volume `disk0`.
+    pub(crate) async fn repo_with_keyed_backup(
+        dir: &Path,
+        data: &[u8],
+        key: Option<&[u8]>,
+    ) -> (Arc<Repository>, Manifest) {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.join("repo")));
         let opts = InitOptions {
             chunk_size: 64 * 1024,
+            key: key.map(|k| k.to_vec()),
+            kdf_memory_kib: 256,
+            kdf_iterations: 1,
             ..Default::default()
         };
         let repo = Arc::new(Repository::init(store, opts).await.unwrap());
