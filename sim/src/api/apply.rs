@@ -146,7 +146,7 @@ pub(crate) fn apply(
                 if matches!(e.reason.as_str(), "Conflict" | "AlreadyExists")
                     && e.causes.is_empty()
                     && precondition.is_none()
-                    && attempt < super::patch::RETRIES =>
+                    && attempt < super::RETRIES =>
             {
                 attempt += 1;
             }

@@ -15,7 +15,7 @@
 //! fields follow `fieldValidation` (`Ignore` prunes, `Warn` — the server's default — prunes
 //! and answers `Warning: 299` headers, `Strict` refuses with 400); a PATCH or apply without a
 //! precondition of its own is re-applied to the latest object when another write came in
-//! between (up to `patch::RETRIES` times), as the real server's GuaranteedUpdate does.
+//! between (up to [`RETRIES`] times), as the real server's GuaranteedUpdate does.
 
 pub(crate) mod apply;
 pub(crate) mod authz;
@@ -40,6 +40,10 @@ use crate::http::{error_response, json_response, query, read_body, Body};
 use crate::resources::{ResId, ResourceDef};
 use crate::status::ApiError;
 use crate::Inner;
+
+/// How many times a write without a client precondition is re-done when the object changed
+/// underneath it (the real server's GuaranteedUpdate loop); patch and apply share it.
+pub(crate) const RETRIES: usize = 8;
 
 /// Largest request body accepted by the API (not the upload proxy).
 const MAX_BODY: usize = 16 << 20;

@@ -22,10 +22,6 @@ use crate::status::ApiError;
 use crate::store::meta_str;
 use crate::Inner;
 
-/// How many times a write without a client precondition is re-done when the object changed
-/// underneath it (the real server's GuaranteedUpdate loop).
-pub(crate) const RETRIES: usize = 8;
-
 /// A parsed patch document.
 enum Doc {
     Json(json_patch::Patch),
@@ -119,7 +115,7 @@ pub(crate) fn patch(
             opts,
             Track::Update,
         ) {
-            Err(e) if e.code == 409 && precondition.is_none() && attempt < RETRIES => {
+            Err(e) if e.code == 409 && precondition.is_none() && attempt < super::RETRIES => {
                 attempt += 1;
             }
             r => return r,
