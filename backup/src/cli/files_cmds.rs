@@ -16,7 +16,7 @@ use super::{Config, Output};
 use crate::error::{Error, Result};
 use crate::files::ops::{self, Change, FindFilter, GetOptions, SizeFilter};
 use crate::files::parts::{self, PartSel, Table, TableKind};
-use crate::files::{open_filesystem, EntryKind, Filesystem, Slice};
+use crate::files::{open_filesystem, EntryKind, FilesError, Filesystem, Slice};
 use crate::repo::locks::LockKind;
 use crate::repo::{BackupRef, BlockingVolumeReader, Repository, VolumeReader, VolumeReaderOptions};
 
@@ -367,16 +367,10 @@ async fn get(config: &Config, repo: &Arc<Repository>, a: GetArgs) -> Result<()> 
     if stats.failed.is_empty() {
         return Ok(());
     }
-    Err(Error::Invalid(format!(
-        "{} object(s) could not be fetched (the others were):\n  {}",
-        stats.failed.len(),
-        stats
-            .failed
-            .iter()
-            .map(|(p, e)| format!("{p}: {e}"))
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    )))
+    Err(FilesError::Incomplete {
+        failed: stats.failed,
+    }
+    .into())
 }
 
 fn print_table(label: &str, t: &Table, output: Output) {
