@@ -169,10 +169,19 @@ mod tests {
         assert_eq!(probe(&lvm).unwrap(), FsKind::LvmPv);
         assert_eq!(probe(&image(&[(0, b"XFSB")])).unwrap(), FsKind::Xfs);
         assert_eq!(probe(&image(&[(3, b"NTFS    ")])).unwrap(), FsKind::Ntfs);
-        assert_eq!(probe(&image(&[(0x10040, b"_BHRfS_M")])).unwrap(), FsKind::Btrfs);
-        assert_eq!(probe(&image(&[(4086, b"SWAPSPACE2")])).unwrap(), FsKind::Swap);
+        assert_eq!(
+            probe(&image(&[(0x10040, b"_BHRfS_M")])).unwrap(),
+            FsKind::Btrfs
+        );
+        assert_eq!(
+            probe(&image(&[(4086, b"SWAPSPACE2")])).unwrap(),
+            FsKind::Swap
+        );
         assert_eq!(probe(&image(&[])).unwrap(), FsKind::Unknown);
         // Shorter than the offsets probed: no error, nothing found.
-        assert_eq!(probe(&Slice::from_bytes(vec![0; 100])).unwrap(), FsKind::Unknown);
+        assert_eq!(
+            probe(&Slice::from_bytes(vec![0; 100])).unwrap(),
+            FsKind::Unknown
+        );
     }
 }

@@ -135,7 +135,11 @@ async fn main() -> Result<()> {
     let listed = demo.virtguard(&["list", "--vm", "demo/guest", "-o", "json"]);
     let volume = serde_json::from_slice::<serde_json::Value>(&listed.stdout)
         .ok()
-        .and_then(|v| v.as_array()?.last()?["volumes"][0]["name"].as_str().map(str::to_string))
+        .and_then(|v| {
+            v.as_array()?.last()?["volumes"][0]["name"]
+                .as_str()
+                .map(str::to_string)
+        })
         .context("virtguard list shows no volume of demo/guest")?;
     let mut fetched = vec![("/hello.txt", demo.hello.clone())];
     if real {
