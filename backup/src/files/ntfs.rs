@@ -235,7 +235,9 @@ mod tests {
     fn a_volume_shorter_than_its_boot_sector_is_an_error_not_a_panic() {
         let mut b = vec![0u8; 300];
         b[3..11].copy_from_slice(b"NTFS    ");
-        let err = NtfsFs::open(Slice::from_bytes(b), "v").unwrap_err().to_string();
+        let err = NtfsFs::open(Slice::from_bytes(b), "v")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("<boot sector>"), "{err}");
     }
 }
