@@ -7,7 +7,8 @@
 #      real guest agent; its disk is the PVC), plus two simulated VMs;
 #   4. starts the exporter (node mode on that libvirt, cluster mode on the cluster) and shows live
 #      values;
-#   5. runs `virtguard backup --all-namespaces` into the embedded default repository, then
+#   5. runs `virtguard backup --all-namespaces` into the embedded default repository, fetches
+#      single files from that backup with `virtguard files get` (no restore), then
 #      `virtguard restore` of the real VM as a copy, and checks the restored disk's files;
 #   6. prints a summary and stops everything it started.
 # Options are passed to virtguard-quickstart: --keep-running, --no-guest, --work DIR (see --help).

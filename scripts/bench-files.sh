@@ -76,7 +76,8 @@ measure backup "$VG" backup-file "$IMG" --vm bench/vm --volume root -q -o json
 
 echo "== fetch one 10 MiB file vs restore the whole image"
 measure files_get "$VG" files get bench/vm@latest root /home/user/docs/report.bin -o "$WORK/report.bin" -q
-measure restore_file "$VG" restore-file bench/vm@latest root "$WORK/restored.img" -q
+ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/backup.out")
+measure restore_file "$VG" restore-file "bench/vm/$ID" root "$WORK/restored.img" -q
 cmp "$WORK/report.bin" "$SRC/home/user/docs/report.bin"
 cmp "$WORK/restored.img" "$IMG"
 

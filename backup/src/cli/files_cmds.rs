@@ -16,7 +16,7 @@ use super::{Config, Output};
 use crate::error::{Error, Result};
 use crate::files::ops::{self, Change, FindFilter, GetOptions, SizeFilter};
 use crate::files::parts::{self, PartSel, Table, TableKind};
-use crate::files::{open_filesystem, EntryKind, Filesystem, Slice};
+use crate::files::{open_filesystem, EntryKind, FilesError, Filesystem, Slice};
 use crate::repo::locks::LockKind;
 use crate::repo::{BackupRef, BlockingVolumeReader, Repository, VolumeReader, VolumeReaderOptions};
 
@@ -39,9 +39,16 @@ against its own checksums when the filesystem has metadata_csum. Not verified: f
 contents against the filesystem (neither ext4 nor NTFS checksums file data), NTFS metadata \
 (it has no checksums), and ext2/3 metadata (no checksums).";
 
+/// The verification note every `files` subcommand's help ends with.
+const VERIFIED_NOTE: &str = "\
+Verified: every chunk read (against its id) and the volume's index (against the manifest); ext4 \
+metadata against its checksums when the filesystem has metadata_csum. Not verified: file \
+contents against the filesystem (ext4 and NTFS have no data checksums), NTFS and ext2/3 \
+metadata. See `virtguard files --help`.";
+
 /// `virtguard files …`.
 #[derive(Debug, Args)]
-#[command(long_about = FILES_ABOUT)]
+#[command(after_help = FILES_ABOUT)]
 pub struct FilesArgs {
     #[command(subcommand)]
     pub command: FilesCommand,
@@ -73,6 +80,7 @@ pub struct Target {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = VERIFIED_NOTE)]
 pub struct PartsArgs {
     #[command(flatten)]
     pub target: Target,
@@ -81,6 +89,7 @@ pub struct PartsArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = VERIFIED_NOTE)]
 pub struct LsArgs {
     #[command(flatten)]
     pub target: Target,
@@ -98,6 +107,7 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = VERIFIED_NOTE)]
 pub struct GetArgs {
     #[command(flatten)]
     pub target: Target,
@@ -116,6 +126,7 @@ pub struct GetArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = VERIFIED_NOTE)]
 pub struct FindArgs {
     #[command(flatten)]
     pub target: Target,
@@ -143,6 +154,7 @@ pub struct FindArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = VERIFIED_NOTE)]
 pub struct DiffArgs {
     /// Older backup: an id, namespace/vm/id, or namespace/vm@latest
     pub backup_a: String,
@@ -367,16 +379,10 @@ async fn get(config: &Config, repo: &Arc<Repository>, a: GetArgs) -> Result<()> 
     if stats.failed.is_empty() {
         return Ok(());
     }
-    Err(Error::Invalid(format!(
-        "{} object(s) could not be fetched (the others were):\n  {}",
-        stats.failed.len(),
-        stats
-            .failed
-            .iter()
-            .map(|(p, e)| format!("{p}: {e}"))
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    )))
+    Err(FilesError::Incomplete {
+        failed: stats.failed,
+    }
+    .into())
 }
 
 fn print_table(label: &str, t: &Table, output: Output) {
@@ -497,6 +503,24 @@ fn print_changes(changes: &[Change], output: Output) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_says_what_is_and_is_not_verified() {
+        use clap::CommandFactory;
+        let mut cli = crate::cli::Cli::command();
+        let files = cli.find_subcommand_mut("files").expect("files command");
+        let help = files.render_long_help().to_string();
+        assert!(
+            help.contains("What is verified") && help.contains("Not verified"),
+            "{help}"
+        );
+        let get = files.find_subcommand_mut("get").expect("files get");
+        let help = get.render_long_help().to_string();
+        assert!(
+            help.contains("Verified: every chunk") && help.contains("Not verified"),
+            "{help}"
+        );
+    }
 
     #[test]
     fn modes_render_like_ls() {

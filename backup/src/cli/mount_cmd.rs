@@ -17,7 +17,7 @@ use crate::repo::locks::LockKind;
 use crate::repo::{BackupRef, Repository};
 
 #[derive(Debug, Args)]
-#[command(long_about = "\
+#[command(after_help = "\
 Mount backups read-only with FUSE as a tree <ns>/<vm>/<backup-id>/<volume>.img. The image files \
 are read lazily from the repository (local or S3): a read fetches only the chunks it touches, \
 each verified against its id, with a bounded cache, so any tool works on a backup without a \

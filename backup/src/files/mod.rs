@@ -86,6 +86,10 @@ pub enum FilesError {
         source: std::io::Error,
     },
 
+    /// Some objects of a copy could not be read (the others were copied).
+    #[error("{} object(s) could not be fetched (the others were):\n  {}", .failed.len(), .failed.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>().join("\n  "))]
+    Incomplete { failed: Vec<(String, String)> },
+
     /// Invalid arguments (paths, patterns, sizes, times).
     #[error("{0}")]
     Invalid(String),

@@ -53,7 +53,18 @@ impl NtfsFs {
             path: "<boot sector>".into(),
             message: error_chain(&e),
         };
-        let mut ntfs = Ntfs::new(&mut fs).map_err(err)?;
+        // The boot sector is read here and handed over in memory: `Ntfs::new` parses it with
+        // binrw, and the `ntfs` crate panics (`unreachable!`) on an I/O error inside a binrw
+        // read — a volume shorter than a sector, or a corrupt chunk, must be an error instead
+        // (found by the disk_image fuzz target).
+        let mut boot = vec![0u8; 512];
+        fs.read_exact_at(0, &mut boot)
+            .map_err(|e| FilesError::Read {
+                volume: volume.to_string(),
+                path: "<boot sector>".into(),
+                message: error_chain(&e),
+            })?;
+        let mut ntfs = Ntfs::new(&mut std::io::Cursor::new(boot)).map_err(err)?;
         ntfs.read_upcase_table(&mut fs).map_err(err)?;
         Ok(NtfsFs {
             ntfs,
@@ -213,5 +224,20 @@ impl Filesystem for NtfsFs {
             out(offset, &buf[..n])?;
             offset += n as u64;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_shorter_than_its_boot_sector_is_an_error_not_a_panic() {
+        let mut b = vec![0u8; 300];
+        b[3..11].copy_from_slice(b"NTFS    ");
+        let err = NtfsFs::open(Slice::from_bytes(b), "v")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("<boot sector>"), "{err}");
     }
 }

@@ -230,8 +230,8 @@ pub fn total_size(fs: &mut dyn Filesystem, paths: &[String]) -> Result<u64> {
     Ok(total)
 }
 
-/// Copies `paths` out of `fs`. One regular file and an `out` that is not a directory: the file
-/// is written to `out`. Otherwise `out` is a directory (created if needed) that receives each
+/// Copies `paths` out of `fs`. One regular file and an `out` that is not a directory (nor ends
+/// in `/`): the file is written to `out`. Otherwise `out` is a directory (created if needed) that receives each
 /// path under its own name (`/` copies the root's contents). Hard links become separate
 /// files.
 pub fn get(
@@ -245,7 +245,8 @@ pub fn get(
     for p in paths {
         tops.push(fs.stat(p)?);
     }
-    let to_file = matches!(tops.as_slice(), [e] if e.kind == EntryKind::File) && !out.is_dir();
+    let names_dir = out.is_dir() || out.as_os_str().as_encoded_bytes().ends_with(b"/");
+    let to_file = matches!(tops.as_slice(), [e] if e.kind == EntryKind::File) && !names_dir;
     if to_file {
         copy_entry(fs, &tops[0], out, opts, &mut stats)?;
         return Ok(stats);

@@ -225,7 +225,53 @@ fn clip(disk: &Slice, lba: u64, sectors: u64) -> (u64, u64) {
     (start, size)
 }
 
+/// Most logical partitions followed in an extended partition's EBR chain.
+pub const MAX_LOGICAL: u32 = 128;
+
+/// Walks the EBR chain of an extended partition before `mbrman` does, refusing what it would
+/// mishandle: sector numbers whose sum overflows 32 bits, a chain that does not move forward,
+/// or one longer than [`MAX_LOGICAL`].
+fn check_ebr_chain(disk: &Slice, head: &[u8]) -> std::result::Result<(), String> {
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    for i in 0..4 {
+        let e = 446 + i * 16;
+        if !is_extended(head[e + 4]) {
+            continue;
+        }
+        let ext_start = le32(head, e + 8);
+        let mut rel = 0u32;
+        for _ in 0..MAX_LOGICAL {
+            let abs = ext_start
+                .checked_add(rel)
+                .ok_or("EBR sector number overflows")?;
+            let mut ebr = vec![0u8; 512];
+            disk.read_padded(u64::from(abs) * 512, &mut ebr)
+                .map_err(|e| e.to_string())?;
+            if ebr[510] != 0x55 || ebr[511] != 0xAA {
+                return Ok(());
+            }
+            le32(&ebr, 446 + 8)
+                .checked_add(abs)
+                .ok_or("logical partition start overflows")?;
+            let next = le32(&ebr, 462 + 8);
+            if next == 0 {
+                return Ok(());
+            }
+            if next <= rel {
+                return Err("the EBR chain goes backwards".into());
+            }
+            rel = next;
+        }
+        return Err(format!("more than {MAX_LOGICAL} logical partitions"));
+    }
+    Ok(())
+}
+
 fn read_mbr(disk: &Slice, volume: &str, out: &mut Vec<Partition>) -> Result<()> {
+    let mut head = vec![0u8; 512];
+    disk.read_padded(0, &mut head)
+        .map_err(|e| io_err(volume, e))?;
+    check_ebr_chain(disk, &head).map_err(|m| table_err(volume, format!("MBR: {m}")))?;
     let mut r = disk.clone();
     let mbr = mbrman::MBR::read_from(&mut r, 512).map_err(|e| table_err(volume, e))?;
     // Primary entries are numbered 1..=4, logical partitions from 5 on.
@@ -371,6 +417,49 @@ mod tests {
             ("root".into(), PartSel::Number(3))
         );
         assert!(parse_volume_arg("root:x").is_err());
+    }
+
+    /// An MBR whose only entry is an extended partition at sector 2048, with EBRs written by
+    /// `ebr(sector, logical_start, next)`.
+    fn extended_disk(ebrs: &[(u32, u32, u32)]) -> Slice {
+        let mut d = vec![0u8; 4 << 20];
+        let e = 446;
+        d[e + 4] = 0x05;
+        d[e + 8..e + 12].copy_from_slice(&2048u32.to_le_bytes());
+        d[e + 12..e + 16].copy_from_slice(&4096u32.to_le_bytes());
+        d[510] = 0x55;
+        d[511] = 0xAA;
+        for (sector, start, next) in ebrs {
+            let at = *sector as usize * 512;
+            d[at + 446 + 4] = 0x83;
+            d[at + 446 + 8..at + 446 + 12].copy_from_slice(&start.to_le_bytes());
+            d[at + 446 + 12..at + 446 + 16].copy_from_slice(&16u32.to_le_bytes());
+            if *next != 0 {
+                d[at + 462 + 4] = 0x05;
+                d[at + 462 + 8..at + 462 + 12].copy_from_slice(&next.to_le_bytes());
+                d[at + 462 + 12..at + 462 + 16].copy_from_slice(&32u32.to_le_bytes());
+            }
+            d[at + 510] = 0x55;
+            d[at + 511] = 0xAA;
+        }
+        Slice::from_bytes(d)
+    }
+
+    #[test]
+    fn ebr_chains_that_loop_or_overflow_are_refused() {
+        // Two logical partitions: a good chain.
+        let good = extended_disk(&[(2048, 63, 100), (2148, 63, 0)]);
+        let t = read_table(&good, "v").unwrap();
+        let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
+        assert_eq!(numbers, vec![1, 5, 6]);
+        // The second EBR points back at the first.
+        let back = extended_disk(&[(2048, 63, 100), (2148, 63, 50)]);
+        let err = read_table(&back, "v").unwrap_err().to_string();
+        assert!(err.contains("backwards"), "{err}");
+        // A logical partition start that overflows 32 bits.
+        let over = extended_disk(&[(2048, u32::MAX - 10, 0)]);
+        let err = read_table(&over, "v").unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
     }
 
     fn part(number: u32, size: u64, fs: FsKind) -> Partition {

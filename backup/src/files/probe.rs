@@ -136,3 +136,52 @@ pub fn probe(s: &Slice) -> std::io::Result<FsKind> {
     }
     Ok(FsKind::Unknown)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(patches: &[(usize, &[u8])]) -> Slice {
+        let mut b = vec![0u8; 128 * 1024];
+        for (at, bytes) in patches {
+            b[*at..*at + bytes.len()].copy_from_slice(bytes);
+        }
+        Slice::from_bytes(b)
+    }
+
+    #[test]
+    fn magics() {
+        let ext = |compat: u32, incompat: u32, ro: u32| {
+            probe(&image(&[
+                (1024 + 56, &EXT_MAGIC.to_le_bytes()),
+                (1024 + 92, &compat.to_le_bytes()),
+                (1024 + 96, &incompat.to_le_bytes()),
+                (1024 + 100, &ro.to_le_bytes()),
+            ]))
+            .unwrap()
+        };
+        assert_eq!(ext(0, 0x2, 0x3), FsKind::Ext2);
+        assert_eq!(ext(0x4, 0x2, 0x3), FsKind::Ext3);
+        assert_eq!(ext(0x4, 0x2 | 0x40, 0x3), FsKind::Ext4);
+        assert_eq!(ext(0x4, 0x2, 0x400), FsKind::Ext4);
+        // LVM2 label in the second sector.
+        let lvm = image(&[(512, b"LABELONE"), (512 + 24, b"LVM2 001")]);
+        assert_eq!(probe(&lvm).unwrap(), FsKind::LvmPv);
+        assert_eq!(probe(&image(&[(0, b"XFSB")])).unwrap(), FsKind::Xfs);
+        assert_eq!(probe(&image(&[(3, b"NTFS    ")])).unwrap(), FsKind::Ntfs);
+        assert_eq!(
+            probe(&image(&[(0x10040, b"_BHRfS_M")])).unwrap(),
+            FsKind::Btrfs
+        );
+        assert_eq!(
+            probe(&image(&[(4086, b"SWAPSPACE2")])).unwrap(),
+            FsKind::Swap
+        );
+        assert_eq!(probe(&image(&[])).unwrap(), FsKind::Unknown);
+        // Shorter than the offsets probed: no error, nothing found.
+        assert_eq!(
+            probe(&Slice::from_bytes(vec![0; 100])).unwrap(),
+            FsKind::Unknown
+        );
+    }
+}

@@ -16,7 +16,8 @@
 //!   that chunk's key; other ranges of the volume stay readable (failed fetches are not
 //!   cached, so a retry fetches again).
 //! * Sequential reads (a read starting where the previous one ended) trigger read-ahead of
-//!   the next `readahead` non-zero chunks in the background.
+//!   the next non-zero chunks in the background: one chunk once a whole chunk has been read in
+//!   order, growing with the run up to `readahead` chunks.
 //!
 //! [`BlockingVolumeReader`] is the synchronous face (`Read + Seek` and positional reads) for
 //! parsers that are not async (partition tables, filesystems, FUSE): it blocks the calling
@@ -84,6 +85,8 @@ struct Cache {
     capacity: usize,
     /// End offset of the last read, to detect sequential access.
     last_end: u64,
+    /// Start offset of the current run of sequential reads.
+    run_start: u64,
 }
 
 impl Cache {
@@ -155,6 +158,7 @@ impl VolumeReader {
             tick: 0,
             capacity: opts.cache_chunks.max(1) + opts.readahead,
             last_end: u64::MAX,
+            run_start: 0,
         };
         Ok(Arc::new(VolumeReader {
             repo,
@@ -228,10 +232,11 @@ impl VolumeReader {
         Ok(data.clone())
     }
 
-    /// Starts background fetches of the non-zero chunks after `last` (read-ahead).
-    fn read_ahead(self: &Arc<Self>, last: u64) {
+    /// Starts background fetches of the `window` chunks after `last` (read-ahead); zero chunks
+    /// and chunks already cached or in flight are skipped.
+    fn read_ahead(self: &Arc<Self>, last: u64, window: u64) {
         let n = self.index.chunks.len() as u64;
-        for j in (last + 1)..(last + 1 + self.opts.readahead as u64).min(n) {
+        for j in (last + 1)..(last + 1 + window).min(n) {
             if self.index.chunks[j as usize].is_zero_marker() {
                 continue;
             }
@@ -257,14 +262,19 @@ impl VolumeReader {
         let cs = u64::from(self.index.chunk_size);
         let first = offset / cs;
         let last = (offset + want as u64 - 1) / cs;
-        let sequential = {
+        // The read-ahead window grows with the sequential run: one chunk ahead once a whole
+        // chunk has been read in order, never more chunks ahead than the run is long, at most
+        // `readahead`; so a short sequential read (a small file) wastes few fetches.
+        let window = {
             let mut c = self.lock_cache();
-            let seq = c.last_end == offset;
+            if c.last_end != offset {
+                c.run_start = offset;
+            }
             c.last_end = offset + want as u64;
-            seq
+            ((c.last_end - c.run_start) / cs).min(self.opts.readahead as u64)
         };
-        if sequential && self.opts.readahead > 0 {
-            self.read_ahead(last);
+        if window > 0 {
+            self.read_ahead(last, window);
         }
         let mut done = 0usize;
         for i in first..=last {
@@ -457,6 +467,27 @@ mod tests {
         // the bound is one extra fetch per read-ahead slot and chunk.
         let fetched = r.stats().chunks_fetched;
         assert!((6..=6 + 2 * 6).contains(&fetched), "{fetched} fetches");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_ahead_grows_with_the_sequential_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = image();
+        let (repo, m) = backup(dir.path(), &data, None).await;
+        let opts = VolumeReaderOptions {
+            cache_chunks: 8,
+            readahead: 4,
+        };
+        let r = VolumeReader::open(repo, &m, "disk0", opts).await.unwrap();
+        // Small reads in order through chunk 0 and into chunk 1: the run is shorter than two
+        // chunks, so at most one chunk ahead (chunk 2, all zeros: nothing to fetch).
+        let mut buf = vec![0u8; 3000];
+        let mut off = 0u64;
+        while off < (CS + 3000) as u64 {
+            r.read_at(off, &mut buf).await.unwrap();
+            off += buf.len() as u64;
+        }
+        assert_eq!(r.stats().chunks_fetched, 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
