@@ -27,9 +27,11 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             // 2: usage or configuration error (like clap's own); 1: the work failed.
             match e.downcast_ref::<virtguard::Error>() {
-                Some(virtguard::Error::Invalid(_) | virtguard::Error::KubeConfig(_)) => {
-                    std::process::ExitCode::from(2)
-                }
+                Some(
+                    virtguard::Error::Invalid(_)
+                    | virtguard::Error::Repo(virtguard::repo::Error::Invalid(_))
+                    | virtguard::Error::KubeConfig(_),
+                ) => std::process::ExitCode::from(2),
                 Some(virtguard::Error::Restore(r)) if r.is_usage() => {
                     std::process::ExitCode::from(2)
                 }

@@ -16,6 +16,7 @@ use crate::repo::prune::{self, KeepPolicy};
 use crate::repo::repository::InitOptions;
 use crate::repo::restore::{restore_to_file, RestoreOptions};
 use crate::repo::verify::verify;
+use crate::repo::Error as RepoError;
 use crate::repo::{BackupOptions, BackupRef, BackupSession, FileSource, Repository, VolumeSource};
 
 /// Human-readable binary size.
@@ -172,7 +173,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 if let Some(p) = pb {
                     p.finish_and_clear();
                 }
-                res.map(|s| (r, s))
+                Ok((r, res?))
             }
             .await;
             lock.release().await;
@@ -305,9 +306,10 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 println!("no problems found");
                 Ok(())
             } else {
-                Err(Error::VerifyFailed {
+                Err(RepoError::VerifyFailed {
                     problems: report.problems,
-                })
+                }
+                .into())
             }
         }
         Command::Prune(a) => {
@@ -440,7 +442,7 @@ async fn backup_file(config: &Config, a: BackupFileArgs) -> Result<()> {
     check_name("volume", &a.volume)?;
     let mut resources = Vec::new();
     for p in &a.resources {
-        let data = std::fs::read(p).map_err(|e| Error::io("reading resource file", p, e))?;
+        let data = std::fs::read(p).map_err(|e| RepoError::io("reading resource file", p, e))?;
         let name = p
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -474,13 +476,13 @@ async fn backup_file(config: &Config, a: BackupFileArgs) -> Result<()> {
         Ok(s) => s,
         Err(e) => {
             session.abort().await;
-            return Err(e);
+            return Err(e.into());
         }
     };
     if !resources.is_empty() {
         if let Err(e) = session.write_resources(resources).await {
             session.abort().await;
-            return Err(e);
+            return Err(e.into());
         }
     }
     let parent = session.parent().cloned();

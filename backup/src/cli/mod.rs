@@ -26,6 +26,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::error::{Error, Result};
 use crate::repo::s3::{S3Options, S3Store};
 use crate::repo::store::{LimitStore, LocalStore, RetryStore, Store};
+use crate::repo::Error as RepoError;
 
 /// Resolves on SIGTERM (Kubernetes stopping a Job's pod) or SIGINT (Ctrl-C), for the commands
 /// that clean up after themselves when stopped (`backup`, `restore`).
@@ -361,7 +362,8 @@ impl Config {
     pub fn from_args(g: &GlobalArgs) -> Result<Config> {
         let key = match (&g.key_file, std::env::var_os("VIRTGUARD_KEY")) {
             (Some(p), _) => {
-                let mut k = std::fs::read(p).map_err(|e| Error::io("reading key file", p, e))?;
+                let mut k =
+                    std::fs::read(p).map_err(|e| RepoError::io("reading key file", p, e))?;
                 while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     k.pop();
                 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::files::fuse::BackupFs;
 use crate::repo::format::BackupId;
 use crate::repo::locks::LockKind;
+use crate::repo::Error as RepoError;
 use crate::repo::{BackupRef, Repository};
 
 #[derive(Debug, Args)]
@@ -51,10 +52,11 @@ async fn select(repo: &Repository, spec: &str) -> Result<Vec<BackupRef>> {
         repo.list_backups(Some(spec), None).await?
     };
     if found.is_empty() {
-        return Err(Error::BackupNotFound {
+        return Err(RepoError::BackupNotFound {
             id: spec.to_string(),
             hint: Some("no backup matches; run `virtguard list`".into()),
-        });
+        }
+        .into());
     }
     Ok(found)
 }

@@ -18,6 +18,7 @@ use crate::engine::restore::{self, Method, Mode, RestoreError, RestoreRequest};
 use crate::error::{Error, Result};
 use crate::repo::locks::LockKind;
 use crate::repo::restore::{restore_to_file, RestoreOptions};
+use crate::repo::Error as RepoError;
 use crate::repo::{BackupRef, Repository};
 
 /// Data path of `restore`.
@@ -136,18 +137,18 @@ async fn open(config: &Config) -> Result<Arc<Repository>> {
 }
 
 /// Resolves `id`, `ns/vm/id` or `ns/vm@latest`.
-pub async fn resolve_backup(repo: &Repository, spec: &str) -> Result<BackupRef> {
+pub async fn resolve_backup(repo: &Repository, spec: &str) -> crate::repo::Result<BackupRef> {
     if let Some((vm, which)) = spec.split_once('@') {
         let (ns, name) = vm
             .split_once('/')
-            .ok_or_else(|| Error::Invalid(format!("`{spec}`: expected namespace/vm@latest")))?;
+            .ok_or_else(|| RepoError::Invalid(format!("`{spec}`: expected namespace/vm@latest")))?;
         if which != "latest" {
             return repo.find_backup(&format!("{ns}/{name}/{which}")).await;
         }
         return repo
             .latest(ns, name)
             .await?
-            .ok_or_else(|| Error::BackupNotFound {
+            .ok_or_else(|| RepoError::BackupNotFound {
                 id: spec.to_string(),
                 hint: Some(format!(
                     "VM {ns}/{name} has no backups; run `virtguard list` to see the backups"
@@ -313,9 +314,9 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
         },
         upload_proxy_url: a.upload_proxy_url.clone(),
         upload_proxy_ca: match &a.upload_proxy_ca {
-            Some(p) => {
-                Some(std::fs::read(p).map_err(|e| Error::io("reading --upload-proxy-ca", p, e))?)
-            }
+            Some(p) => Some(
+                std::fs::read(p).map_err(|e| RepoError::io("reading --upload-proxy-ca", p, e))?,
+            ),
             None => None,
         },
     };
@@ -522,7 +523,7 @@ async fn download_inner(
         ImageFormat::Raw => {
             if a.force && a.output.is_file() {
                 std::fs::remove_file(&a.output)
-                    .map_err(|e| Error::io("removing old output", &a.output, e))?;
+                    .map_err(|e| RepoError::io("removing old output", &a.output, e))?;
             }
             restore_to_file(repo, &m, &a.volume, &a.output, &opts, pb.clone()).await?;
         }
@@ -537,7 +538,7 @@ async fn download_inner(
                 .prefix(".virtguard-download-")
                 .suffix(".raw")
                 .tempfile_in(&dir)
-                .map_err(|e| Error::io("creating a temporary file in", &dir, e))?;
+                .map_err(|e| RepoError::io("creating a temporary file in", &dir, e))?;
             let raw = tmp.path().to_path_buf();
             restore_to_file(repo, &m, &a.volume, &raw, &opts, pb.clone()).await?;
             let out = tokio::process::Command::new("qemu-img")
@@ -546,7 +547,9 @@ async fn download_inner(
                 .arg(&a.output)
                 .output()
                 .await
-                .map_err(|e| Error::io("running qemu-img (install qemu-utils)", "qemu-img", e))?;
+                .map_err(|e| {
+                    RepoError::io("running qemu-img (install qemu-utils)", "qemu-img", e)
+                })?;
             if !out.status.success() {
                 let _ = std::fs::remove_file(&a.output);
                 return Err(Error::Invalid(format!(

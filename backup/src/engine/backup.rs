@@ -339,7 +339,7 @@ async fn run(
     };
     let repo_err = |step: &'static str| {
         let vm = vm_id.clone();
-        move |source: crate::Error| EngineError::Repo { vm, step, source }
+        move |source: crate::repo::Error| EngineError::Repo { vm, step, source }
     };
     let mut session = BackupSession::start(repo.clone(), namespace, name, opts)
         .await

@@ -395,7 +395,7 @@ async fn pull(
         })?;
         let repo_err = |step: &'static str| {
             let vm = vm_id.clone();
-            move |source: crate::Error| EngineError::Repo { vm, step, source }
+            move |source: crate::repo::Error| EngineError::Repo { vm, step, source }
         };
         let source = HttpSource::open(
             &data,

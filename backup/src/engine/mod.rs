@@ -31,7 +31,7 @@ pub enum EngineError {
         vm: String,
         step: &'static str,
         #[source]
-        source: crate::Error,
+        source: crate::repo::Error,
     },
     /// The VM cannot be backed up as it is.
     #[error("VM {vm}: {message}")]

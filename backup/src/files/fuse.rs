@@ -172,7 +172,7 @@ impl BackupFs {
     }
 
     /// The reader of image inode `ino`, opened (index loaded and checked) on first use.
-    fn reader(&self, ino: u64) -> crate::Result<Arc<VolumeReader>> {
+    fn reader(&self, ino: u64) -> crate::repo::Result<Arc<VolumeReader>> {
         {
             let mut g = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             g.0 += 1;
@@ -187,7 +187,7 @@ impl BackupFs {
             ..
         }) = self.nodes.get(ino as usize)
         else {
-            return Err(crate::Error::Invalid(format!(
+            return Err(crate::repo::Error::Invalid(format!(
                 "inode {ino} is not an image"
             )));
         };

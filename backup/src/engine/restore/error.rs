@@ -50,7 +50,7 @@ pub enum RestoreError {
     Interrupted { signal: &'static str, what: String },
     /// The repository failed (corrupt chunk, wrong key, ...).
     #[error("reading the backup: {0}")]
-    Repo(Box<crate::Error>),
+    Repo(Box<crate::repo::Error>),
 }
 
 impl RestoreError {
@@ -67,8 +67,8 @@ impl RestoreError {
     }
 }
 
-impl From<crate::Error> for RestoreError {
-    fn from(e: crate::Error) -> Self {
+impl From<crate::repo::Error> for RestoreError {
+    fn from(e: crate::repo::Error) -> Self {
         RestoreError::Repo(Box::new(e))
     }
 }

@@ -37,7 +37,7 @@ pub async fn load_objects(repo: &Repository, m: &Manifest) -> Result<BackupObjec
     let key = format!("{}resources.tar.zst", m.prefix());
     let (raw, digest) = repo.get_object(&key).await?;
     if digest != entry.object_digest {
-        return Err(crate::Error::corrupt(
+        return Err(crate::repo::Error::corrupt(
             key,
             "resources do not match the digest in the manifest",
         )
@@ -49,7 +49,7 @@ pub async fn load_objects(repo: &Repository, m: &Manifest) -> Result<BackupObjec
     for (name, data) in files {
         let parse = |d: &[u8]| {
             serde_json::from_slice::<Value>(d).map_err(|e| {
-                crate::Error::corrupt(format!("{key}:{name}"), format!("not JSON: {e}"))
+                crate::repo::Error::corrupt(format!("{key}:{name}"), format!("not JSON: {e}"))
             })
         };
         if name == "virtualmachine.json" {

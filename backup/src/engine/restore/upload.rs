@@ -147,7 +147,7 @@ type Frame = (bool, Option<crate::repo::ChunkId>, Bytes, usize);
 struct BodyState {
     wire: AtomicU64,
     zero_chunks: AtomicU64,
-    failure: Mutex<Option<crate::Error>>,
+    failure: Mutex<Option<crate::repo::Error>>,
 }
 
 /// The upload body: the volume's chunks in order, each as one zstd frame, fetched ahead in
@@ -181,7 +181,7 @@ fn upload_body(
                     let compress = move |data: Vec<u8>| {
                         zstd::bulk::compress(&data, UPLOAD_ZSTD_LEVEL)
                             .map(Bytes::from)
-                            .map_err(|e| crate::Error::Invalid(format!("zstd: {e}")))
+                            .map_err(|e| crate::repo::Error::Invalid(format!("zstd: {e}")))
                     };
                     if id.is_zero_marker() {
                         let full = len == cs as usize;
@@ -197,7 +197,9 @@ fn upload_body(
                                     tokio::task::spawn_blocking(move || compress(vec![0u8; len]))
                                         .await
                                         .map_err(|e| {
-                                            crate::Error::Invalid(format!("compressor failed: {e}"))
+                                            crate::repo::Error::Invalid(format!(
+                                                "compressor failed: {e}"
+                                            ))
                                         })??;
                                 if full {
                                     *zero_frame.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -211,13 +213,13 @@ fn upload_body(
                         } else {
                             Some(repo.zero_chunk_id(len))
                         };
-                        Ok::<_, crate::Error>((true, zid, frame, len))
+                        Ok::<_, crate::repo::Error>((true, zid, frame, len))
                     } else {
                         // Verified against its id; a chunk stored as zstd is sent as its
                         // stored frame (no second compression), one stored raw is compressed.
                         let (data, stored) = repo.get_chunk_with_frame(&id).await?;
                         if data.len() != len {
-                            return Err(crate::Error::corrupt(
+                            return Err(crate::repo::Error::corrupt(
                                 id.key(),
                                 format!(
                                     "chunk has {} bytes, index position {i} needs {len}",
@@ -230,7 +232,7 @@ fn upload_body(
                             None => tokio::task::spawn_blocking(move || compress(data))
                                 .await
                                 .map_err(|e| {
-                                    crate::Error::Invalid(format!("compressor failed: {e}"))
+                                    crate::repo::Error::Invalid(format!("compressor failed: {e}"))
                                 })??,
                         };
                         Ok((false, Some(id), frame, len))
@@ -241,7 +243,7 @@ fn upload_body(
             .boxed()
     };
     struct S {
-        chunks: futures::stream::BoxStream<'static, crate::Result<Frame>>,
+        chunks: futures::stream::BoxStream<'static, crate::repo::Result<Frame>>,
         hasher: blake3::Hasher,
         done: bool,
     }
@@ -258,7 +260,7 @@ fn upload_body(
             if s.done {
                 return None;
             }
-            let fail = |s: &mut S, e: crate::Error| {
+            let fail = |s: &mut S, e: crate::repo::Error| {
                 let msg = e.to_string();
                 *state.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 s.done = true;
@@ -287,7 +289,7 @@ fn upload_body(
                     if actual != expected {
                         let err = fail(
                             &mut s,
-                            crate::Error::corrupt(
+                            crate::repo::Error::corrupt(
                                 "<image>",
                                 format!("the image digest of the streamed volume is {actual}, the manifest records {expected}"),
                             ),

@@ -1,5 +1,5 @@
 //! Byte formats of the repository: constants, chunk ids, the blob/envelope header, the
-//! fixed-size index, the manifest and backup ids. See the [`crate::repo`] page for the layout.
+//! fixed-size index, the manifest and backup ids. See the [`crate`] page for the layout.
 //!
 //! Every parser here takes bytes read back from storage and must never panic on any input; it
 //! returns [`Error::Corrupt`] naming the object instead (property-tested below).

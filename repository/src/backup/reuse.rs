@@ -15,12 +15,12 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::{image_digest, BackupSession, Outcome, VolumeStats};
 use crate::error::{Error, Result};
-use crate::repo::format::{
+use crate::format::{
     check_name, chunk_count, chunk_len, is_all_zero, ChunkId, Index, Manifest, VolumeEntry,
     CHUNK_MAGIC,
 };
-use crate::repo::repository::cpu;
-use crate::repo::source::VolumeSource;
+use crate::repository::cpu;
+use crate::source::VolumeSource;
 
 /// How a chunk of a [`BackupSession::write_volume_changed`] was obtained.
 enum Got {
@@ -196,8 +196,8 @@ impl BackupSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::repository::InitOptions;
-    use crate::repo::{BackupOptions, FileSource, LocalStore, Repository, RestoreOptions};
+    use crate::repository::InitOptions;
+    use crate::{BackupOptions, FileSource, LocalStore, Repository, RestoreOptions};
 
     const CS: usize = 64 * 1024;
 
@@ -233,7 +233,7 @@ mod tests {
 
     async fn restored(repo: &Arc<Repository>, m: &Manifest, dir: &std::path::Path) -> Vec<u8> {
         let out = dir.join(format!("out-{}", m.id));
-        crate::repo::restore::restore_to_file(repo, m, "v", &out, &RestoreOptions::default(), None)
+        crate::restore::restore_to_file(repo, m, "v", &out, &RestoreOptions::default(), None)
             .await
             .unwrap();
         std::fs::read(out).unwrap()

@@ -1,9 +1,9 @@
 //! S3 store (aws-sdk-s3): `s3://bucket/prefix`, optional endpoint, region and path-style
 //! addressing; credentials come from the standard AWS chain (env `AWS_ACCESS_KEY_ID` /
 //! `AWS_SECRET_ACCESS_KEY`, profile files, instance metadata). The SDK's own retries are turned
-//! off: [`super::store::RetryStore`] retries transient errors (5xx, SlowDown/throttling,
+//! off: [`crate::store::RetryStore`] retries transient errors (5xx, SlowDown/throttling,
 //! dispatch failures such as connection resets, timeouts, truncated bodies) with jittered
-//! backoff, and [`super::store::LimitStore`] bounds concurrency, so behaviour is the same for
+//! backoff, and [`crate::store::LimitStore`] bounds concurrency, so behaviour is the same for
 //! every store. Objects above `multipart_threshold` are uploaded in parts (aborted on failure).
 //! No credential is ever stored in this type, printed, or put in an error.
 
@@ -17,8 +17,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use super::store::{check_key, ObjectInfo, Store};
 use crate::error::{Error, Result};
+use crate::store::{check_key, ObjectInfo, Store};
 
 /// Where and how to reach the bucket.
 #[derive(Debug, Clone)]

@@ -17,8 +17,8 @@ use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 
-use super::format::{BlobHeader, ChunkId, BLOB_HEADER_LEN, FLAG_ENCRYPTED, FLAG_ZSTD};
 use crate::error::{Error, Result};
+use crate::format::{BlobHeader, ChunkId, BLOB_HEADER_LEN, FLAG_ENCRYPTED, FLAG_ZSTD};
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -438,7 +438,7 @@ fn decompress(key: &str, payload: &[u8], raw_len: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::format::{CHUNK_MAGIC, OBJECT_MAGIC};
+    use crate::format::{CHUNK_MAGIC, OBJECT_MAGIC};
 
     const MEM: u32 = 256;
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use indicatif::ProgressBar;
 
-use super::format::ChunkId;
-use super::repository::{BackupRef, Repository};
 use crate::error::Result;
+use crate::format::ChunkId;
+use crate::repository::{BackupRef, Repository};
 
 /// Result of a verification.
 #[derive(Debug, Clone, Default)]

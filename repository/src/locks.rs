@@ -1,4 +1,4 @@
-//! Repository locks: `locks/<lock-id>.json` objects (protocol in the [`crate::repo`] page).
+//! Repository locks: `locks/<lock-id>.json` objects (protocol in the [`crate`] page).
 //!
 //! Shared locks (backup, restore, verify) coexist; an exclusive lock (prune, gc) excludes all
 //! others. Acquire = write own lock, list, back off if a live conflicting lock exists. A lock is
@@ -12,8 +12,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::store::Store;
 use crate::error::{Error, Result};
+use crate::store::Store;
 
 /// Default time after which an unrefreshed lock is stale.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -227,7 +227,7 @@ impl Drop for LockGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::store::LocalStore;
+    use crate::store::LocalStore;
 
     const STALE: Duration = Duration::from_secs(60);
 

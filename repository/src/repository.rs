@@ -1,5 +1,5 @@
 //! [`Repository`]: a store plus its config and keys; typed access to chunks, indexes, manifests
-//! and backups. Everything read back is checked (see [`crate::repo`] for the format).
+//! and backups. Everything read back is checked (see [`crate`] for the format).
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::config::{RepoConfig, CONFIG_KEY};
-use super::crypto::Crypto;
-use super::format::{
+use crate::config::{RepoConfig, CONFIG_KEY};
+use crate::crypto::Crypto;
+use crate::error::{Error, Result};
+use crate::format::{
     backup_prefix, check_name, BackupId, ChunkId, Index, Manifest, CHUNK_MAGIC, OBJECT_MAGIC,
 };
-use super::locks::{LockGuard, LockKind, DEFAULT_STALE_AFTER};
-use super::store::Store;
-use crate::error::{Error, Result};
+use crate::locks::{LockGuard, LockKind, DEFAULT_STALE_AFTER};
+use crate::store::Store;
 
 /// Parameters of `init`.
 #[derive(Clone)]
@@ -40,8 +40,8 @@ impl fmt::Debug for InitOptions {
 impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
-            chunk_size: super::format::DEFAULT_CHUNK_SIZE,
-            compression_level: super::config::DEFAULT_COMPRESSION_LEVEL,
+            chunk_size: crate::format::DEFAULT_CHUNK_SIZE,
+            compression_level: crate::config::DEFAULT_COMPRESSION_LEVEL,
             key: None,
             kdf_memory_kib: 64 * 1024,
             kdf_iterations: 3,
@@ -213,7 +213,7 @@ impl Repository {
     }
 
     /// [`Self::get_chunk`], also returning the chunk's stored zstd frame when it is stored
-    /// compressed (see [`super::crypto::Crypto::decode_blob_with_frame`]); the raw bytes were
+    /// compressed (see [`crate::crypto::Crypto::decode_blob_with_frame`]); the raw bytes were
     /// checked against the id, so the frame is known to decode to the right content.
     pub async fn get_chunk_with_frame(&self, id: &ChunkId) -> Result<(Vec<u8>, Option<Bytes>)> {
         let key = id.key();
@@ -421,7 +421,7 @@ pub(crate) async fn cpu<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::store::LocalStore;
+    use crate::store::LocalStore;
 
     #[tokio::test]
     async fn init_open_and_key_errors() {
@@ -457,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn latest_orders_backups_of_the_same_second_by_start_time() {
-        use crate::repo::format::{Consistency, Manifest, REPO_FORMAT_VERSION};
+        use crate::format::{Consistency, Manifest, REPO_FORMAT_VERSION};
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
         let repo = Repository::init(store, InitOptions::default())

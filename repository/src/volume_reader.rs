@@ -31,10 +31,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use super::backup::image_digest;
-use super::format::{chunk_len, Index, Manifest};
-use super::repository::Repository;
+use crate::backup::image_digest;
 use crate::error::{Error, Result};
+use crate::format::{chunk_len, Index, Manifest};
+use crate::repository::Repository;
 
 /// Cache and read-ahead sizes.
 #[derive(Debug, Clone, Copy)]
@@ -382,7 +382,7 @@ impl Seek for BlockingVolumeReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::restore::tests::repo_with_keyed_backup as backup;
+    use crate::restore::tests::repo_with_keyed_backup as backup;
 
     const CS: usize = 64 * 1024;
 

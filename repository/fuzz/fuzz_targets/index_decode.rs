@@ -2,7 +2,7 @@
 //! index re-encodes to the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use virtguard::repo::format::Index;
+use virtguard_repo::format::Index;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(idx) = Index::decode("fuzz.idx", data) {

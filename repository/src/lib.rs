@@ -1,4 +1,8 @@
-//! The virtguard backup repository.
+//! `virtguard-repo`: the virtguard backup repository, as a library.
+//!
+//! It knows nothing of Kubernetes (no kube, k8s-openapi or virtguard-api dependency): the
+//! `virtguard` crate's engine joins it to the cluster layer. Everything it returns is its own
+//! [`Error`] (rules in [`error`]).
 //!
 //! A repository is a set of objects under one prefix of a [`Store`] (a local directory — the
 //! embedded default — or an S3 bucket prefix). Keys are `/`-separated and relative to the prefix.
@@ -98,6 +102,7 @@
 pub mod backup;
 pub mod config;
 pub mod crypto;
+pub mod error;
 pub mod format;
 pub mod locks;
 pub mod prune;
@@ -111,6 +116,7 @@ pub mod volume_reader;
 
 pub use backup::{BackupOptions, BackupSession, VolumeStats};
 pub use config::RepoConfig;
+pub use error::{Error, Result};
 pub use format::{BackupId, ChunkId, Index, Manifest, VolumeEntry};
 pub use repository::{BackupRef, Repository};
 pub use restore::{RestoreOptions, RestoreStats};

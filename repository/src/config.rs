@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::crypto::EncryptionConfig;
-use super::format::{valid_chunk_size, DEFAULT_CHUNK_SIZE, REPO_FORMAT_VERSION};
+use crate::crypto::EncryptionConfig;
 use crate::error::{Error, Result};
+use crate::format::{valid_chunk_size, DEFAULT_CHUNK_SIZE, REPO_FORMAT_VERSION};
 
 /// Object key of the config.
 pub const CONFIG_KEY: &str = "config.json";

@@ -2,13 +2,13 @@
 //! bytes of the length the header states, never a panic or an oversized allocation.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use virtguard::repo::crypto::Crypto;
-use virtguard::repo::format::{CHUNK_MAGIC, OBJECT_MAGIC};
+use virtguard_repo::crypto::Crypto;
+use virtguard_repo::format::{CHUNK_MAGIC, OBJECT_MAGIC};
 
 fuzz_target!(|data: &[u8]| {
     let plain = Crypto::plain(3);
     if let Ok(raw) = plain.decode_blob(CHUNK_MAGIC, "chunks/00/fuzz", data) {
-        assert!(raw.len() as u64 <= virtguard::repo::crypto::MAX_RAW_LEN);
+        assert!(raw.len() as u64 <= virtguard_repo::crypto::MAX_RAW_LEN);
     }
     let _ = plain.decode_blob(OBJECT_MAGIC, "fuzz", data);
 });

@@ -1,5 +1,5 @@
 //! The object store behind a repository: one small trait, two backends (local directory here,
-//! S3 in [`super::s3`]) and layers that wrap any store (retry with jittered backoff, concurrency
+//! S3 in [`crate::s3`]) and layers that wrap any store (retry with jittered backoff, concurrency
 //! limit). Keys are relative, `/`-separated, and never contain `..`.
 //!
 //! [`conformance`] is the one behaviour suite every backend must pass; the unit tests run it on

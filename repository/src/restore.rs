@@ -5,7 +5,7 @@
 //! contents must be overwritten).
 //!
 //! Whole-image check: the image digest is a function of the chunk ids in index order (see
-//! [`crate::repo`]), and every chunk written was verified to hash to its id, so the digest of
+//! [`crate`]), and every chunk written was verified to hash to its id, so the digest of
 //! what was written is recomputed from the index and compared with the manifest without reading
 //! the target again. [`RestoreOptions::check_digest`] additionally re-reads the target after
 //! the final fsync and hashes it (catches a target that does not return what was written, at
@@ -19,10 +19,10 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::backup::image_digest;
-use super::format::{chunk_len, is_all_zero, ChunkId, Index, Manifest};
-use super::repository::{cpu, Repository};
+use crate::backup::image_digest;
 use crate::error::{Error, Result};
+use crate::format::{chunk_len, is_all_zero, ChunkId, Index, Manifest};
+use crate::repository::{cpu, Repository};
 
 /// Options of a restore.
 #[derive(Debug, Clone)]
@@ -276,7 +276,7 @@ async fn digest_of_file(
     concurrency: usize,
     path: &Path,
 ) -> Result<String> {
-    let n = super::format::chunk_count(size, cs);
+    let n = crate::format::chunk_count(size, cs);
     let mut ids: Vec<(u64, ChunkId)> = stream::iter(0..n)
         .map(|i| {
             let file = file.clone();
@@ -378,10 +378,10 @@ pub async fn restore_to_writer<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::repo::backup::{BackupOptions, BackupSession};
-    use crate::repo::repository::InitOptions;
-    use crate::repo::source::FileSource;
-    use crate::repo::store::{LocalStore, Store};
+    use crate::backup::{BackupOptions, BackupSession};
+    use crate::repository::InitOptions;
+    use crate::source::FileSource;
+    use crate::store::{LocalStore, Store};
 
     #[test]
     fn chunk_writes_direct_aligned_and_buffered_tail() {

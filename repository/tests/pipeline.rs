@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use virtguard::repo::backup::ParentPolicy;
-use virtguard::repo::prune::{gc, prune, KeepPolicy};
-use virtguard::repo::repository::InitOptions;
-use virtguard::repo::restore::{restore_to_file, restore_to_writer};
-use virtguard::repo::verify::verify;
-use virtguard::repo::{
+use virtguard_repo::backup::ParentPolicy;
+use virtguard_repo::prune::{gc, prune, KeepPolicy};
+use virtguard_repo::repository::InitOptions;
+use virtguard_repo::restore::{restore_to_file, restore_to_writer};
+use virtguard_repo::verify::verify;
+use virtguard_repo::Error;
+use virtguard_repo::{
     BackupOptions, BackupSession, FileSource, LocalStore, Repository, RestoreOptions, Store,
 };
-use virtguard::Error;
 
 const CS: u32 = 64 * 1024;
 
@@ -52,7 +52,7 @@ async fn repo_at(dir: &Path, key: Option<&[u8]>) -> Arc<Repository> {
     Arc::new(Repository::open(store, key).await.unwrap())
 }
 
-async fn backup(repo: &Arc<Repository>, img: &Path) -> virtguard::repo::Manifest {
+async fn backup(repo: &Arc<Repository>, img: &Path) -> virtguard_repo::Manifest {
     let mut s = BackupSession::start(repo.clone(), "ns1", "vm1", BackupOptions::default())
         .await
         .unwrap();
@@ -367,8 +367,8 @@ async fn concurrent_backups_and_gc_never_lose_committed_data() {
 
 #[test]
 fn lying_length_in_blob_header_is_rejected_without_huge_allocation() {
-    use virtguard::repo::crypto::Crypto;
-    use virtguard::repo::format::CHUNK_MAGIC;
+    use virtguard_repo::crypto::Crypto;
+    use virtguard_repo::format::CHUNK_MAGIC;
     let c = Crypto::plain(3);
     let text = b"abc".repeat(100_000);
     let mut b = c.encode_blob(CHUNK_MAGIC, "k", &text, true).unwrap();

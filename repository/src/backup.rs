@@ -18,14 +18,14 @@ use chrono::Utc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 
-use super::format::{
+use crate::error::{Error, Result};
+use crate::format::{
     check_name, chunk_count, chunk_len, is_all_zero, BackupId, ChunkId, Consistency, Index,
     Manifest, ResourcesEntry, VolumeEntry, CHUNK_MAGIC, REPO_FORMAT_VERSION,
 };
-use super::locks::{LockGuard, LockKind};
-use super::repository::{cpu, BackupRef, Repository};
-use super::source::VolumeSource;
-use crate::error::{Error, Result};
+use crate::locks::{LockGuard, LockKind};
+use crate::repository::{cpu, BackupRef, Repository};
+use crate::source::VolumeSource;
 
 /// Chunk reuse from a changed-extent list (changed block tracking), see its module docs.
 mod reuse;

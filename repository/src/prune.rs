@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use super::format::{BackupId, ChunkId};
-use super::locks::LockKind;
-use super::repository::{BackupRef, Repository};
 use crate::error::{Error, Result};
+use crate::format::{BackupId, ChunkId};
+use crate::locks::LockKind;
+use crate::repository::{BackupRef, Repository};
 
 /// How many backups to keep per VM.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
