@@ -22,6 +22,7 @@
 
 pub mod crds;
 pub mod pki;
+pub mod snapshotter;
 
 use std::fs;
 use std::path::{Path, PathBuf};
