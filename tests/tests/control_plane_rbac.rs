@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
@@ -32,6 +32,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 use virtguard_e2e::control_plane::crds;
+use virtguard_e2e::control_plane::support::eventually;
 use virtguard_e2e::{
     free_port, require_kubectl, require_peer, workspace_bin, workspace_root, ControlPlane,
 };
@@ -41,9 +42,6 @@ use virtguard_sim::{Scenario, Sim, SimConfig};
 const NS: &str = "virtguard";
 const BACKUP_SA: &str = "virtguard-backup";
 const EXPORTER_SA: &str = "virtguard-exporter-cluster";
-
-/// How long RBAC or a process may take to react.
-const REACT: Duration = Duration::from_secs(60);
 
 const SCENARIO: &str = r#"
 namespaces: [prod, dev, virtguard]
@@ -131,20 +129,17 @@ fn since(log: &Path, from: usize) -> (BTreeSet<AuditRecord>, usize) {
     (set, n)
 }
 
-/// Polls `ok` until it holds or panics naming `what`.
-async fn eventually<F, Fut>(what: &str, mut ok: F)
+/// Polls `ok` until it holds, or panics after `REACT` naming `what`.
+async fn until<F, Fut>(what: &str, mut ok: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + REACT;
-    while Instant::now() < deadline {
-        if ok().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {REACT:?} waiting for {what}");
+    eventually(what, || {
+        let check = ok();
+        async move { Ok(check.await.then_some(())) }
+    })
+    .await
 }
 
 /// An HTTP GET status on 127.0.0.1:`port`, or 0 when nothing answers.
@@ -189,7 +184,7 @@ impl Exporter {
 
     async fn wait_ready(&self) {
         let port = self.port;
-        eventually(
+        until(
             "the cluster exporter's /readyz to answer 200",
             || async move { tokio::task::block_in_place(|| http_status(port, "/readyz")) == 200 },
         )
@@ -234,7 +229,7 @@ async fn record() -> Recorded {
     let vmis = [("prod", "db"), ("prod", "tracked"), ("dev", "web")];
     for (ns, name) in vmis {
         let sim = &sim;
-        eventually(&format!("VMI {ns}/{name} to run"), || async move {
+        until(&format!("VMI {ns}/{name} to run"), || async move {
             sim.object("kubevirt.io", "virtualmachineinstances", ns, name)
                 .is_some_and(|v| v["status"]["phase"] == "Running")
         })
@@ -576,7 +571,7 @@ async fn deploy_rbac_allows_every_request_the_binaries_make_and_each_rule_is_nee
             without.remove(i);
             set_rules(&admin, *role, without).await;
             let (a, adm) = (role.account, &admin);
-            eventually(
+            until(
                 &format!("{label} removed to deny {}", describe(canary)),
                 || async move { !allowed(adm, a, canary).await },
             )
@@ -593,7 +588,7 @@ async fn deploy_rbac_allows_every_request_the_binaries_make_and_each_rule_is_nee
                 }
             }
             set_rules(&admin, *role, rs.clone()).await;
-            eventually(&format!("{label} restored"), || async move {
+            until(&format!("{label} restored"), || async move {
                 allowed(adm, a, canary).await
             })
             .await;
@@ -651,7 +646,7 @@ async fn deploy_rbac_allows_every_request_the_binaries_make_and_each_rule_is_nee
     };
     let adm = &admin;
     let lv = &list_vms;
-    eventually("the VirtualMachine rule to be gone", || async move {
+    until("the VirtualMachine rule to be gone", || async move {
         !allowed(adm, BACKUP_SA, lv).await
     })
     .await;

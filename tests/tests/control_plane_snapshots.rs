@@ -4,45 +4,17 @@
 //! volume as it was at the cut, and takes its content and copy with it when deleted. A snapshot
 //! of a driver without a class reports that in `status.error`.
 
-use std::time::{Duration, Instant};
-
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::ResourceExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use virtguard_api::{VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent};
 use virtguard_e2e::control_plane::snapshotter;
+use virtguard_e2e::control_plane::support::{create, eventually};
 use virtguard_e2e::{require_peer, ControlPlane};
 
 const NS: &str = "apps";
 const DRIVER: &str = "sim.csi.virtguard.io";
-const REACT: Duration = Duration::from_secs(60);
-
-async fn create<K>(api: &Api<K>, obj: Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let typed: K = serde_json::from_value(obj).expect("a valid object");
-    api.create(&PostParams::default(), &typed)
-        .await
-        .unwrap_or_else(|e| panic!("creating {typed:?}: {e}"))
-}
-
-/// Polls `f` until it returns `Some`, or panics naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + REACT;
-    while Instant::now() < deadline {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {REACT:?} waiting for {what}");
-}
 
 /// A PersistentVolume of `driver` whose volume handle is `image`, and PVC `name` bound to it.
 async fn volume(client: &kube::Client, name: &str, driver: &str, image: &std::path::Path) {
@@ -98,9 +70,9 @@ async fn a_volume_snapshot_is_bound_cut_ready_and_deleted_with_its_content() {
     };
     let created = create(&snapshots, snap("snap-1", "data")).await;
     let ready = eventually("snap-1 to be readyToUse", || async {
-        let vs = snapshots.get("snap-1").await.ok()?;
-        let ready = vs.status.as_ref()?.ready_to_use == Some(true);
-        ready.then_some(vs)
+        let vs = snapshots.get("snap-1").await.map_err(|e| e.to_string())?;
+        let ready = vs.status.as_ref().and_then(|s| s.ready_to_use) == Some(true);
+        Ok(ready.then_some(vs))
     })
     .await;
     // The volume changes after the cut: the snapshot keeps what it held.
@@ -139,8 +111,8 @@ async fn a_volume_snapshot_is_bound_cut_ready_and_deleted_with_its_content() {
     // No class for the other driver: an error naming it, never ready.
     create(&snapshots, snap("snap-2", "other")).await;
     let error = eventually("snap-2 to report its error", || async {
-        let vs = snapshots.get("snap-2").await.ok()?;
-        vs.status?.error?.message
+        let vs = snapshots.get("snap-2").await.map_err(|e| e.to_string())?;
+        Ok(vs.status.and_then(|s| s.error).and_then(|e| e.message))
     })
     .await;
     assert!(error.contains("other.csi.example.com"), "{error}");
@@ -150,9 +122,15 @@ async fn a_volume_snapshot_is_bound_cut_ready_and_deleted_with_its_content() {
         .await
         .expect("delete snap-1");
     eventually("snap-1 and its content to be gone", || async {
-        let gone = snapshots.get_opt("snap-1").await.ok()?.is_none()
-            && contents.get_opt(&content_name).await.ok()?.is_none();
-        gone.then_some(())
+        let vs = snapshots
+            .get_opt("snap-1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let content = contents
+            .get_opt(&content_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((vs.is_none() && content.is_none()).then_some(()))
     })
     .await;
     assert!(

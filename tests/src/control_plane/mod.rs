@@ -23,6 +23,7 @@
 pub mod crds;
 pub mod pki;
 pub mod snapshotter;
+pub mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
