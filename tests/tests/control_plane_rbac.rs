@@ -11,9 +11,10 @@
 //!    allowed, by a rule of deploy/ (not only by a default role).
 //! 3. Each rule of deploy/'s roles is removed in turn: exactly the requests no other rule covers
 //!    become denied. Rules (and verbs/resources of a rule) no request used are printed.
-//! 4. The binaries on the real server as the ServiceAccounts: the exporter becomes ready; with
-//!    the VirtualMachine rule removed, `virtguard backup` fails with the 403 naming the verb and
-//!    the resource.
+//! 4. The binaries on the real server as the ServiceAccounts: the exporter becomes ready, and
+//!    without its VirtualMachineSnapshot rule counts the 403 (`reason="forbidden"`) and is not
+//!    ready; with the VirtualMachine rule removed, `virtguard backup` fails with the 403 naming
+//!    the verb and the resource.
 //!
 //! Needs `cargo build -p virtguard -p virtguard-exporter --bins` first.
 
@@ -142,18 +143,24 @@ where
     .await
 }
 
-/// An HTTP GET status on 127.0.0.1:`port`, or 0 when nothing answers.
-fn http_status(port: u16, path: &str) -> u16 {
+/// An HTTP GET on 127.0.0.1:`port`: status and body, or 0 when nothing answers.
+fn http_get(port: u16, path: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+    match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn http_status(port: u16, path: &str) -> u16 {
+    http_get(port, path).0
 }
 
 /// The cluster-mode exporter on `kubeconfig`, stopped on drop.
@@ -611,6 +618,57 @@ async fn deploy_rbac_allows_every_request_the_binaries_make_and_each_rule_is_nee
     let exporter = Exporter::start(&exporter_kc);
     exporter.wait_ready().await;
     drop(exporter);
+    // Without its VirtualMachineSnapshot rule it counts the 403 and is not ready.
+    let exporter_role = ROLES[2];
+    let full = rules_of(&admin, exporter_role).await;
+    let without: Vec<PolicyRule> = full
+        .iter()
+        .filter(|r| {
+            !r.resources
+                .iter()
+                .flatten()
+                .any(|x| x == "virtualmachinesnapshots")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        without.len() + 1,
+        full.len(),
+        "one rule grants VM snapshots"
+    );
+    set_rules(&admin, exporter_role, without).await;
+    let list_snapshots = AuditRecord {
+        verb: "list".into(),
+        group: Some("snapshot.kubevirt.io".into()),
+        resource: Some("virtualmachinesnapshots".into()),
+        ..Default::default()
+    };
+    let (adm, ls) = (&admin, &list_snapshots);
+    until(
+        "the VirtualMachineSnapshot rule to be gone",
+        || async move { !allowed(adm, EXPORTER_SA, ls).await },
+    )
+    .await;
+    let exporter = Exporter::start(&exporter_kc);
+    let port = exporter.port;
+    let forbidden = r#"virtguard_exporter_watch_errors_total{kind="VirtualMachineSnapshot",reason="forbidden"} "#;
+    until(
+        "the exporter to count the forbidden VirtualMachineSnapshot watch",
+        || async move {
+            let (_, text) = tokio::task::block_in_place(|| http_get(port, "/metrics"));
+            text.lines()
+                .filter_map(|l| l.strip_prefix(forbidden))
+                .any(|n| n.trim() != "0")
+        },
+    )
+    .await;
+    assert_ne!(
+        tokio::task::block_in_place(|| http_status(port, "/readyz")),
+        200,
+        "ready although it may not list VirtualMachineSnapshots"
+    );
+    drop(exporter);
+    set_rules(&admin, exporter_role, full).await;
 
     let backup_kc = kubeconfig_of(&cp, &admin, BACKUP_SA).await;
     let dir = tempfile::tempdir().expect("temp dir");
