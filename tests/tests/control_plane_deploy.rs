@@ -2,14 +2,19 @@
 //! deploy/` succeeds once the prometheus-operator CRDs are installed (the upstream files in
 //! `reference/prometheus-operator-crds/`), and applying it again — client-side, then
 //! server-side (which takes the fields over from the client-side manager), then server-side
-//! once more — succeeds and changes no object.
+//! once more — succeeds and changes no object. A run started from the CronJob gets its Pod from
+//! the real Job controller, as the backup ServiceAccount and with the Job's name in the label
+//! its `VIRTGUARD_OWNER_JOB` reads.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use serde_json::Value;
 use virtguard_e2e::control_plane::crds;
+use virtguard_e2e::control_plane::support::eventually;
 use virtguard_e2e::{require_kubectl, require_peer, workspace_root, ControlPlane};
 
 /// A stock kubectl on one cluster, with a HOME of its own (its discovery cache).
@@ -134,5 +139,55 @@ async fn kubectl_apply_k_deploy_succeeds_and_is_idempotent_client_and_server_sid
         k.versions().await,
         server_side,
         "a second server-side apply changed objects"
+    );
+
+    // A run of the CronJob (as `kubectl create job --from` starts one): the real Job controller
+    // makes its Pod, which runs as the backup ServiceAccount with its token mounted, and carries
+    // the label the downward API hands to the binary as VIRTGUARD_OWNER_JOB.
+    k.ok(&[
+        "create",
+        "job",
+        "--from=cronjob/virtguard-backup",
+        "nightly-manual",
+        "-n",
+        "virtguard",
+    ])
+    .await;
+    let pods: Api<Pod> = Api::namespaced(cp.client().await.expect("client"), "virtguard");
+    let by_job = ListParams::default().labels("batch.kubernetes.io/job-name=nightly-manual");
+    let pod = eventually("the Job controller to create the run's Pod", || async {
+        let list = pods.list(&by_job).await.map_err(|e| e.to_string())?;
+        Ok(list.items.into_iter().next())
+    })
+    .await;
+    let spec = pod.spec.clone().unwrap_or_default();
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("virtguard-backup")
+    );
+    let mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount"),
+        "no service-account token mounted: {mounts:?}"
+    );
+    let env = spec.containers[0].env.clone().unwrap_or_default();
+    let owner = env
+        .iter()
+        .find(|e| e.name == "VIRTGUARD_OWNER_JOB")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.clone())
+        .expect("VIRTGUARD_OWNER_JOB from the downward API");
+    let label = owner
+        .strip_prefix("metadata.labels['")
+        .and_then(|l| l.strip_suffix("']"))
+        .expect("a label path");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get(label).map(String::as_str),
+        Some("nightly-manual"),
+        "{labels:?}"
     );
 }
