@@ -25,6 +25,7 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod cbt;
 pub mod cdi;
 pub mod controllers;
@@ -157,6 +158,8 @@ pub struct SimConfig {
     pub virtguard_bin: Option<PathBuf>,
     /// Directory with the reference schemas (default: the copy embedded at build time).
     pub reference_dir: Option<PathBuf>,
+    /// Write the [`audit`] trail of every API request to this file (JSON lines).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Shared state of a running simulator.
@@ -176,6 +179,8 @@ pub struct Inner {
     pub(crate) api_url: OnceLock<String>,
     /// Save objects to `<state_dir>/objects.json` (only with an explicit state directory).
     pub(crate) persist: bool,
+    /// The opt-in [`audit`] trail.
+    pub(crate) audit: Option<audit::AuditLog>,
 }
 
 impl Inner {
@@ -272,6 +277,10 @@ impl Sim {
             .map_err(|source| Error::Bind { port: 0, source })?
             .port();
         let token = util::random_token();
+        let audit = match &config.audit_log {
+            Some(path) => Some(audit::AuditLog::create(path)?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             store: Store::new(reg.clone()),
             reg,
@@ -287,6 +296,7 @@ impl Sim {
             jobs: jobs::JobsState::new(config.virtguard_bin.clone()),
             api_url: OnceLock::new(),
             persist: config.state_dir.is_some(),
+            audit,
         });
         let url = format!("https://127.0.0.1:{port}");
         let _ = inner.api_url.set(url.clone());

@@ -54,6 +54,10 @@ struct Cli {
     /// copy built into this binary).
     #[arg(long, env = "VIRTGUARD_SIM_REFERENCE_DIR")]
     reference_dir: Option<PathBuf>,
+    /// Write an audit trail of every API request (verb, API group, resource, subresource,
+    /// namespace, name; one JSON line each) to this file, to check RBAC rules against.
+    #[arg(long, env = "VIRTGUARD_SIM_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         timings: None,
         virtguard_bin: cli.virtguard_bin,
         reference_dir: cli.reference_dir,
+        audit_log: cli.audit_log,
     })
     .await
     .context("starting the simulated cluster")?;

@@ -4,7 +4,6 @@
 //! Each test starts its own control plane (`virtguard_e2e::ControlPlane`).
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::batch::v1::Job;
@@ -13,41 +12,10 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use serde_json::{json, Value};
+use serde_json::json;
+use virtguard_e2e::control_plane::support::{create, eventually};
 use virtguard_e2e::control_plane::{client_from, crds, kubernetes_version};
 use virtguard_e2e::{require_peer, workspace_root, ControlPlane};
-
-/// How long a controller may take to react.
-const REACT: Duration = Duration::from_secs(60);
-
-/// Polls `f` until it returns `Some`, or panics naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>, String>>,
-{
-    let deadline = Instant::now() + REACT;
-    let mut last = String::from("(nothing yet)");
-    while Instant::now() < deadline {
-        match f().await {
-            Ok(Some(v)) => return v,
-            Ok(None) => {}
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {REACT:?} waiting for {what}; last error: {last}");
-}
-
-async fn create<K>(api: &Api<K>, obj: Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let typed: K = serde_json::from_value(obj).expect("a valid object");
-    api.create(&PostParams::default(), &typed)
-        .await
-        .unwrap_or_else(|e| panic!("creating {typed:?}: {e}"))
-}
 
 /// A started control plane, its admin client and a fresh namespace `ns`.
 async fn with_namespace(

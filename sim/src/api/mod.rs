@@ -181,6 +181,14 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Respons
     if !authorized {
         return error_response(&ApiError::unauthorized());
     }
+    if let Some(audit) = &inner.audit {
+        audit.record(&crate::audit::AuditRecord::from_request(
+            req.method().as_str(),
+            &path,
+            req.uri().query().unwrap_or(""),
+            &user_agent(&req),
+        ));
+    }
     match route(inner, req, &path).await {
         Ok(r) => r,
         Err(e) => error_response(&e),

@@ -22,6 +22,8 @@
 
 pub mod crds;
 pub mod pki;
+pub mod snapshotter;
+pub mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -232,7 +234,12 @@ impl ControlPlane {
         cp.milestones
             .push(("kube-apiserver ready", started.elapsed()));
         cp.start_controller_manager()?;
-        cp.install_crds(&client).await?;
+        let generated =
+            crds::generate(&workspace_root().join("reference")).map_err(|e| PeerError::Io {
+                what: "generating the CRDs from reference/".into(),
+                source: std::io::Error::other(e),
+            })?;
+        cp.install_crds(generated.crds).await?;
         cp.milestones.push(("CRDs established", started.elapsed()));
         let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
         cp.wait(
@@ -328,15 +335,12 @@ impl ControlPlane {
         Ok(())
     }
 
-    async fn install_crds(&self, client: &kube::Client) -> Result<(), PeerError> {
-        let reference = workspace_root().join("reference");
-        let generated = crds::generate(&reference).map_err(|e| PeerError::Io {
-            what: "generating the CRDs from reference/".into(),
-            source: std::io::Error::other(e),
-        })?;
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    /// Creates these CustomResourceDefinitions and waits until each is `Established` (start
+    /// installs [`crds::generate`]'s; tests add others, e.g. [`crds::prometheus_operator`]).
+    pub async fn install_crds(&self, crds: Vec<serde_json::Value>) -> Result<(), PeerError> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client().await?);
         let mut names = Vec::new();
-        for crd in generated.crds {
+        for crd in crds {
             let name = crd["metadata"]["name"].as_str().unwrap_or("?").to_string();
             let fail = |message: String| PeerError::Http {
                 url: format!(
