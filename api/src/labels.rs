@@ -14,6 +14,9 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "virtguard";
 /// On a VM: `"false"` opts the VM out of every backup selection.
 pub const BACKUP_OPT_OUT: &str = "virtguard.io/backup";
+/// On a VirtualMachine or a Namespace: the retention policy `prune --policy` applies to its
+/// backups, e.g. `last=3,daily=7,weekly=4,monthly=6`.
+pub const RETENTION: &str = "virtguard.io/retention";
 /// On the per-namespace backup status ConfigMap: `"true"` (the exporter watches these).
 pub const STATUS: &str = "virtguard.io/status";
 /// Name of the per-namespace backup status ConfigMap.

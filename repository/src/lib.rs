@@ -108,6 +108,7 @@ pub mod locks;
 pub mod prune;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod s3;
 pub mod source;
 pub mod store;

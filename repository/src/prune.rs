@@ -1,8 +1,8 @@
 //! Retention (`prune`) and garbage collection (`gc`).
 //!
-//! Retention is evaluated per VM (namespace + name), newest first: `keep_last` keeps the N
-//! newest; each `keep_<period>` keeps the newest backup of each of the N most recent periods
-//! (hour, day, ISO week, month, UTC) that have a backup. A backup kept by any rule is kept.
+//! Retention is evaluated per VM (namespace + name) by the rules of [`crate::retention`]
+//! (`last`, `hourly`, `daily`, `weekly`, `monthly`; the guard that keeps the newest consistent
+//! backup), with one policy for all VMs or each VM's own. A backup kept by any rule is kept.
 //! Pruning deletes the manifest first (uncommitting the backup), then its other objects. Chunks
 //! are only removed by gc (module page: gc rule).
 
@@ -10,70 +10,44 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::format::{BackupId, ChunkId};
 use crate::locks::LockKind;
 use crate::repository::{BackupRef, Repository};
+use crate::retention::{self, Candidate, Decision};
 
-/// How many backups to keep per VM.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeepPolicy {
-    pub last: usize,
-    pub hourly: usize,
-    pub daily: usize,
-    pub weekly: usize,
-    pub monthly: usize,
-}
+pub use crate::retention::KeepPolicy;
 
-impl KeepPolicy {
-    /// Whether no rule is set (prune refuses to delete everything by accident).
-    pub fn is_empty(&self) -> bool {
-        *self == KeepPolicy::default()
-    }
-}
-
-/// Splits `ids` (one VM's backups) into (keep, remove). Ids whose time cannot be parsed are kept.
+/// Splits `ids` (one VM's backups) into (keep, remove), newest first, by the rules alone (every
+/// backup counted as application-consistent). Ids whose time cannot be parsed are kept.
 pub fn select(ids: &[BackupId], policy: &KeepPolicy) -> (Vec<BackupId>, Vec<BackupId>) {
-    let mut sorted: Vec<&BackupId> = ids.iter().collect();
-    sorted.sort_by(|a, b| b.cmp(a));
-    let mut keep: HashSet<&BackupId> = HashSet::new();
-    for id in sorted.iter().take(policy.last) {
-        keep.insert(*id);
-    }
-    type Bucket = fn(DateTime<Utc>) -> (i32, u32, u32, u32);
-    let rules: [(usize, Bucket); 4] = [
-        (policy.hourly, |t| (t.year(), t.ordinal(), t.hour(), 0)),
-        (policy.daily, |t| (t.year(), t.ordinal(), 0, 0)),
-        (policy.weekly, |t| {
-            (t.iso_week().year(), t.iso_week().week(), 0, 0)
-        }),
-        (policy.monthly, |t| (t.year(), t.month(), 0, 0)),
-    ];
-    for (n, bucket) in rules {
-        let mut seen = Vec::new();
-        for id in &sorted {
-            if seen.len() >= n {
-                break;
-            }
-            if let Some(t) = id.time() {
-                let b = bucket(t);
-                if !seen.contains(&b) {
-                    seen.push(b);
-                    keep.insert(*id);
-                }
-            }
-        }
-    }
-    let (k, r): (Vec<&BackupId>, Vec<&BackupId>) = sorted
+    let candidates: Vec<Candidate> = ids
+        .iter()
+        .map(|id| Candidate {
+            id: id.clone(),
+            application_consistent: true,
+        })
+        .collect();
+    let (k, r): (Vec<Decision>, Vec<Decision>) = retention::decide(&candidates, policy)
         .into_iter()
-        .partition(|id| keep.contains(id) || id.time().is_none());
+        .partition(Decision::keep);
     (
-        k.into_iter().cloned().collect(),
-        r.into_iter().cloned().collect(),
+        k.into_iter().map(|d| d.id).collect(),
+        r.into_iter().map(|d| d.id).collect(),
     )
+}
+
+/// One VM's verdicts, newest first. `policy` is `None` when the caller gave none for this VM
+/// (e.g. its per-VM policy is broken): then every backup is kept, each with
+/// [`KeepReason::NoUsablePolicy`](crate::retention::KeepReason::NoUsablePolicy).
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    pub namespace: String,
+    pub vm: String,
+    pub policy: Option<KeepPolicy>,
+    pub decisions: Vec<Decision>,
 }
 
 /// Outcome of a prune.
@@ -81,6 +55,8 @@ pub fn select(ids: &[BackupId], policy: &KeepPolicy) -> (Vec<BackupId>, Vec<Back
 pub struct PruneReport {
     pub kept: Vec<BackupRef>,
     pub removed: Vec<BackupRef>,
+    /// Every VM's verdicts with their reasons (what `--dry-run` prints).
+    pub plans: Vec<VmPlan>,
 }
 
 /// Applies `policy` to every VM (or one namespace / VM). With `dry_run` nothing is deleted.
@@ -96,42 +72,84 @@ pub async fn prune(
             "prune needs at least one --keep-* rule (it would remove every backup)".into(),
         ));
     }
+    prune_by(repo, &|_, _| Some(policy.clone()), namespace, vm, dry_run).await
+}
+
+/// Applies each VM's own policy: `policy_of(namespace, vm)`; `None` (or an empty policy) keeps
+/// every backup of that VM. Holds the exclusive lock while it decides and deletes (not for
+/// `dry_run`).
+pub async fn prune_by(
+    repo: &Arc<Repository>,
+    policy_of: &(dyn Fn(&str, &str) -> Option<KeepPolicy> + Sync),
+    namespace: Option<&str>,
+    vm: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneReport> {
     let lock = if dry_run {
         None
     } else {
         Some(repo.lock(LockKind::Exclusive, "prune").await?)
     };
-    let res = prune_inner(repo, policy, namespace, vm, dry_run).await;
+    let res = prune_inner(repo, policy_of, namespace, vm, dry_run).await;
     if let Some(l) = lock {
         l.release().await;
     }
     res
 }
 
+/// How many manifests are read at once for their consistency.
+const MANIFEST_READS: usize = 8;
+
+/// One VM's backups as retention sees them. A manifest that cannot be read counts as not
+/// consistent: rules still apply to it by its id's time, only the guard does not pick it.
+async fn candidates(repo: &Repository, refs: Vec<BackupRef>) -> Vec<Candidate> {
+    stream::iter(refs)
+        .map(|r| async move {
+            let consistent = repo.load_manifest(&r).await.is_ok_and(|m| {
+                m.consistency.is_application_consistent()
+                    || m.consistency == virtguard_model::Consistency::Offline
+            });
+            Candidate {
+                id: r.id,
+                application_consistent: consistent,
+            }
+        })
+        .buffer_unordered(MANIFEST_READS)
+        .collect()
+        .await
+}
+
 async fn prune_inner(
     repo: &Arc<Repository>,
-    policy: &KeepPolicy,
+    policy_of: &(dyn Fn(&str, &str) -> Option<KeepPolicy> + Sync),
     namespace: Option<&str>,
     vm: Option<&str>,
     dry_run: bool,
 ) -> Result<PruneReport> {
-    let mut groups: BTreeMap<(String, String), Vec<BackupId>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String), Vec<BackupRef>> = BTreeMap::new();
     for b in repo.list_backups(namespace, vm).await? {
-        groups.entry((b.namespace, b.vm)).or_default().push(b.id);
+        groups
+            .entry((b.namespace.clone(), b.vm.clone()))
+            .or_default()
+            .push(b);
     }
     let mut report = PruneReport::default();
-    let as_ref = |ns: &str, vm: &str, id: BackupId| BackupRef {
-        namespace: ns.to_string(),
-        vm: vm.to_string(),
-        id,
-    };
-    for ((ns, vm), ids) in groups {
-        let (keep, remove) = select(&ids, policy);
-        report
-            .kept
-            .extend(keep.into_iter().map(|id| as_ref(&ns, &vm, id)));
-        for id in remove {
-            let b = as_ref(&ns, &vm, id);
+    for ((ns, vm), refs) in groups {
+        let policy = policy_of(&ns, &vm).filter(|p| !p.is_empty());
+        let decisions = match &policy {
+            Some(p) => retention::decide(&candidates(repo, refs).await, p),
+            None => retention::keep_all(refs.into_iter().map(|r| r.id)),
+        };
+        for d in &decisions {
+            let b = BackupRef {
+                namespace: ns.clone(),
+                vm: vm.clone(),
+                id: d.id.clone(),
+            };
+            if d.keep() {
+                report.kept.push(b);
+                continue;
+            }
             if !dry_run {
                 repo.store().delete(&b.manifest_key()).await?;
                 for o in repo.store().list(&b.prefix()).await? {
@@ -140,6 +158,12 @@ async fn prune_inner(
             }
             report.removed.push(b);
         }
+        report.plans.push(VmPlan {
+            namespace: ns,
+            vm,
+            policy,
+            decisions,
+        });
     }
     Ok(report)
 }

@@ -101,7 +101,7 @@ pub struct CleanupArgs {
     pub namespace: Option<String>,
 }
 
-async fn client() -> Result<Client> {
+pub(super) async fn client() -> Result<Client> {
     cluster::install_crypto_provider();
     Client::try_default()
         .await

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::repo::backup::ParentPolicy;
 use crate::repo::format::{check_name, BackupId, Manifest};
 use crate::repo::locks::{self, LockKind};
-use crate::repo::prune::{self, KeepPolicy};
+use crate::repo::prune;
 use crate::repo::repository::InitOptions;
 use crate::repo::restore::{restore_to_file, RestoreOptions};
 use crate::repo::verify::verify;
@@ -314,31 +314,8 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         }
         Command::Prune(a) => {
             let repo = open(config).await?;
-            let (ns, vm) = vm_filter(a.namespace, a.vm)?;
-            let policy = KeepPolicy {
-                last: a.keep_last,
-                hourly: a.keep_hourly,
-                daily: a.keep_daily,
-                weekly: a.keep_weekly,
-                monthly: a.keep_monthly,
-            };
-            let report =
-                prune::prune(&repo, &policy, ns.as_deref(), vm.as_deref(), a.dry_run).await?;
-            let verb = if a.dry_run { "would remove" } else { "removed" };
-            for r in &report.removed {
-                println!("{verb} {r}");
-            }
-            println!(
-                "{verb} {} backups, kept {}{}",
-                report.removed.len(),
-                report.kept.len(),
-                if a.dry_run {
-                    ""
-                } else {
-                    "; run `virtguard gc` to free their chunks"
-                }
-            );
-            Ok(())
+            let (ns, vm) = vm_filter(a.namespace.clone(), a.vm.clone())?;
+            super::prune_cmd::prune(repo, a, ns, vm).await
         }
         Command::Gc(a) => {
             let repo = open(config).await?;

@@ -12,6 +12,7 @@ mod cluster_cmds;
 mod commands;
 mod files_cmds;
 mod mount_cmd;
+mod prune_cmd;
 mod restore_cmds;
 
 pub use cluster_cmds::{BackupArgs, CleanupArgs};
@@ -247,16 +248,34 @@ pub struct VerifyArgs {
     pub backups: Vec<String>,
 }
 
+/// `virtguard prune`: which backups to remove.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Policies are written like the virtguard.io/retention annotation: \
+`last=3,daily=7,weekly=4,monthly=6` (rules last, hourly, daily, weekly, monthly). Each VM also \
+keeps its newest application-consistent (or offline) backup when the rules would keep only \
+crash-consistent ones within their window. --dry-run prints every backup with the rules that keep it."
+)]
 pub struct PruneArgs {
+    /// Apply each VM's own policy: the virtguard.io/retention annotation on the VM, else on its
+    /// namespace, else the --keep-* flags, else last=3,daily=7,weekly=4,monthly=6. Reads the
+    /// cluster (KUBECONFIG or the pod's service account). A VM whose annotation does not parse
+    /// keeps every backup (warning + InvalidRetentionPolicy Event)
+    #[arg(long)]
+    pub policy: bool,
+    /// Keep the N newest backups of each VM
     #[arg(long, default_value_t = 0)]
     pub keep_last: usize,
+    /// Keep the newest backup of each of the N most recent hours (UTC) that have one
     #[arg(long, default_value_t = 0)]
     pub keep_hourly: usize,
+    /// Keep the newest backup of each of the N most recent days (UTC) that have one
     #[arg(long, default_value_t = 0)]
     pub keep_daily: usize,
+    /// Keep the newest backup of each of the N most recent ISO weeks that have one
     #[arg(long, default_value_t = 0)]
     pub keep_weekly: usize,
+    /// Keep the newest backup of each of the N most recent months (UTC) that have one
     #[arg(long, default_value_t = 0)]
     pub keep_monthly: usize,
     /// Only this namespace
@@ -265,9 +284,12 @@ pub struct PruneArgs {
     /// Only this VM (name, or namespace/name)
     #[arg(long)]
     pub vm: Option<String>,
-    /// Show what would be removed
+    /// Show what would be removed, and why each kept backup is kept
     #[arg(long)]
     pub dry_run: bool,
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,8 @@
 //!   VolumeGroupSnapshotClass (the PVCs are labelled for its selector, and only labelled);
 //! - [`export`]: temporary PVCs from snapshots, the export token Secret and the
 //!   VirtualMachineExport whose `status.links.internal` gives the `disk.img` URLs and CA;
-//! - [`cleanup`]: deleting what a run created, found by label — and only that.
+//! - [`cleanup`]: deleting what a run created, found by label — and only that;
+//! - [`retention`]: which retention policy applies to a VM (its annotation, its namespace's).
 //!
 //! Every object created here carries [`labels::MANAGED_BY`]`=virtguard` and
 //! [`labels::BACKUP_ID`]`=<id>` ([`run_labels`]), which is what makes `virtguard cleanup` safe: it
@@ -20,6 +21,7 @@ pub mod export;
 pub mod freeze;
 pub mod groupsnapshot;
 pub mod lease;
+pub mod retention;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
