@@ -1,10 +1,30 @@
-//! The crate's error type. Every variant names the object it failed on and, where it helps,
-//! what to do next. Secrets (keys, credentials) never appear in any variant.
+//! The `virtguard` binary's top-level error, [`Error`]: what [`crate::cli::run`] returns and
+//! `main` turns into a message and an exit status.
+//!
+//! # Rules
+//!
+//! * **Each layer returns its own type and wraps only the layer below**, with `From`:
+//!   the repository returns [`crate::repo::Error`]; the cluster layer
+//!   [`crate::cluster::ClusterError`]; the engine [`crate::engine::EngineError`] (one VM's
+//!   backup), [`crate::engine::dispatch::DispatchError`] and
+//!   [`crate::engine::restore::RestoreError`]; `files` [`crate::files::FilesError`]. This type
+//!   aggregates them for the CLI and `main` only: no library module (`cluster`, `engine`,
+//!   `files`) names it, so errors flow one way, from the repository up to `main`.
+//! * **Context is attached, not re-wrapped.** A variant of a lower layer already names its
+//!   object and what to do; it is carried here as it is (`#[error(transparent)]`), not turned
+//!   into text. The per-VM errors of a backup run stay typed in [`Error::BackupsFailed`], so
+//!   `main` classifies them.
+//! * **Exit status.** 0: everything succeeded; 2: usage, configuration or a refusal caused by how
+//!   the command was asked ([`Error::is_usage`]); 1: the work failed (any VM failed, the
+//!   repository or the cluster failed, a codec or internal failure).
+//! * **Transient errors** are retried where they happen (the repository's `RetryStore`, the
+//!   cluster layer's API retries); by the time one reaches this type it is final.
+//! * Secrets (keys, credentials) never appear in any variant.
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in the repository and the CLI.
+/// Everything a `virtguard` command can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The repository layer failed (the message names the object and what to do).
@@ -40,10 +60,104 @@ pub enum Error {
     Interrupted { signal: &'static str },
 
     /// Some VM backups failed; each is listed with its reason.
-    #[error("{failed} of {total} VM backup(s) failed:\n  {details}")]
+    #[error("{} of {total} VM backup(s) failed:\n  {}", .failures.len(), join_lines(.failures))]
     BackupsFailed {
-        failed: usize,
         total: usize,
-        details: String,
+        failures: Vec<VmFailure>,
     },
+}
+
+/// Why one VM's backup failed, as the layer that ran it reported it.
+#[derive(Debug, thiserror::Error)]
+pub enum VmFailure {
+    /// The backup ran in this process: the engine's error (it names the VM and the step).
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The backup ran in a Job of `--dispatch jobs` and the Job failed.
+    #[error("{vm}: {message} (logs: kubectl logs -n {namespace} job/{job})")]
+    Job {
+        vm: String,
+        namespace: String,
+        job: String,
+        message: String,
+    },
+}
+
+fn join_lines(failures: &[VmFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+impl Error {
+    /// A refusal caused by how the command was asked (a flag, a name, the configuration):
+    /// `main` exits with status 2 for it, like clap's own usage errors.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Error::Invalid(_) | Error::KubeConfig(_) => true,
+            Error::Repo(e) => matches!(e, crate::repo::Error::Invalid(_)),
+            Error::Restore(e) => e.is_usage(),
+            Error::Dispatch(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::dispatch::DispatchError;
+    use crate::engine::EngineError;
+
+    #[test]
+    fn usage_errors_are_told_from_failures_of_the_work() {
+        assert!(Error::Invalid("--vm".into()).is_usage());
+        assert!(Error::from(crate::repo::Error::Invalid("bad name".into())).is_usage());
+        assert!(Error::from(DispatchError::NoTemplate).is_usage());
+        // Encoding and internal failures are not the user's input.
+        assert!(!Error::from(crate::repo::Error::Codec("zstd: out of memory".into())).is_usage());
+        assert!(!Error::from(crate::repo::Error::Internal("worker gone".into())).is_usage());
+        assert!(!Error::from(crate::repo::Error::corrupt("chunks/00/x", "bad")).is_usage());
+        let failed = Error::BackupsFailed {
+            total: 1,
+            failures: vec![VmFailure::Engine(EngineError::Vm {
+                vm: "ns/a".into(),
+                message: "no disks".into(),
+            })],
+        };
+        assert!(!failed.is_usage());
+    }
+
+    #[test]
+    fn backups_failed_lists_each_vm_typed_and_says_the_same_as_before() {
+        let e = Error::BackupsFailed {
+            total: 3,
+            failures: vec![
+                VmFailure::Engine(EngineError::Vm {
+                    vm: "ns/a".into(),
+                    message: "no disks".into(),
+                }),
+                VmFailure::Job {
+                    vm: "ns/b".into(),
+                    namespace: "backup".into(),
+                    job: "vg-b".into(),
+                    message: "Job failed".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "2 of 3 VM backup(s) failed:\n  VM ns/a: no disks\n  \
+             ns/b: Job failed (logs: kubectl logs -n backup job/vg-b)"
+        );
+        let Error::BackupsFailed { failures, .. } = &e else {
+            unreachable!()
+        };
+        assert!(matches!(
+            &failures[0],
+            VmFailure::Engine(e) if e.reason() == "invalid-vm"
+        ));
+    }
 }

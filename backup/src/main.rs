@@ -1,5 +1,5 @@
 //! `virtguard`: parse the command line, run it, map errors to a message and an exit code
-//! (1: the work failed; 2: usage or configuration error).
+//! (1: the work failed; 2: usage or configuration error: [`virtguard::Error::is_usage`]).
 
 use clap::Parser;
 
@@ -27,14 +27,7 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             // 2: usage or configuration error (like clap's own); 1: the work failed.
             match e.downcast_ref::<virtguard::Error>() {
-                Some(
-                    virtguard::Error::Invalid(_)
-                    | virtguard::Error::Repo(virtguard::repo::Error::Invalid(_))
-                    | virtguard::Error::KubeConfig(_),
-                ) => std::process::ExitCode::from(2),
-                Some(virtguard::Error::Restore(r)) if r.is_usage() => {
-                    std::process::ExitCode::from(2)
-                }
+                Some(e) if e.is_usage() => std::process::ExitCode::from(2),
                 _ => std::process::ExitCode::FAILURE,
             }
         }

@@ -362,7 +362,7 @@ pub fn image_digest(repo: &Repository, index: &Index) -> String {
 
 /// A tar of the files, zstd-compressed.
 fn build_resources(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
-    let err = |e: std::io::Error| Error::Invalid(format!("building resources.tar.zst: {e}"));
+    let err = |e: std::io::Error| Error::Codec(format!("building resources.tar.zst: {e}"));
     let enc = zstd::Encoder::new(Vec::new(), 3).map_err(err)?;
     let mut tar = tar::Builder::new(enc);
     for (name, data) in files {

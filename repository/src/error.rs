@@ -1,5 +1,28 @@
-//! The repository's error type. Every variant names the object it failed on and, where it helps,
-//! what to do next. Secrets (keys, credentials) never appear in any variant.
+//! The repository's error type, [`Error`]: everything `virtguard-repo` returns fails with it.
+//!
+//! # Rules
+//!
+//! * **One type for the crate.** Every public function of the repository returns
+//!   [`Result<T>`](Result) with this [`Error`]; the crate never names an error of a layer above
+//!   it (the engine, the CLI) and depends on no Kubernetes crate. Layers above wrap it with
+//!   `From` (`virtguard::engine::EngineError::Repo`, `virtguard::engine::restore::RestoreError`,
+//!   `virtguard::Error::Repo`), adding the VM and the step they were at; they never re-wrap it
+//!   as text.
+//! * **Context is attached where the error is made, not by re-wrapping.** Each variant carries
+//!   the object it failed on (store and key, path, backup id, volume, lock holder), and, where
+//!   the user can act, what to do next. A caller that needs to add context adds it once, in its
+//!   own layer's variant.
+//! * **Transient or permanent.** [`Error::is_transient`] is `true` only for [`Error::Store`] and
+//!   [`Error::Source`] failures marked transient (5xx, throttling, resets, timeouts); those are
+//!   retried by [`crate::store::RetryStore`] and the sources' own retries. Everything else is
+//!   permanent: retrying the same call gives the same answer.
+//! * **Whose fault.** [`Error::Invalid`] is invalid input from the user or the caller (a name, a
+//!   flag value, a refusal such as gc stopping on a broken backup): the CLI exits with status 2
+//!   for it. A failure to encode data ([`Error::Codec`]) or of an internal task
+//!   ([`Error::Internal`]) is never reported as invalid input, nor is data read back that does
+//!   not decode ([`Error::Corrupt`]).
+//! * **No secrets.** Keys, passwords and credentials never appear in any variant; URLs are
+//!   redacted before they are put in one.
 
 use std::path::PathBuf;
 
@@ -100,9 +123,19 @@ pub enum Error {
     #[error("verify found {} problem(s):\n  {}", .problems.len(), .problems.join("\n  "))]
     VerifyFailed { problems: Vec<String> },
 
-    /// Invalid user input (flag values, names).
+    /// Invalid user input (flag values, names) or a refusal caused by how the repository was
+    /// asked.
     #[error("{0}")]
     Invalid(String),
+
+    /// Encoding data the repository writes failed (zstd, tar): not the user's input, not a
+    /// corrupt object.
+    #[error("{0}")]
+    Codec(String),
+
+    /// An internal task (blocking worker, writer, concurrency limiter) failed or went away.
+    #[error("{0}")]
+    Internal(String),
 
     /// Encryption or key derivation failure that is not a wrong key.
     #[error("crypto: {0}")]

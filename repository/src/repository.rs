@@ -415,7 +415,7 @@ pub(crate) async fn cpu<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Invalid(format!("internal worker failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("internal worker failed: {e}")))?
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ async fn restore_inner(
                     write_chunk(&file, direct.as_deref(), &data, offset)
                 })
                 .await
-                .map_err(|e| Error::Invalid(format!("writer task failed: {e}")))?
+                .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
                 .map_err(|e| Error::io("writing restore target", &path, e))?;
                 if let Some(p) = &progress {
                     p.inc(len as u64);
@@ -186,7 +186,7 @@ async fn restore_inner(
     let p2 = path.clone();
     tokio::task::spawn_blocking(move || f.sync_all())
         .await
-        .map_err(|e| Error::Invalid(format!("sync task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
         .map_err(|e| Error::io("syncing restore target", &p2, e))?;
 
     let expected = &m

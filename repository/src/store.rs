@@ -389,7 +389,7 @@ impl<S: Store> LimitStore<S> {
         self.permits
             .acquire()
             .await
-            .map_err(|_| Error::Invalid("store concurrency limiter closed".into()))
+            .map_err(|_| Error::Internal("store concurrency limiter closed".into()))
     }
 }
 

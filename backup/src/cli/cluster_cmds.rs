@@ -13,7 +13,7 @@ use super::commands::human;
 use super::{shutdown_signal, Config};
 use crate::cluster;
 use crate::engine::backup::{backup_vm, BackupConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, VmFailure};
 use crate::repo::Repository;
 
 /// `virtguard backup`: which VMs, and how.
@@ -219,12 +219,12 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
             return Err(Error::Interrupted { signal });
         }
     };
-    let mut failed = Vec::new();
+    let mut failures = Vec::new();
     println!(
         "{:<40} {:<8} {:<37} {:>9} {:>9} {:>12}",
         "VM", "RESULT", "CONSISTENCY", "FREEZE", "DURATION", "STORED"
     );
-    for (vm, r) in &results {
+    for (vm, r) in results {
         match r {
             Ok(rep) => println!(
                 "{:<40} {:<8} {:<37} {:>8.2}s {:>8.1}s {:>12}",
@@ -237,18 +237,14 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
             ),
             Err(e) => {
                 println!("{vm:<40} {:<8} {}", "FAILED", e.reason());
-                failed.push(format!("{e}"));
+                failures.push(VmFailure::Engine(e));
             }
         }
     }
-    if failed.is_empty() {
+    if failures.is_empty() {
         Ok(())
     } else {
-        Err(Error::BackupsFailed {
-            failed: failed.len(),
-            total,
-            details: failed.join("\n  "),
-        })
+        Err(Error::BackupsFailed { total, failures })
     }
 }
 
@@ -299,9 +295,7 @@ async fn dispatch_jobs(
         job_deadline: a.job_deadline.into(),
     };
     if cfg.owner_job.is_none() && cfg.image.is_none() {
-        return Err(Error::Invalid(
-            dispatch::DispatchError::NoTemplate.to_string(),
-        ));
+        return Err(dispatch::DispatchError::NoTemplate.into());
     }
     let run = crate::repo::format::BackupId::new_now()
         .as_str()
@@ -319,7 +313,7 @@ async fn dispatch_jobs(
             return Err(Error::Interrupted { signal });
         }
     };
-    let mut failed = Vec::new();
+    let mut failures = Vec::new();
     println!(
         "{:<40} {:<8} {:<37} {:>9} {:>9} {:>12}  JOB",
         "VM", "RESULT", "CONSISTENCY", "FREEZE", "DURATION", "STORED"
@@ -349,21 +343,19 @@ async fn dispatch_jobs(
                     "{:<40} {:<8} {:<37} {:>9} {:>9} {:>12}  {}",
                     o.vm, "FAILED", reason, "", "", "", o.job
                 );
-                failed.push(format!(
-                    "{}: {e} (logs: kubectl logs -n {namespace} job/{})",
-                    o.vm, o.job
-                ));
+                failures.push(VmFailure::Job {
+                    vm: o.vm.clone(),
+                    namespace: namespace.clone(),
+                    job: o.job.clone(),
+                    message: e.clone(),
+                });
             }
         }
     }
-    if failed.is_empty() {
+    if failures.is_empty() {
         Ok(())
     } else {
-        Err(Error::BackupsFailed {
-            failed: failed.len(),
-            total,
-            details: failed.join("\n  "),
-        })
+        Err(Error::BackupsFailed { total, failures })
     }
 }
 

@@ -103,6 +103,13 @@ pub enum DispatchError {
     Cluster(#[from] ClusterError),
 }
 
+impl DispatchError {
+    /// A refusal caused by how the command was asked (no pod template to copy): exit status 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, DispatchError::NoTemplate)
+    }
+}
+
 /// Labels controllers set on a Job's pod template; a copy must not carry the parent's values.
 const CONTROLLER_LABELS: &[&str] = &[
     "controller-uid",

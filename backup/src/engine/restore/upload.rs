@@ -181,7 +181,7 @@ fn upload_body(
                     let compress = move |data: Vec<u8>| {
                         zstd::bulk::compress(&data, UPLOAD_ZSTD_LEVEL)
                             .map(Bytes::from)
-                            .map_err(|e| crate::repo::Error::Invalid(format!("zstd: {e}")))
+                            .map_err(|e| crate::repo::Error::Codec(format!("zstd: {e}")))
                     };
                     if id.is_zero_marker() {
                         let full = len == cs as usize;
@@ -197,7 +197,7 @@ fn upload_body(
                                     tokio::task::spawn_blocking(move || compress(vec![0u8; len]))
                                         .await
                                         .map_err(|e| {
-                                            crate::repo::Error::Invalid(format!(
+                                            crate::repo::Error::Internal(format!(
                                                 "compressor failed: {e}"
                                             ))
                                         })??;
@@ -232,7 +232,7 @@ fn upload_body(
                             None => tokio::task::spawn_blocking(move || compress(data))
                                 .await
                                 .map_err(|e| {
-                                    crate::repo::Error::Invalid(format!("compressor failed: {e}"))
+                                    crate::repo::Error::Internal(format!("compressor failed: {e}"))
                                 })??,
                         };
                         Ok((false, Some(id), frame, len))
