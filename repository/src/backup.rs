@@ -83,6 +83,8 @@ pub struct BackupSession {
     started: chrono::DateTime<Utc>,
     parent: Option<Manifest>,
     known: Arc<Mutex<HashSet<ChunkId>>>,
+    /// Chunks recorded corrupt by `maintain`: stored again when read, whatever the store holds.
+    suspect: Arc<HashSet<ChunkId>>,
     volumes: Vec<VolumeEntry>,
     resources: Option<ResourcesEntry>,
     opts: BackupOptions,
@@ -107,13 +109,24 @@ impl BackupSession {
         let lock = repo
             .lock(LockKind::Shared, &format!("backup {namespace}/{vm}"))
             .await?;
-        let (parent, known) = match Self::load_parent(&repo, namespace, vm, &opts.parent).await {
+        let (parent, mut known) = match Self::load_parent(&repo, namespace, vm, &opts.parent).await
+        {
             Ok(p) => p,
             Err(e) => {
                 lock.release().await;
                 return Err(e);
             }
         };
+        // Chunks `maintain` found corrupt are uploaded again when this backup reads their data
+        // (self-healing); a state that cannot be read only costs the healing.
+        let suspect = match crate::maintain::MaintenanceState::load(&repo).await {
+            Ok(state) => state.corrupt_ids().into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance state unreadable: corrupt chunks will not be re-uploaded by this backup");
+                HashSet::new()
+            }
+        };
+        known.retain(|c| !suspect.contains(c));
         let target = BackupRef {
             namespace: namespace.to_string(),
             vm: vm.to_string(),
@@ -126,6 +139,7 @@ impl BackupSession {
             started: Utc::now(),
             parent,
             known: Arc::new(Mutex::new(known)),
+            suspect: Arc::new(suspect),
             volumes: Vec::new(),
             resources: None,
             opts,
@@ -188,12 +202,14 @@ impl BackupSession {
         let size = source.size();
         let n = chunk_count(size, cs);
         let known = self.known.clone();
+        let suspect = self.suspect.clone();
 
         let results: Vec<(u64, ChunkId, Outcome, usize)> = stream::iter(0..n)
             .map(|i| {
                 let repo = repo.clone();
                 let source = source.clone();
                 let known = known.clone();
+                let suspect = suspect.clone();
                 let progress = progress.clone();
                 async move {
                     let len = chunk_len(size, cs, i);
@@ -212,7 +228,9 @@ impl BackupSession {
                         None => Outcome::Zero,
                         Some(id) => {
                             let is_known = known.lock().map(|k| k.contains(&id)).unwrap_or(false);
-                            if is_known || repo.store().exists(&id.key()).await? {
+                            let present =
+                                !suspect.contains(&id) && repo.store().exists(&id.key()).await?;
+                            if is_known || present {
                                 Outcome::Known
                             } else {
                                 let crypto = repo.crypto().clone();

@@ -105,6 +105,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod locks;
+pub mod maintain;
 pub mod prune;
 pub mod repository;
 pub mod restore;

@@ -312,6 +312,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 .into())
             }
         }
+        Command::Maintain(a) => super::maintain_cmd::maintain(config, open(config).await?, a).await,
         Command::Prune(a) => {
             let repo = open(config).await?;
             let (ns, vm) = vm_filter(a.namespace.clone(), a.vm.clone())?;

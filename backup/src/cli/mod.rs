@@ -11,6 +11,7 @@
 mod cluster_cmds;
 mod commands;
 mod files_cmds;
+mod maintain_cmd;
 mod mount_cmd;
 mod prune_cmd;
 mod restore_cmds;
@@ -139,10 +140,12 @@ pub enum Command {
     Show(ShowArgs),
     /// Check backups: structure, and with --read-data every chunk's content
     Verify(VerifyArgs),
-    /// Delete backups according to --keep-* rules (chunks are freed by gc)
+    /// Delete backups by --keep-* rules or each VM's policy (chunks are freed by gc)
     Prune(PruneArgs),
     /// Delete chunks no backup references, older than the grace period
     Gc(GcArgs),
+    /// Unattended upkeep: prune by policy, gc, verify a rotating share of the chunks
+    Maintain(MaintainArgs),
     /// Remove stale (or all) repository locks
     Unlock(UnlockArgs),
     /// Back up KubeVirt VMs: freeze, CSI snapshot, thaw, export, stream into the repository
@@ -248,21 +251,9 @@ pub struct VerifyArgs {
     pub backups: Vec<String>,
 }
 
-/// `virtguard prune`: which backups to remove.
+/// The `--keep-*` rules (all zero: none given).
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Policies are written like the virtguard.io/retention annotation: \
-`last=3,daily=7,weekly=4,monthly=6` (rules last, hourly, daily, weekly, monthly). Each VM also \
-keeps its newest application-consistent (or offline) backup when the rules would keep only \
-crash-consistent ones within their window. --dry-run prints every backup with the rules that keep it."
-)]
-pub struct PruneArgs {
-    /// Apply each VM's own policy: the virtguard.io/retention annotation on the VM, else on its
-    /// namespace, else the --keep-* flags, else last=3,daily=7,weekly=4,monthly=6. Reads the
-    /// cluster (KUBECONFIG or the pod's service account). A VM whose annotation does not parse
-    /// keeps every backup (warning + InvalidRetentionPolicy Event)
-    #[arg(long)]
-    pub policy: bool,
+pub struct KeepArgs {
     /// Keep the N newest backups of each VM
     #[arg(long, default_value_t = 0)]
     pub keep_last: usize,
@@ -278,6 +269,56 @@ pub struct PruneArgs {
     /// Keep the newest backup of each of the N most recent months (UTC) that have one
     #[arg(long, default_value_t = 0)]
     pub keep_monthly: usize,
+}
+
+/// `virtguard maintain`: the unattended upkeep of the repository.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Steps: prune (each VM's policy with --policy, or the --keep-* rules; skipped \
+when neither is given) -> gc (unreferenced chunks older than --grace) -> verify: the structure of \
+every backup, and the content of a rotating share of the chunks (--verify-share 1/7 run daily reads \
+every chunk once a week), at most --verify-budget stored bytes per run. The rotation and the chunks \
+found corrupt are remembered in the repository (maintenance/state.json); the next backup that reads \
+a corrupt chunk's data stores it again, and the next maintain forgets it once it reads healthy. \
+Exit 1 when corruption is known."
+)]
+pub struct MaintainArgs {
+    /// Prune with each VM's own policy (see `virtguard prune --help`)
+    #[arg(long)]
+    pub policy: bool,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// gc keeps unreferenced objects younger than this
+    #[arg(long, default_value = "24h")]
+    pub grace: humantime::Duration,
+    /// Share of the chunks whose content is read this run: PART/OF
+    #[arg(long, default_value = "1/7")]
+    pub verify_share: String,
+    /// Read at most this many stored bytes of chunk data (e.g. 10GiB); the next run resumes
+    #[arg(long, value_parser = parse_size)]
+    pub verify_budget: Option<u64>,
+    /// Output format of the summary
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `virtguard prune`: which backups to remove.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Policies are written like the virtguard.io/retention annotation: \
+`last=3,daily=7,weekly=4,monthly=6` (rules last, hourly, daily, weekly, monthly). Each VM also \
+keeps its newest application-consistent (or offline) backup when the rules would keep only \
+crash-consistent ones within their window. --dry-run prints every backup with the rules that keep it."
+)]
+pub struct PruneArgs {
+    /// Apply each VM's own policy: the virtguard.io/retention annotation on the VM, else on its
+    /// namespace, else the --keep-* flags, else last=3,daily=7,weekly=4,monthly=6. Reads the
+    /// cluster (KUBECONFIG or the pod's service account). A VM whose annotation does not parse
+    /// keeps every backup (warning + InvalidRetentionPolicy Event)
+    #[arg(long)]
+    pub policy: bool,
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// Only this namespace
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,

@@ -12,15 +12,15 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{Output, PruneArgs};
+use super::{KeepArgs, Output, PruneArgs};
 use crate::cluster::retention::{PolicyResolver, PolicySource, ResolvedPolicy};
 use crate::error::{Error, Result};
 use crate::repo::prune::{self, KeepPolicy, PruneReport};
 use crate::repo::Repository;
 
-impl PruneArgs {
+impl KeepArgs {
     /// The `--keep-*` flags as a policy (empty when none is given).
-    fn flags(&self) -> KeepPolicy {
+    pub(super) fn policy(&self) -> KeepPolicy {
         KeepPolicy {
             last: self.keep_last,
             hourly: self.keep_hourly,
@@ -31,6 +31,12 @@ impl PruneArgs {
     }
 }
 
+impl PruneArgs {
+    fn flags(&self) -> KeepPolicy {
+        self.keep.policy()
+    }
+}
+
 /// Runs `prune` over `namespace`/`vm` (either may be unset: all).
 pub async fn prune(
     repo: Arc<Repository>,
@@ -38,27 +44,48 @@ pub async fn prune(
     namespace: Option<String>,
     vm: Option<String>,
 ) -> Result<()> {
-    let flags = a.flags();
-    let (ns, vm) = (namespace.as_deref(), vm.as_deref());
-    let (report, resolved) = if a.policy {
-        let resolved = resolve(&repo, flags, ns, vm).await?;
+    let (report, resolved) = run(
+        &repo,
+        a.policy,
+        a.flags(),
+        namespace.as_deref(),
+        vm.as_deref(),
+        a.dry_run,
+    )
+    .await?;
+    match a.output {
+        Output::Json => print_json(&report, &resolved, a.dry_run),
+        Output::Table => print_table(&report, &resolved, a.dry_run),
+    }
+    Ok(())
+}
+
+/// Each VM's resolved policy (empty when one policy applies to all).
+pub(super) type Resolved = BTreeMap<(String, String), ResolvedPolicy>;
+
+/// Prunes with each VM's policy (`per_vm`) or `flags` for all; `flags` must not be empty then.
+pub(super) async fn run(
+    repo: &Arc<Repository>,
+    per_vm: bool,
+    flags: KeepPolicy,
+    ns: Option<&str>,
+    vm: Option<&str>,
+    dry_run: bool,
+) -> Result<(PruneReport, Resolved)> {
+    if per_vm {
+        let resolved = resolve(repo, flags, ns, vm).await?;
         let policies: HashMap<(String, String), Option<KeepPolicy>> = resolved
             .iter()
             .map(|(k, r)| (k.clone(), r.policy.clone()))
             .collect();
         let policy_of =
             |ns: &str, vm: &str| policies.get(&(ns.into(), vm.into())).cloned().flatten();
-        let report = prune::prune_by(&repo, &policy_of, ns, vm, a.dry_run).await?;
-        (report, resolved)
+        let report = prune::prune_by(repo, &policy_of, ns, vm, dry_run).await?;
+        Ok((report, resolved))
     } else {
-        let report = prune::prune(&repo, &flags, ns, vm, a.dry_run).await?;
-        (report, BTreeMap::new())
-    };
-    match a.output {
-        Output::Json => print_json(&report, &resolved, a.dry_run),
-        Output::Table => print_table(&report, &resolved, a.dry_run),
+        let report = prune::prune(repo, &flags, ns, vm, dry_run).await?;
+        Ok((report, BTreeMap::new()))
     }
-    Ok(())
 }
 
 /// Each VM's policy, read from the cluster; warnings (broken annotations) go to stderr.
@@ -67,7 +94,7 @@ async fn resolve(
     flags: KeepPolicy,
     namespace: Option<&str>,
     vm: Option<&str>,
-) -> Result<BTreeMap<(String, String), ResolvedPolicy>> {
+) -> Result<Resolved> {
     let client = super::cluster_cmds::client().await?;
     let mut resolver = PolicyResolver::new(client, (!flags.is_empty()).then_some(flags));
     let mut out = BTreeMap::new();
@@ -88,7 +115,7 @@ async fn resolve(
     Ok(out)
 }
 
-fn source_of(resolved: &BTreeMap<(String, String), ResolvedPolicy>, ns: &str, vm: &str) -> String {
+fn source_of(resolved: &Resolved, ns: &str, vm: &str) -> String {
     match resolved.get(&(ns.to_string(), vm.to_string())) {
         Some(r) => r.source.to_string(),
         None if resolved.is_empty() => PolicySource::Flags.to_string(),
@@ -96,11 +123,7 @@ fn source_of(resolved: &BTreeMap<(String, String), ResolvedPolicy>, ns: &str, vm
     }
 }
 
-fn print_table(
-    report: &PruneReport,
-    resolved: &BTreeMap<(String, String), ResolvedPolicy>,
-    dry_run: bool,
-) {
+pub(super) fn print_table(report: &PruneReport, resolved: &Resolved, dry_run: bool) {
     let verb = if dry_run { "would remove" } else { "removed" };
     for plan in &report.plans {
         let policy = plan
@@ -134,11 +157,7 @@ fn print_table(
     );
 }
 
-fn print_json(
-    report: &PruneReport,
-    resolved: &BTreeMap<(String, String), ResolvedPolicy>,
-    dry_run: bool,
-) {
+pub(super) fn print_json(report: &PruneReport, resolved: &Resolved, dry_run: bool) {
     let vms: Vec<_> = report
         .plans
         .iter()

@@ -89,6 +89,7 @@ impl BackupSession {
             }
         }
         let known = self.known.clone();
+        let suspect = self.suspect.clone();
         let parent_ids: Arc<Vec<ChunkId>> =
             Arc::new(parent_index.map(|i| i.chunks).unwrap_or_default());
         let dirty = Arc::new(dirty);
@@ -98,6 +99,7 @@ impl BackupSession {
                 let repo = repo.clone();
                 let source = source.clone();
                 let known = known.clone();
+                let suspect = suspect.clone();
                 let parent_ids = parent_ids.clone();
                 let dirty = dirty.clone();
                 async move {
@@ -121,7 +123,9 @@ impl BackupSession {
                         None => Outcome::Zero,
                         Some(id) => {
                             let is_known = known.lock().map(|k| k.contains(&id)).unwrap_or(false);
-                            if is_known || repo.store().exists(&id.key()).await? {
+                            let present =
+                                !suspect.contains(&id) && repo.store().exists(&id.key()).await?;
+                            if is_known || present {
                                 Outcome::Known
                             } else {
                                 let crypto = repo.crypto().clone();
