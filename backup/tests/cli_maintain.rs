@@ -62,7 +62,10 @@ fn maintain_prunes_collects_verifies_and_fails_until_corruption_is_healed() {
     std::fs::write(&img, data).unwrap();
     ok(&repo, &["init", "--chunk-size", "64KiB"]);
     for _ in 0..3 {
-        ok(&repo, &["backup-file", img.to_str().unwrap(), "--vm", "ns/vm"]);
+        ok(
+            &repo,
+            &["backup-file", img.to_str().unwrap(), "--vm", "ns/vm"],
+        );
     }
 
     for bad in ["0/7", "1/0", "seven"] {
@@ -73,12 +76,23 @@ fn maintain_prunes_collects_verifies_and_fails_until_corruption_is_healed() {
 
     let report: Value = serde_json::from_str(&ok(
         &repo,
-        &["maintain", "--keep-last", "2", "--verify-share", "1/1", "-o", "json"],
+        &[
+            "maintain",
+            "--keep-last",
+            "2",
+            "--verify-share",
+            "1/1",
+            "-o",
+            "json",
+        ],
     ))
     .unwrap();
     assert_eq!(report["prune"]["removed"].as_array().unwrap().len(), 1);
     assert_eq!(report["verify"]["backups"], 2);
-    assert_eq!(report["verify"]["chunksRead"], report["verify"]["chunksReferenced"]);
+    assert_eq!(
+        report["verify"]["chunksRead"],
+        report["verify"]["chunksReferenced"]
+    );
     assert_eq!(report["corruptChunks"].as_array().unwrap().len(), 0);
 
     // Rot one chunk: maintain names it and its users, and fails.
@@ -95,9 +109,15 @@ fn maintain_prunes_collects_verifies_and_fails_until_corruption_is_healed() {
     assert!(text.matches("  used by ns/vm/").count() == 2, "{text}");
 
     // The next backup of the same data stores the chunk again; the next maintain forgets it.
-    ok(&repo, &["backup-file", img.to_str().unwrap(), "--vm", "ns/vm"]);
+    ok(
+        &repo,
+        &["backup-file", img.to_str().unwrap(), "--vm", "ns/vm"],
+    );
     let healed = ok(&repo, &["maintain", "--verify-share", "1/3"]);
-    assert!(healed.contains("1 chunk(s) found corrupt earlier read healthy again"), "{healed}");
+    assert!(
+        healed.contains("1 chunk(s) found corrupt earlier read healthy again"),
+        "{healed}"
+    );
     assert!(!healed.contains("CORRUPT"), "{healed}");
     ok(&repo, &["verify", "--read-data"]);
 }
