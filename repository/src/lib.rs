@@ -83,18 +83,24 @@
 //!
 //! # Locks (`locks/<lock-id>.json`)
 //!
-//! Shared locks are taken by backup, restore and verify; exclusive ones by prune and gc. A
+//! Shared locks are taken by backup, restore, verify and gc's mark phase; exclusive ones by
+//! prune and gc's delete phase. A
 //! process writes its lock object, then lists `locks/`; if it finds a conflicting lock that is
-//! not stale (shared vs exclusive, or exclusive vs anything), it deletes its own and fails. Two
+//! not stale (shared vs exclusive, or exclusive vs anything), it deletes its own and fails
+//! (callers that may wait retry with backoff). Two
 //! racing processes may thus both back off, but never both proceed. Holders rewrite their lock
 //! (`refreshed` time) every `stale_after / 4`; a lock not refreshed for `stale_after` is stale:
 //! it no longer blocks anyone and `virtguard unlock --stale` deletes it.
 //!
 //! # Garbage collection
 //!
-//! `gc` runs under the exclusive lock, reads every committed manifest and its indexes, and
-//! deletes chunks that no index references **and** whose object is older than the grace period
-//! (default 24 h). The grace period also protects a backup whose lock went stale while it still
+//! `gc` marks under a shared lock, so backups go on meanwhile: it reads every committed
+//! manifest and its indexes and lists the chunks; candidates are chunks that no index references
+//! **and** whose object is older than the grace period (default 24 h). It then takes the
+//! exclusive lock (waiting for running backups if told to) for the short delete phase, reads
+//! the manifests committed since it marked (a backup reuses any chunk that exists, so also a
+//! candidate) and spares what they reference, and deletes the rest. The grace period also
+//! protects a backup whose lock went stale while it still
 //! runs. Leftover objects of uncommitted backups (no manifest) older than the grace period are
 //! removed too. `prune` only deletes manifests (first, uncommitting the backup) and then the
 //! backup's other objects; the chunks go at the next gc.

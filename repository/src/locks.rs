@@ -1,6 +1,6 @@
 //! Repository locks: `locks/<lock-id>.json` objects (protocol in the [`crate`] page).
 //!
-//! Shared locks (backup, restore, verify) coexist; an exclusive lock (prune, gc) excludes all
+//! Shared locks (backup, restore, verify, gc mark) coexist; an exclusive lock (prune, gc delete) excludes all
 //! others. Acquire = write own lock, list, back off if a live conflicting lock exists. A lock is
 //! live while its `refreshed` time is younger than `stale_after`; the holder rewrites it every
 //! `stale_after / 4` from a background task.

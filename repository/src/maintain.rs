@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::format::ChunkId;
 use crate::locks::LockKind;
-use crate::prune::{self, GcReport};
+use crate::prune::{self, GcOptions, GcReport};
 use crate::repository::Repository;
 use crate::verify::{self, VerifyReport};
 
@@ -127,6 +127,8 @@ impl std::str::FromStr for Share {
 pub struct MaintainOptions {
     /// gc's grace period for unreferenced objects.
     pub grace: Duration,
+    /// How long gc's delete phase waits for running backups (see [`GcOptions::lock_wait`]).
+    pub lock_wait: Duration,
     pub share: Share,
     /// Stop reading chunk data after this many stored bytes (the run resumes there next time).
     pub budget: Option<u64>,
@@ -161,7 +163,16 @@ pub async fn record_prune(repo: &Repository) -> Result<()> {
 /// needs; updates the state after each step.
 pub async fn maintain(repo: &Arc<Repository>, opts: &MaintainOptions) -> Result<MaintainReport> {
     let mut report = MaintainReport {
-        gc: prune::gc(repo, opts.grace, false, opts.concurrency).await?,
+        gc: prune::gc(
+            repo,
+            &GcOptions {
+                grace: opts.grace,
+                dry_run: false,
+                concurrency: opts.concurrency,
+                lock_wait: opts.lock_wait,
+            },
+        )
+        .await?,
         ..Default::default()
     };
     let mut state = MaintenanceState::load(repo).await?;

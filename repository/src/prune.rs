@@ -177,100 +177,193 @@ pub struct GcReport {
     pub bytes_deleted: u64,
     /// Unreferenced chunks kept because they are younger than the grace period.
     pub chunks_in_grace: usize,
+    /// Chunks unreferenced when gc looked, kept because a backup committed while gc was
+    /// looking reuses them.
+    pub chunks_reused_meanwhile: usize,
     /// Objects of uncommitted backups deleted.
     pub leftovers_deleted: usize,
     /// Debris of interrupted writes (local temporary files) removed.
     pub incomplete_removed: usize,
 }
 
-/// Deletes unreferenced chunks older than `grace`, under the exclusive lock. Refuses to run if
-/// any manifest or index cannot be read (it could not know what that backup references).
-pub async fn gc(
-    repo: &Arc<Repository>,
-    grace: Duration,
-    dry_run: bool,
-    concurrency: usize,
-) -> Result<GcReport> {
-    let lock = repo.lock(LockKind::Exclusive, "gc").await?;
-    let res = gc_locked(repo, grace, dry_run, concurrency).await;
+/// How a gc runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Unreferenced objects younger than this are kept.
+    pub grace: Duration,
+    /// Report what would go, delete nothing (and take no exclusive lock).
+    pub dry_run: bool,
+    pub concurrency: usize,
+    /// How long the delete phase waits for running backups to finish (their shared locks)
+    /// before it gives up with [`Error::Locked`]; zero fails at once.
+    pub lock_wait: Duration,
+}
+
+/// What the mark phase found: the objects that go unless a backup committed meanwhile uses them.
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    /// Manifests (backup prefixes) whose references are in the plan.
+    seen: HashSet<String>,
+    /// Unreferenced chunks older than the grace period: (id, key, stored size).
+    chunks: Vec<(Option<ChunkId>, String, u64)>,
+    /// Objects of backups without a manifest, older than the grace period: (backup prefix, key).
+    leftovers: Vec<(String, String)>,
+    report: GcReport,
+}
+
+impl GcPlan {
+    /// The counts as the mark phase saw them (what a dry run reports).
+    pub fn report(&self) -> &GcReport {
+        &self.report
+    }
+}
+
+/// Deletes unreferenced chunks older than the grace period: [`gc_mark`] under a shared lock
+/// (backups go on), then [`gc_sweep`] under the exclusive lock. Refuses to run if any manifest
+/// or index cannot be read (it could not know what that backup references).
+pub async fn gc(repo: &Arc<Repository>, opts: &GcOptions) -> Result<GcReport> {
+    let plan = gc_mark(repo, opts).await?;
+    if opts.dry_run {
+        return Ok(plan.report);
+    }
+    gc_sweep(repo, plan, opts).await
+}
+
+/// The long phase: reads every manifest and index and lists the chunks, under a shared lock
+/// (backups and restores run meanwhile; prune and another gc's sweep cannot).
+pub async fn gc_mark(repo: &Arc<Repository>, opts: &GcOptions) -> Result<GcPlan> {
+    let lock = repo.lock(LockKind::Shared, "gc (mark)").await?;
+    let res = mark_locked(repo, opts.grace).await;
     lock.release().await;
     res
 }
 
-async fn gc_locked(
-    repo: &Arc<Repository>,
-    grace: Duration,
-    dry_run: bool,
-    concurrency: usize,
-) -> Result<GcReport> {
-    let mut report = GcReport::default();
-    let mut used: HashSet<ChunkId> = HashSet::new();
-    let objects = repo.store().list("backups/").await?;
-    let committed: HashSet<String> = objects
+/// The short phase, under the exclusive lock (waiting up to `opts.lock_wait` for running
+/// backups): reads the manifests committed since [`gc_mark`] (a backup may reuse any stored
+/// chunk, also one the plan holds unreferenced), spares what they use, deletes the rest.
+pub async fn gc_sweep(repo: &Arc<Repository>, plan: GcPlan, opts: &GcOptions) -> Result<GcReport> {
+    let lock = repo
+        .lock_waiting(LockKind::Exclusive, "gc (delete)", opts.lock_wait)
+        .await?;
+    let res = sweep_locked(repo, plan, opts).await;
+    lock.release().await;
+    res
+}
+
+/// Chunk ids referenced by the indexes of `b`'s manifest.
+async fn referenced_by(
+    repo: &Repository,
+    b: &BackupRef,
+    used: &mut HashSet<ChunkId>,
+) -> Result<()> {
+    let m = repo
+        .load_manifest(b)
+        .await
+        .map_err(|e| Error::Invalid(format!("gc stopped: {e}; fix or prune that backup first")))?;
+    for v in &m.volumes {
+        let idx = repo.load_index(&m, &v.name).await.map_err(|e| {
+            Error::Invalid(format!("gc stopped: {e}; fix or prune backup {b} first"))
+        })?;
+        used.extend(idx.chunks.into_iter().filter(|c| !c.is_zero_marker()));
+    }
+    Ok(())
+}
+
+/// Prefixes of the backups that have a manifest, from a listing of `backups/`.
+fn committed_prefixes(objects: &[crate::store::ObjectInfo]) -> HashSet<String> {
+    objects
         .iter()
         .filter_map(|o| BackupRef::from_key(&o.key))
         .filter(|(_, f)| *f == "manifest.json")
         .map(|(r, _)| r.prefix())
-        .collect();
+        .collect()
+}
+
+async fn mark_locked(repo: &Arc<Repository>, grace: Duration) -> Result<GcPlan> {
+    let mut plan = GcPlan::default();
+    let mut used: HashSet<ChunkId> = HashSet::new();
+    let objects = repo.store().list("backups/").await?;
+    let committed = committed_prefixes(&objects);
     for b in repo.list_backups(None, None).await? {
-        let m = repo.load_manifest(&b).await.map_err(|e| {
-            Error::Invalid(format!("gc stopped: {e}; fix or prune that backup first"))
-        })?;
-        for v in &m.volumes {
-            let idx = repo.load_index(&m, &v.name).await.map_err(|e| {
-                Error::Invalid(format!("gc stopped: {e}; fix or prune backup {b} first"))
-            })?;
-            used.extend(idx.chunks.into_iter().filter(|c| !c.is_zero_marker()));
-        }
+        referenced_by(repo, &b, &mut used).await?;
+        plan.seen.insert(b.prefix());
     }
-    report.chunks_referenced = used.len();
+    plan.report.chunks_referenced = used.len();
     let now = SystemTime::now();
     let old = |t: SystemTime| {
         now.duration_since(t)
             .map(|age| age > grace)
             .unwrap_or(false)
     };
-    let mut doomed = Vec::new();
     for o in repo.store().list("chunks/").await? {
-        report.chunks_total += 1;
+        plan.report.chunks_total += 1;
         let id = o.key.rsplit('/').next().and_then(ChunkId::from_hex);
-        let referenced = id.is_some_and(|id| used.contains(&id));
-        if referenced {
+        if id.is_some_and(|id| used.contains(&id)) {
             continue;
         }
         if old(o.modified) {
-            report.chunks_deleted += 1;
-            report.bytes_deleted += o.size;
-            doomed.push(o.key);
+            plan.report.chunks_deleted += 1;
+            plan.report.bytes_deleted += o.size;
+            plan.chunks.push((id, o.key, o.size));
         } else {
-            report.chunks_in_grace += 1;
+            plan.report.chunks_in_grace += 1;
         }
     }
-    for o in &objects {
-        let uncommitted = match BackupRef::from_key(&o.key) {
-            Some((r, _)) => !committed.contains(&r.prefix()),
-            None => false,
-        };
-        if uncommitted && old(o.modified) {
-            report.leftovers_deleted += 1;
-            doomed.push(o.key.clone());
+    for o in objects {
+        if let Some((r, _)) = BackupRef::from_key(&o.key) {
+            let prefix = r.prefix();
+            if !committed.contains(&prefix) && old(o.modified) {
+                plan.report.leftovers_deleted += 1;
+                plan.leftovers.push((prefix, o.key));
+            }
         }
     }
-    if !dry_run {
-        stream::iter(doomed)
-            .map(|k| {
-                let repo = repo.clone();
-                async move { repo.store().delete(&k).await }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        // A temporary file lives only while one write runs, but writers not bound by the lock
-        // (e.g. a contender writing its own lock object) may be mid-write right now: only
-        // debris at least an hour old is removed, whatever the grace period.
-        let debris_age = grace.max(Duration::from_secs(3600));
-        report.incomplete_removed = repo.store().remove_incomplete(debris_age).await?;
+    Ok(plan)
+}
+
+async fn sweep_locked(repo: &Arc<Repository>, plan: GcPlan, opts: &GcOptions) -> Result<GcReport> {
+    let mut report = plan.report;
+    // Backups committed since the mark phase: no backup runs now (we hold the exclusive lock),
+    // so this set is complete.
+    let objects = repo.store().list("backups/").await?;
+    let committed = committed_prefixes(&objects);
+    let mut reused: HashSet<ChunkId> = HashSet::new();
+    for b in repo.list_backups(None, None).await? {
+        if !plan.seen.contains(&b.prefix()) {
+            referenced_by(repo, &b, &mut reused).await?;
+        }
     }
+    let mut doomed = Vec::new();
+    for (id, key, size) in plan.chunks {
+        if id.is_some_and(|id| reused.contains(&id)) {
+            report.chunks_deleted -= 1;
+            report.bytes_deleted -= size;
+            report.chunks_reused_meanwhile += 1;
+        } else {
+            doomed.push(key);
+        }
+    }
+    for (prefix, key) in plan.leftovers {
+        // A backup that was in flight during the mark phase may have committed since.
+        if committed.contains(&prefix) {
+            report.leftovers_deleted -= 1;
+        } else {
+            doomed.push(key);
+        }
+    }
+    stream::iter(doomed)
+        .map(|k| {
+            let repo = repo.clone();
+            async move { repo.store().delete(&k).await }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    // A temporary file lives only while one write runs, but writers not bound by the lock
+    // (e.g. a contender writing its own lock object) may be mid-write right now: only
+    // debris at least an hour old is removed, whatever the grace period.
+    let debris_age = opts.grace.max(Duration::from_secs(3600));
+    report.incomplete_removed = repo.store().remove_incomplete(debris_age).await?;
     Ok(report)
 }
 

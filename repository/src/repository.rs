@@ -196,6 +196,29 @@ impl Repository {
         LockGuard::acquire(self.store.clone(), kind, operation, self.stale_after).await
     }
 
+    /// [`Self::lock`], retrying while the lock is held by someone else, for up to `wait`
+    /// (backoff from 1 s to 30 s); the last [`Error::Locked`] when the wait runs out.
+    pub async fn lock_waiting(
+        &self,
+        kind: LockKind,
+        operation: &str,
+        wait: Duration,
+    ) -> Result<LockGuard> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.lock(kind, operation).await {
+                Err(Error::Locked { holder }) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(%holder, "{operation}: waiting for the repository lock");
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Reads a chunk, decodes it and checks that its content matches its id.
     pub async fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let key = id.key();

@@ -51,6 +51,7 @@ async fn backup(repo: &Arc<Repository>, img: &Path) {
 fn opts(share: &str, budget: Option<u64>) -> MaintainOptions {
     MaintainOptions {
         grace: Duration::from_secs(3600),
+        lock_wait: Duration::ZERO,
         share: share.parse().unwrap(),
         budget,
         concurrency: 4,

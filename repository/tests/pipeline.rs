@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use virtguard_repo::backup::ParentPolicy;
-use virtguard_repo::prune::{gc, prune, KeepPolicy};
+use virtguard_repo::prune::{gc, gc_mark, gc_sweep, prune, GcOptions, KeepPolicy};
 use virtguard_repo::repository::InitOptions;
 use virtguard_repo::restore::{restore_to_file, restore_to_writer};
 use virtguard_repo::verify::verify;
@@ -244,7 +244,7 @@ async fn gc_keeps_referenced_and_young_chunks() {
     let m2 = backup(&repo, &img).await;
     assert_ne!(m1.id, m2.id);
     // Nothing unreferenced yet.
-    let r = gc(&repo, Duration::ZERO, false, 4).await.unwrap();
+    let r = gc(&repo, &gc_opts(Duration::ZERO)).await.unwrap();
     assert_eq!(r.chunks_deleted, 0);
     let before = r.chunks_total;
     // Prune the first backup; with a long grace nothing goes, with zero grace its chunks go.
@@ -261,12 +261,12 @@ async fn gc_keeps_referenced_and_young_chunks() {
     .await
     .unwrap();
     assert_eq!(p.removed.len(), 1);
-    let r = gc(&repo, Duration::from_secs(3600), false, 4)
+    let r = gc(&repo, &gc_opts(Duration::from_secs(3600)))
         .await
         .unwrap();
     assert_eq!(r.chunks_deleted, 0);
     assert!(r.chunks_in_grace > 0);
-    let r = gc(&repo, Duration::ZERO, false, 4).await.unwrap();
+    let r = gc(&repo, &gc_opts(Duration::ZERO)).await.unwrap();
     assert!(r.chunks_deleted > 0 && r.chunks_deleted < before, "{r:?}");
     let report = verify(&repo, None, true, 4, None).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -298,11 +298,12 @@ async fn gc_cannot_run_during_a_backup_and_backup_chunks_survive() {
     s.write_volume("disk0", Arc::new(FileSource::open(&img).unwrap()), None)
         .await
         .unwrap();
-    // gc with zero grace would delete every (unreferenced) chunk: the lock refuses it.
-    let err = gc(&repo, Duration::ZERO, false, 4).await.unwrap_err();
+    // gc with zero grace would delete every (unreferenced) chunk: its delete phase needs the
+    // exclusive lock, and (not told to wait) gives up.
+    let err = gc(&repo, &gc_opts(Duration::ZERO)).await.unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     let m = s.commit().await.unwrap();
-    let r = gc(&repo, Duration::ZERO, false, 4).await.unwrap();
+    let r = gc(&repo, &gc_opts(Duration::ZERO)).await.unwrap();
     assert_eq!(r.chunks_deleted, 0, "committed chunks are referenced");
     let out = dir.path().join("out.img");
     restore_to_file(&repo, &m, "disk0", &out, &RestoreOptions::default(), None)
@@ -348,7 +349,7 @@ async fn concurrent_backups_and_gc_never_lose_committed_data() {
     let gcs = async {
         let mut ran = 0;
         for _ in 0..20 {
-            match gc(&repo, Duration::ZERO, false, 4).await {
+            match gc(&repo, &gc_opts(Duration::ZERO)).await {
                 Ok(_) => ran += 1,
                 Err(Error::Locked { .. }) => {}
                 Err(e) => panic!("{e}"),
@@ -363,6 +364,100 @@ async fn concurrent_backups_and_gc_never_lose_committed_data() {
     let total: usize = results.iter().map(Vec::len).sum();
     assert_eq!(report.backups, total);
     assert!(total > 0);
+}
+
+/// A backup may reuse any stored chunk, also one gc's mark phase found unreferenced (the
+/// backup only checks that the chunk exists): the delete phase must spare it.
+#[tokio::test]
+async fn gc_spares_chunks_a_backup_reused_while_gc_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo_at(&dir.path().join("repo"), None).await;
+    let img1 = dir.path().join("one.img");
+    let img2 = dir.path().join("two.img");
+    let data1 = make_image(&img1, 9, 21);
+    make_image(&img2, 9, 22);
+    backup(&repo, &img1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    backup(&repo, &img2).await;
+    let policy = KeepPolicy {
+        last: 1,
+        ..Default::default()
+    };
+    let p = prune(&repo, &policy, None, None, false).await.unwrap();
+    assert_eq!(p.removed.len(), 1, "the backup of one.img is gone");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let opts = gc_opts(Duration::ZERO);
+    let plan = gc_mark(&repo, &opts).await.unwrap();
+    assert!(plan.report().chunks_deleted > 0, "{:?}", plan.report());
+    // Meanwhile one.img is backed up again: its chunks are still stored, so none is uploaded.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = backup(&repo, &img1).await;
+    assert_eq!(again.volumes[0].bytes_stored, 0, "every chunk reused");
+    let r = gc_sweep(&repo, plan, &opts).await.unwrap();
+    assert!(r.chunks_reused_meanwhile > 0, "{r:?}");
+    assert_eq!(r.chunks_deleted, 0, "{r:?}");
+
+    let report = verify(&repo, None, true, 4, None).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let out = dir.path().join("out.img");
+    restore_to_file(
+        &repo,
+        &again,
+        "disk0",
+        &out,
+        &RestoreOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data1);
+}
+
+/// gc reads the repository beside a running backup; its delete phase waits for the backup to
+/// commit and then spares its chunks and objects (unreferenced and uncommitted when gc looked).
+#[tokio::test]
+async fn gc_marks_beside_a_backup_and_its_delete_phase_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo_at(&dir.path().join("repo"), None).await;
+    let img = dir.path().join("disk.img");
+    let data = make_image(&img, 12, 23);
+    let mut s = BackupSession::start(repo.clone(), "ns1", "vm1", BackupOptions::default())
+        .await
+        .unwrap();
+    s.write_volume("disk0", Arc::new(FileSource::open(&img).unwrap()), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let opts = GcOptions {
+        lock_wait: Duration::from_secs(120),
+        ..gc_opts(Duration::ZERO)
+    };
+    let plan = gc_mark(&repo, &opts).await.unwrap();
+    let doomed = plan.report().chunks_deleted + plan.report().leftovers_deleted;
+    assert!(
+        doomed > 0,
+        "the in-flight backup's objects look like debris: {:?}",
+        plan.report()
+    );
+    let sweep = tokio::spawn({
+        let repo = repo.clone();
+        let opts = opts.clone();
+        async move { gc_sweep(&repo, plan, &opts).await }
+    });
+    let m = s.commit().await.unwrap();
+    let r = sweep.await.unwrap().unwrap();
+    assert_eq!((r.chunks_deleted, r.leftovers_deleted), (0, 0), "{r:?}");
+    assert!(r.chunks_reused_meanwhile > 0, "{r:?}");
+
+    let report = verify(&repo, None, true, 4, None).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let out = dir.path().join("out.img");
+    restore_to_file(&repo, &m, "disk0", &out, &RestoreOptions::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
 #[test]
@@ -380,4 +475,13 @@ fn lying_length_in_blob_header_is_rejected_without_huge_allocation() {
     // Header claims less than the frame holds: detected too.
     b[8..16].copy_from_slice(&10u64.to_le_bytes());
     assert!(c.decode_blob(CHUNK_MAGIC, "k", &b).is_err());
+}
+
+fn gc_opts(grace: Duration) -> GcOptions {
+    GcOptions {
+        grace,
+        dry_run: false,
+        concurrency: 4,
+        lock_wait: Duration::ZERO,
+    }
 }

@@ -320,15 +320,22 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         }
         Command::Gc(a) => {
             let repo = open(config).await?;
-            let r = prune::gc(&repo, a.grace.into(), a.dry_run, config.concurrency).await?;
+            let opts = prune::GcOptions {
+                grace: a.grace.into(),
+                dry_run: a.dry_run,
+                concurrency: config.concurrency,
+                lock_wait: a.lock_wait.into(),
+            };
+            let r = prune::gc(&repo, &opts).await?;
             println!(
-                "{} {} of {} chunks ({}), {} referenced, {} unreferenced within the grace period; {} leftover objects of unfinished backups, {} incomplete writes",
+                "{} {} of {} chunks ({}), {} referenced, {} unreferenced within the grace period, {} reused by backups committed while gc ran; {} leftover objects of unfinished backups, {} incomplete writes",
                 if a.dry_run { "would delete" } else { "deleted" },
                 r.chunks_deleted,
                 r.chunks_total,
                 human(r.bytes_deleted),
                 r.chunks_referenced,
                 r.chunks_in_grace,
+                r.chunks_reused_meanwhile,
                 r.leftovers_deleted,
                 r.incomplete_removed
             );

@@ -26,6 +26,7 @@ pub async fn maintain(config: &Config, repo: Arc<Repository>, a: MaintainArgs) -
     };
     let opts = MaintainOptions {
         grace: a.grace.into(),
+        lock_wait: a.lock_wait.into(),
         share,
         budget: a.verify_budget,
         concurrency: config.concurrency,
@@ -43,6 +44,7 @@ pub async fn maintain(config: &Config, repo: Arc<Repository>, a: MaintainArgs) -
                     "bytesDeleted": r.gc.bytes_deleted,
                     "chunksReferenced": r.gc.chunks_referenced,
                     "chunksInGrace": r.gc.chunks_in_grace,
+                    "chunksReusedMeanwhile": r.gc.chunks_reused_meanwhile,
                 },
                 "verify": {
                     "backups": r.verify.backups,

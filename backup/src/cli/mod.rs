@@ -291,6 +291,9 @@ pub struct MaintainArgs {
     /// gc keeps unreferenced objects younger than this
     #[arg(long, default_value = "24h")]
     pub grace: humantime::Duration,
+    /// How long gc's delete phase waits for running backups to finish
+    #[arg(long, default_value = "30m")]
+    pub lock_wait: humantime::Duration,
     /// Share of the chunks whose content is read this run: PART/OF
     #[arg(long, default_value = "1/7")]
     pub verify_share: String,
@@ -341,6 +344,10 @@ pub struct GcArgs {
     /// Show what would be removed
     #[arg(long)]
     pub dry_run: bool,
+    /// How long the delete phase waits for running backups (their locks) before giving up;
+    /// gc reads the repository beside them and needs the exclusive lock only to delete
+    #[arg(long, default_value = "0s")]
+    pub lock_wait: humantime::Duration,
 }
 
 #[derive(Debug, Args)]
