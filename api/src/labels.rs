@@ -21,6 +21,9 @@ pub const RETENTION: &str = "virtguard.io/retention";
 pub const STATUS: &str = "virtguard.io/status";
 /// Name of the per-namespace backup status ConfigMap.
 pub const STATUS_CONFIGMAP: &str = "virtguard-status";
+/// Name of the repository maintenance status ConfigMap (in the namespace `virtguard maintain`
+/// runs in, labelled [`STATUS`]`=true` too; its keys are repository ids, not VM names).
+pub const MAINTENANCE_STATUS_CONFIGMAP: &str = "virtguard-maintenance-status";
 /// KubeVirt's label on PVCs restored from a VM snapshot (the source VM's name).
 pub const RESTORE_SOURCE_VM_NAME: &str = "restore.kubevirt.io/source-vm-name";
 /// KubeVirt's label on PVCs restored from a VM snapshot (the source VM's namespace).

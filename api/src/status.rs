@@ -129,3 +129,43 @@ mod tests {
         assert_eq!(failed.consistency, None);
     }
 }
+
+/// One repository's maintenance status: what `virtguard maintain --status-namespace NS` writes
+/// under the repository's id in the ConfigMap
+/// [`MAINTENANCE_STATUS_CONFIGMAP`](crate::labels::MAINTENANCE_STATUS_CONFIGMAP) of `NS`, and
+/// the cluster-mode exporter turns into the `virtguard_repository_*` series (label `repository`
+/// = [`Self::repository`]). Counts are those of the last attempt that got that far.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceStatusRecord {
+    /// Where the repository is (`s3://bucket/prefix` or a path; never credentials).
+    pub repository: String,
+    /// Unix seconds when the last maintain started.
+    pub last_attempt_timestamp: i64,
+    /// Unix seconds when the last maintain that ran every step finished (kept across failures;
+    /// a run that found corrupt chunks ran every step and counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_timestamp: Option<i64>,
+    /// Whether the last attempt ran every step.
+    pub result: BackupResult,
+    /// Fixed code of the step that failed: [`MaintenanceStatusRecord::REASONS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Wall time of the last attempt, seconds.
+    pub duration_seconds: f64,
+    /// Committed backups in the repository.
+    pub backups: u64,
+    /// Chunk objects in the repository when gc looked.
+    pub chunks: u64,
+    /// Chunks known to be corrupt (remembered across runs until a backup heals them).
+    pub corrupt_chunks: u64,
+    /// Bytes gc deleted in the last attempt.
+    pub gc_deleted_bytes: u64,
+    /// Stored bytes of chunk data read by the last verify.
+    pub verify_read_bytes: u64,
+}
+
+impl MaintenanceStatusRecord {
+    /// The failure codes: the step that failed.
+    pub const REASONS: &'static [&'static str] = &["prune-failed", "gc-failed", "verify-failed"];
+}

@@ -79,6 +79,7 @@ const VMI_BLK: &[&str] = &["namespace", "name", "node", "drive"];
 const VMIM: &[&str] = &["vmi", "vmim", "namespace"];
 const RESTORED: &[&str] = &["vm_name", "vm_namespace"];
 const BACKUP: &[&str] = &["namespace", "name"];
+const REPO: &[&str] = &["repository"];
 
 macro_rules! m {
     ($name:literal, $kind:ident, $labels:expr, $source:ident, $help:literal) => {
@@ -206,6 +207,25 @@ pub const CATALOG: &[MetricDef] = &[
         "Always 1; labels carry the last backup's consistency kind (application-consistent, crash-consistent, paused, offline) and why its freeze failed (refused, timed-out, agent-disconnected, quiesce-failed; none when it did not)."),
     m!("virtguard_backup_bytes", Gauge, &["namespace", "name", "kind"], Cluster,
         "Bytes of the last backup by kind: read from the disks, new to the repository, stored after compression."),
+    // --- repository maintenance (cluster): `virtguard-maintenance-status` written by `virtguard maintain`.
+    m!("virtguard_repository_maintenance_last_success_timestamp_seconds", Gauge, REPO, Cluster,
+        "Unix time at which the last maintain of the repository that ran every step (prune, gc, verify) finished."),
+    m!("virtguard_repository_maintenance_last_attempt_timestamp_seconds", Gauge, REPO, Cluster,
+        "Unix time at which the last maintain of the repository started."),
+    m!("virtguard_repository_maintenance_last_status", Gauge, REPO, Cluster,
+        "Result of the last maintain of the repository: 1 every step ran, 0 a step failed."),
+    m!("virtguard_repository_maintenance_duration_seconds", Gauge, REPO, Cluster,
+        "Duration of the last maintain of the repository, in seconds."),
+    m!("virtguard_repository_backups", Gauge, REPO, Cluster,
+        "Committed backups in the repository (last successful maintain)."),
+    m!("virtguard_repository_chunks", Gauge, REPO, Cluster,
+        "Chunk objects in the repository (last successful maintain)."),
+    m!("virtguard_repository_corrupt_chunks", Gauge, REPO, Cluster,
+        "Chunks known to be corrupt, until a backup of the same data stores them again (last successful maintain)."),
+    m!("virtguard_repository_gc_deleted_bytes", Gauge, REPO, Cluster,
+        "Stored bytes of unreferenced chunks the last successful maintain's gc deleted."),
+    m!("virtguard_repository_verify_read_bytes", Gauge, REPO, Cluster,
+        "Stored bytes of chunk data the last successful maintain read and checked."),
     // --- the exporter itself.
     m!("virtguard_vmi_scrape_success", Gauge, VMI, Node,
         "1 when the VMI's libvirt stats were collected in this scrape, 0 when its daemon failed or timed out."),

@@ -162,23 +162,39 @@ pub async fn record_prune(repo: &Repository) -> Result<()> {
 /// gc, then verify (structure of everything; data of this run's share), under the locks each
 /// needs; updates the state after each step.
 pub async fn maintain(repo: &Arc<Repository>, opts: &MaintainOptions) -> Result<MaintainReport> {
-    let mut report = MaintainReport {
-        gc: prune::gc(
-            repo,
-            &GcOptions {
-                grace: opts.grace,
-                dry_run: false,
-                concurrency: opts.concurrency,
-                lock_wait: opts.lock_wait,
-            },
-        )
-        .await?,
-        ..Default::default()
-    };
+    let gc = gc_step(repo, opts).await?;
+    verify_step(repo, opts, gc).await
+}
+
+/// The gc step of [`maintain`]: gc, then the state records it.
+pub async fn gc_step(repo: &Arc<Repository>, opts: &MaintainOptions) -> Result<GcReport> {
+    let gc = prune::gc(
+        repo,
+        &GcOptions {
+            grace: opts.grace,
+            dry_run: false,
+            concurrency: opts.concurrency,
+            lock_wait: opts.lock_wait,
+        },
+    )
+    .await?;
     let mut state = MaintenanceState::load(repo).await?;
     state.last_gc = Some(now());
     state.save(repo).await?;
+    Ok(gc)
+}
 
+/// The verify step of [`maintain`] (after [`gc_step`], whose report it carries on).
+pub async fn verify_step(
+    repo: &Arc<Repository>,
+    opts: &MaintainOptions,
+    gc: GcReport,
+) -> Result<MaintainReport> {
+    let mut report = MaintainReport {
+        gc,
+        ..Default::default()
+    };
+    let mut state = MaintenanceState::load(repo).await?;
     let lock = repo.lock(LockKind::Shared, "maintain verify").await?;
     let res = verify_share(repo, opts, &mut state, &mut report).await;
     lock.release().await;

@@ -5,22 +5,35 @@
 //! earlier and not yet healed) makes the command fail, naming each chunk and its users.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use kube::Client;
 use serde_json::json;
+use virtguard_api::labels::MAINTENANCE_STATUS_CONFIGMAP;
+use virtguard_api::status::{BackupResult, MaintenanceStatusRecord};
 
-use super::{prune_cmd, Config, MaintainArgs, Output};
-use crate::error::Result;
-use crate::repo::maintain::{self, MaintainOptions, Share};
+use super::prune_cmd::Resolved;
+use super::{cluster_cmds, prune_cmd, Config, MaintainArgs, Output};
+use crate::engine::backup::{read_status_entry, write_status_entry};
+use crate::error::{Error, Result};
+use crate::repo::maintain::{self, MaintainOptions, MaintainReport, Share};
+use crate::repo::prune::PruneReport;
 use crate::repo::{Error as RepoError, Repository};
 
-/// Runs the three steps on `repo`.
-pub async fn maintain(config: &Config, repo: Arc<Repository>, a: MaintainArgs) -> Result<()> {
-    let share: Share = a.verify_share.parse()?;
+/// What the steps produced, or the failed step's code and its error.
+type Outcome =
+    std::result::Result<(Option<(PruneReport, Resolved)>, MaintainReport), (&'static str, Error)>;
+
+async fn steps(config: &Config, repo: &Arc<Repository>, a: &MaintainArgs, share: Share) -> Outcome {
     let flags = a.keep.policy();
     let pruned = if a.policy || !flags.is_empty() {
-        let (report, resolved) = prune_cmd::run(&repo, a.policy, flags, None, None, false).await?;
-        maintain::record_prune(&repo).await?;
-        Some((report, resolved))
+        let pruned = async {
+            let (report, resolved) =
+                prune_cmd::run(repo, a.policy, flags, None, None, false).await?;
+            maintain::record_prune(repo).await?;
+            Ok::<_, Error>((report, resolved))
+        };
+        Some(pruned.await.map_err(|e| ("prune-failed", e))?)
     } else {
         None
     };
@@ -31,7 +44,89 @@ pub async fn maintain(config: &Config, repo: Arc<Repository>, a: MaintainArgs) -
         budget: a.verify_budget,
         concurrency: config.concurrency,
     };
-    let r = maintain::maintain(&repo, &opts).await?;
+    let gc = maintain::gc_step(repo, &opts)
+        .await
+        .map_err(|e| ("gc-failed", e.into()))?;
+    let r = maintain::verify_step(repo, &opts, gc)
+        .await
+        .map_err(|e| ("verify-failed", e.into()))?;
+    Ok((pruned, r))
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The record of this run; counts of a failed run are zero (the steps did not all finish), and
+/// the last success carries over from the stored record.
+async fn status_record(
+    client: &Client,
+    ns: &str,
+    repo: &Repository,
+    started: SystemTime,
+    outcome: &Outcome,
+) -> MaintenanceStatusRecord {
+    let key = &repo.config().id;
+    let previous: Option<MaintenanceStatusRecord> =
+        read_status_entry(client, ns, MAINTENANCE_STATUS_CONFIGMAP, key)
+            .await
+            .and_then(|v| serde_json::from_str(&v).ok());
+    let now = SystemTime::now();
+    let mut record = MaintenanceStatusRecord {
+        repository: repo.location(),
+        last_attempt_timestamp: unix(started),
+        last_success_timestamp: previous.and_then(|p| p.last_success_timestamp),
+        result: BackupResult::Failed,
+        reason: None,
+        duration_seconds: now.duration_since(started).map_or(0.0, |d| d.as_secs_f64()),
+        backups: 0,
+        chunks: 0,
+        corrupt_chunks: 0,
+        gc_deleted_bytes: 0,
+        verify_read_bytes: 0,
+    };
+    match outcome {
+        Ok((_, r)) => {
+            record.result = BackupResult::Succeeded;
+            record.last_success_timestamp = Some(unix(now));
+            record.backups = r.verify.backups as u64;
+            record.chunks = r.gc.chunks_total as u64;
+            record.corrupt_chunks = r.corrupt.len() as u64;
+            record.gc_deleted_bytes = r.gc.bytes_deleted;
+            record.verify_read_bytes = r.bytes_read;
+        }
+        Err((reason, _)) => record.reason = Some((*reason).to_string()),
+    }
+    record
+}
+
+/// Runs the three steps on `repo`, then records the outcome when `--status-namespace` is given.
+pub async fn maintain(config: &Config, repo: Arc<Repository>, a: MaintainArgs) -> Result<()> {
+    let share: Share = a.verify_share.parse()?;
+    // The cluster is reached before anything runs: a status that cannot be written is a
+    // configuration error, not something to find out after an hour of verify.
+    let status = match &a.status_namespace {
+        Some(ns) => Some((cluster_cmds::client().await?, ns.clone())),
+        None => None,
+    };
+    let started = SystemTime::now();
+    let outcome = steps(config, &repo, &a, share).await;
+    if let Some((client, ns)) = &status {
+        let record = status_record(client, ns, &repo, started, &outcome).await;
+        let value = serde_json::to_string(&record).unwrap_or_default();
+        let key = &repo.config().id;
+        let written =
+            write_status_entry(client, ns, MAINTENANCE_STATUS_CONFIGMAP, key, value).await;
+        if let Err(e) = written {
+            // The run's own failure matters more; a missing update shows as an old timestamp.
+            tracing::error!(error = %e, "could not record the maintenance status");
+            if outcome.is_ok() {
+                return Err(e.into());
+            }
+        }
+    }
+    let (pruned, r) = outcome.map_err(|(_, e)| e)?;
     match a.output {
         Output::Json => {
             let out = json!({

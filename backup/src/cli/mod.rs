@@ -294,6 +294,11 @@ pub struct MaintainArgs {
     /// How long gc's delete phase waits for running backups to finish
     #[arg(long, default_value = "30m")]
     pub lock_wait: humantime::Duration,
+    /// Record the outcome in ConfigMap virtguard-maintenance-status of this namespace (key: the
+    /// repository id), which the cluster exporter turns into virtguard_repository_* series;
+    /// needs the cluster (KUBECONFIG or the pod's service account)
+    #[arg(long, env = "VIRTGUARD_STATUS_NAMESPACE")]
+    pub status_namespace: Option<String>,
     /// Share of the chunks whose content is read this run: PART/OF
     #[arg(long, default_value = "1/7")]
     pub verify_share: String,

@@ -697,11 +697,8 @@ async fn stream(
 
 /// The status record of `vm` in the namespace's status ConfigMap, if any.
 pub async fn read_status(client: &Client, namespace: &str, vm: &str) -> Option<BackupStatusRecord> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .get_opt(labels::STATUS_CONFIGMAP)
-        .await
-        .ok()??;
-    serde_json::from_str(cm.data?.get(vm)?).ok()
+    let value = read_status_entry(client, namespace, labels::STATUS_CONFIGMAP, vm).await?;
+    serde_json::from_str(&value).ok()
 }
 
 /// Writes `record` under key `vm` of the namespace's status ConfigMap (created when missing).
@@ -711,18 +708,44 @@ pub async fn write_status(
     vm: &str,
     record: &BackupStatusRecord,
 ) -> Result<(), ClusterError> {
-    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     let value = serde_json::to_string(record).unwrap_or_default();
-    let object = format!("{namespace}/{}", labels::STATUS_CONFIGMAP);
+    write_status_entry(client, namespace, labels::STATUS_CONFIGMAP, vm, value).await
+}
+
+/// The value under `key` of the status ConfigMap `name` in `namespace`, if any.
+pub async fn read_status_entry(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Option<String> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()??;
+    cm.data?.remove(key)
+}
+
+/// Writes `value` under `key` of the status ConfigMap `name` (labelled
+/// [`labels::STATUS`]`=true` so the exporter reads it), created when missing.
+pub async fn write_status_entry(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: String,
+) -> Result<(), ClusterError> {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let object = format!("{namespace}/{name}");
     if api
-        .get_opt(labels::STATUS_CONFIGMAP)
+        .get_opt(name)
         .await
         .map_err(ClusterError::api("reading", "ConfigMap", &object))?
         .is_none()
     {
         let cm = ConfigMap {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: Some(labels::STATUS_CONFIGMAP.to_string()),
+                name: Some(name.to_string()),
                 namespace: Some(namespace.to_string()),
                 labels: Some(BTreeMap::from([
                     (labels::STATUS.to_string(), "true".to_string()),
@@ -733,7 +756,7 @@ pub async fn write_status(
                 ])),
                 ..Default::default()
             },
-            data: Some(BTreeMap::from([(vm.to_string(), value.clone())])),
+            data: Some(BTreeMap::from([(key.to_string(), value.clone())])),
             ..Default::default()
         };
         match api.create(&PostParams::default(), &cm).await {
@@ -743,13 +766,9 @@ pub async fn write_status(
             Err(e) => return Err(ClusterError::api("creating", "ConfigMap", &object)(e)),
         }
     }
-    let patch = serde_json::json!({ "data": { vm: value } });
-    api.patch(
-        labels::STATUS_CONFIGMAP,
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(ClusterError::api("updating", "ConfigMap", &object))
+    let patch = serde_json::json!({ "data": { key: value } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(ClusterError::api("updating", "ConfigMap", &object))
 }

@@ -8,7 +8,7 @@
 //! | VirtualMachineInstance | all | [`migrations`] (times), [`guest`] |
 //! | VirtualMachineSnapshot | all | [`snapshots`] |
 //! | PersistentVolumeClaim | label `restore.kubevirt.io/source-vm-name` | [`snapshots`] (restored disks) |
-//! | ConfigMap | label `virtguard.io/status=true` | [`backup_status`] |
+//! | ConfigMap | label `virtguard.io/status=true` | [`backup_status`], [`maintenance_status`] |
 //!
 //! All of them are restricted to one namespace with `--namespace`. A scrape reads the stores
 //! and renders through the same [`Exposition`] as node mode; it makes no API call, so its cost
@@ -19,6 +19,7 @@
 
 pub mod backup_status;
 pub mod guest;
+pub mod maintenance_status;
 pub mod migrations;
 pub mod snapshots;
 pub mod watch;
@@ -32,7 +33,9 @@ use kube::Client;
 use virtguard_api::kubevirt::{
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineSnapshot,
 };
-use virtguard_api::labels::{RESTORE_SOURCE_VM_NAME, STATUS, STATUS_CONFIGMAP};
+use virtguard_api::labels::{
+    MAINTENANCE_STATUS_CONFIGMAP, RESTORE_SOURCE_VM_NAME, STATUS, STATUS_CONFIGMAP,
+};
 
 use crate::allowlist::VmiLabelAllowlist;
 use crate::render::{Exposition, Num};
@@ -95,6 +98,9 @@ pub fn backup_entries(cms: &[Arc<ConfigMap>]) -> Vec<(String, String, BackupStat
     let mut best: BTreeMap<(String, String), (bool, BackupStatus)> = BTreeMap::new();
     for cm in cms {
         let ns = cm.metadata.namespace.clone().unwrap_or_default();
+        if cm.metadata.name.as_deref() == Some(MAINTENANCE_STATUS_CONFIGMAP) {
+            continue; // keyed by repository, not VM: maintenance_status reads it
+        }
         let canonical = cm.metadata.name.as_deref() == Some(STATUS_CONFIGMAP);
         let Some(data) = cm.data.as_ref() else {
             continue;
@@ -124,6 +130,7 @@ pub fn render_state(out: &mut Exposition, state: &ClusterState, allow: &VmiLabel
     snapshots::render_restored(out, &state.pvcs);
     guest::render(out, &state.vmis, allow);
     backup_status::render(out, &backup_entries(&state.status));
+    maintenance_status::render(out, &maintenance_status::entries(&state.status));
 }
 
 /// Renders the per-kind reflector health (`kinds` = (health, objects in store)).
