@@ -134,7 +134,9 @@ mod tests {
 /// under the repository's id in the ConfigMap
 /// [`MAINTENANCE_STATUS_CONFIGMAP`](crate::labels::MAINTENANCE_STATUS_CONFIGMAP) of `NS`, and
 /// the cluster-mode exporter turns into the `virtguard_repository_*` series (label `repository`
-/// = [`Self::repository`]). Counts are those of the last attempt that got that far.
+/// = [`Self::repository`]). The step times and the corrupt chunks come from the repository's own
+/// maintenance state (so they are right even after a failed run); the counts are those of the
+/// last run that completed (carried over by a failed one).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceStatusRecord {
@@ -142,26 +144,42 @@ pub struct MaintenanceStatusRecord {
     pub repository: String,
     /// Unix seconds when the last maintain started.
     pub last_attempt_timestamp: i64,
-    /// Unix seconds when the last maintain that ran every step finished (kept across failures;
-    /// a run that found corrupt chunks ran every step and counts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_success_timestamp: Option<i64>,
-    /// Whether the last attempt ran every step.
+    /// Whether the last attempt ran every step (a run that found corrupt chunks did).
     pub result: BackupResult,
     /// Fixed code of the step that failed: [`MaintenanceStatusRecord::REASONS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Wall time of the last attempt, seconds.
     pub duration_seconds: f64,
-    /// Committed backups in the repository.
+    /// Unix seconds of the last completed prune, gc and verify step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune_success_timestamp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_gc_success_timestamp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify_success_timestamp: Option<i64>,
+    /// Chunks known to be corrupt (remembered until a backup heals them); absent when the
+    /// maintenance state could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt_chunks: Option<u64>,
+    /// The repository's size as the last complete run saw it; absent before one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<RepositoryCounts>,
+}
+
+/// What a complete maintain run counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryCounts {
+    /// Committed backups.
     pub backups: u64,
-    /// Chunk objects in the repository when gc looked.
+    /// Chunk objects when gc looked.
     pub chunks: u64,
-    /// Chunks known to be corrupt (remembered across runs until a backup heals them).
-    pub corrupt_chunks: u64,
-    /// Bytes gc deleted in the last attempt.
+    /// Stored bytes of those chunks.
+    pub stored_bytes: u64,
+    /// Bytes gc deleted.
     pub gc_deleted_bytes: u64,
-    /// Stored bytes of chunk data read by the last verify.
+    /// Stored bytes of chunk data verify read.
     pub verify_read_bytes: u64,
 }
 

@@ -73,12 +73,20 @@ async fn maintain_records_its_outcome_for_the_exporter() {
     let first = record(&client).await;
     assert_eq!(first.result, BackupResult::Succeeded, "{first:?}");
     assert_eq!(first.repository, repo.to_str().unwrap());
-    assert_eq!(first.backups, 1);
-    assert_eq!(first.chunks, 4, "{first:?}");
-    assert_eq!(first.corrupt_chunks, 0);
-    assert!(first.verify_read_bytes > 0, "{first:?}");
-    let success = first.last_success_timestamp.unwrap();
-    assert!(success >= first.last_attempt_timestamp);
+    let counts = first.counts.unwrap();
+    assert_eq!((counts.backups, counts.chunks), (1, 4), "{first:?}");
+    assert!(
+        counts.stored_bytes > 0 && counts.verify_read_bytes == counts.stored_bytes,
+        "{first:?}"
+    );
+    assert_eq!(first.corrupt_chunks, Some(0));
+    assert_eq!(
+        first.last_prune_success_timestamp, None,
+        "no policy: prune skipped"
+    );
+    let verified = first.last_verify_success_timestamp.unwrap();
+    assert!(verified >= first.last_attempt_timestamp);
+    assert!(first.last_gc_success_timestamp.unwrap() <= verified);
 
     // A rotten chunk: the run completes (exit 1) and counts it.
     let victim = chunk_files(&repo.join("chunks"))[0].clone();
@@ -90,7 +98,7 @@ async fn maintain_records_its_outcome_for_the_exporter() {
     assert!(!o.status.success(), "{}", text(&o));
     let rotten = record(&client).await;
     assert_eq!(rotten.result, BackupResult::Succeeded, "{rotten:?}");
-    assert_eq!(rotten.corrupt_chunks, 1, "{rotten:?}");
+    assert_eq!(rotten.corrupt_chunks, Some(1), "{rotten:?}");
 
     // gc cannot get its lock (a live exclusive lock of another process): the step is named,
     // the counts are not claimed, the last success stays that of the run before.
@@ -111,8 +119,16 @@ async fn maintain_records_its_outcome_for_the_exporter() {
     let failed = record(&client).await;
     assert_eq!(failed.result, BackupResult::Failed, "{failed:?}");
     assert_eq!(failed.reason.as_deref(), Some("gc-failed"));
-    assert_eq!(failed.last_success_timestamp, rotten.last_success_timestamp);
-    assert_eq!(failed.corrupt_chunks, 0, "a failed run claims no counts");
+    assert_eq!(
+        failed.last_verify_success_timestamp,
+        rotten.last_verify_success_timestamp
+    );
+    assert_eq!(failed.counts, rotten.counts, "counts carry over");
+    assert_eq!(
+        failed.corrupt_chunks,
+        Some(1),
+        "the state still knows the rot"
+    );
     assert!(failed.last_attempt_timestamp >= rotten.last_attempt_timestamp);
 
     // No cluster: refused before any step runs (nothing pruned, no status to lose).

@@ -172,6 +172,8 @@ async fn prune_inner(
 #[derive(Debug, Clone, Default)]
 pub struct GcReport {
     pub chunks_total: usize,
+    /// Stored bytes of every chunk object (before deletion).
+    pub bytes_total: u64,
     pub chunks_referenced: usize,
     pub chunks_deleted: usize,
     pub bytes_deleted: u64,
@@ -297,6 +299,7 @@ async fn mark_locked(repo: &Arc<Repository>, grace: Duration) -> Result<GcPlan> 
     };
     for o in repo.store().list("chunks/").await? {
         plan.report.chunks_total += 1;
+        plan.report.bytes_total += o.size;
         let id = o.key.rsplit('/').next().and_then(ChunkId::from_hex);
         if id.is_some_and(|id| used.contains(&id)) {
             continue;

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kube::Client;
 use serde_json::json;
 use virtguard_api::labels::MAINTENANCE_STATUS_CONFIGMAP;
-use virtguard_api::status::{BackupResult, MaintenanceStatusRecord};
+use virtguard_api::status::{BackupResult, MaintenanceStatusRecord, RepositoryCounts};
 
 use super::prune_cmd::Resolved;
 use super::{cluster_cmds, prune_cmd, Config, MaintainArgs, Output};
@@ -58,8 +58,8 @@ fn unix(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The record of this run; counts of a failed run are zero (the steps did not all finish), and
-/// the last success carries over from the stored record.
+/// The record of this run: step times and corrupt chunks from the repository's maintenance
+/// state, counts of this run when it completed (else those of the stored record).
 async fn status_record(
     client: &Client,
     ns: &str,
@@ -72,33 +72,42 @@ async fn status_record(
         read_status_entry(client, ns, MAINTENANCE_STATUS_CONFIGMAP, key)
             .await
             .and_then(|v| serde_json::from_str(&v).ok());
-    let now = SystemTime::now();
-    let mut record = MaintenanceStatusRecord {
+    let state = maintain::MaintenanceState::load(repo)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "maintenance state unreadable"))
+        .ok();
+    let (result, reason, counts) = match outcome {
+        Ok((_, r)) => (
+            BackupResult::Succeeded,
+            None,
+            Some(RepositoryCounts {
+                backups: r.verify.backups as u64,
+                chunks: r.gc.chunks_total.saturating_sub(r.gc.chunks_deleted) as u64,
+                stored_bytes: r.gc.bytes_total.saturating_sub(r.gc.bytes_deleted),
+                gc_deleted_bytes: r.gc.bytes_deleted,
+                verify_read_bytes: r.bytes_read,
+            }),
+        ),
+        Err((reason, _)) => (
+            BackupResult::Failed,
+            Some((*reason).to_string()),
+            previous.and_then(|p| p.counts),
+        ),
+    };
+    MaintenanceStatusRecord {
         repository: repo.location(),
         last_attempt_timestamp: unix(started),
-        last_success_timestamp: previous.and_then(|p| p.last_success_timestamp),
-        result: BackupResult::Failed,
-        reason: None,
-        duration_seconds: now.duration_since(started).map_or(0.0, |d| d.as_secs_f64()),
-        backups: 0,
-        chunks: 0,
-        corrupt_chunks: 0,
-        gc_deleted_bytes: 0,
-        verify_read_bytes: 0,
-    };
-    match outcome {
-        Ok((_, r)) => {
-            record.result = BackupResult::Succeeded;
-            record.last_success_timestamp = Some(unix(now));
-            record.backups = r.verify.backups as u64;
-            record.chunks = r.gc.chunks_total as u64;
-            record.corrupt_chunks = r.corrupt.len() as u64;
-            record.gc_deleted_bytes = r.gc.bytes_deleted;
-            record.verify_read_bytes = r.bytes_read;
-        }
-        Err((reason, _)) => record.reason = Some((*reason).to_string()),
+        result,
+        reason,
+        duration_seconds: SystemTime::now()
+            .duration_since(started)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        last_prune_success_timestamp: state.as_ref().and_then(|s| s.last_prune),
+        last_gc_success_timestamp: state.as_ref().and_then(|s| s.last_gc),
+        last_verify_success_timestamp: state.as_ref().and_then(|s| s.last_verify),
+        corrupt_chunks: state.map(|s| s.corrupt_chunks.len() as u64),
+        counts,
     }
-    record
 }
 
 /// Runs the three steps on `repo`, then records the outcome when `--status-namespace` is given.

@@ -52,11 +52,7 @@ pub fn entries(cms: &[Arc<ConfigMap>]) -> Vec<MaintenanceStatusRecord> {
 /// Renders the `virtguard_repository_*` families.
 pub fn render(out: &mut Exposition, records: &[MaintenanceStatusRecord]) {
     type Get = fn(&MaintenanceStatusRecord) -> Option<Num>;
-    let families: [(&str, Get); 9] = [
-        (
-            "virtguard_repository_maintenance_last_success_timestamp_seconds",
-            |r| r.last_success_timestamp.map(|t| Num::Float(t as f64)),
-        ),
+    let families: [(&str, Get); 12] = [
         (
             "virtguard_repository_maintenance_last_attempt_timestamp_seconds",
             |r| Some(Num::Float(r.last_attempt_timestamp as f64)),
@@ -67,21 +63,38 @@ pub fn render(out: &mut Exposition, records: &[MaintenanceStatusRecord]) {
         ("virtguard_repository_maintenance_duration_seconds", |r| {
             Some(Num::Float(r.duration_seconds))
         }),
-        // The counts below are those of the last run that finished: a failed run knows none.
+        (
+            "virtguard_repository_last_prune_success_timestamp_seconds",
+            |r| r.last_prune_success_timestamp.map(|t| Num::Float(t as f64)),
+        ),
+        (
+            "virtguard_repository_last_gc_success_timestamp_seconds",
+            |r| r.last_gc_success_timestamp.map(|t| Num::Float(t as f64)),
+        ),
+        (
+            "virtguard_repository_last_verify_success_timestamp_seconds",
+            |r| {
+                r.last_verify_success_timestamp
+                    .map(|t| Num::Float(t as f64))
+            },
+        ),
+        ("virtguard_repository_corrupt_chunks", |r| {
+            r.corrupt_chunks.map(Num::Int)
+        }),
         ("virtguard_repository_backups", |r| {
-            ok(r).then_some(Num::Int(r.backups))
+            r.counts.map(|c| Num::Int(c.backups))
         }),
         ("virtguard_repository_chunks", |r| {
-            ok(r).then_some(Num::Int(r.chunks))
+            r.counts.map(|c| Num::Int(c.chunks))
         }),
-        ("virtguard_repository_corrupt_chunks", |r| {
-            ok(r).then_some(Num::Int(r.corrupt_chunks))
+        ("virtguard_repository_stored_bytes", |r| {
+            r.counts.map(|c| Num::Int(c.stored_bytes))
         }),
         ("virtguard_repository_gc_deleted_bytes", |r| {
-            ok(r).then_some(Num::Int(r.gc_deleted_bytes))
+            r.counts.map(|c| Num::Int(c.gc_deleted_bytes))
         }),
         ("virtguard_repository_verify_read_bytes", |r| {
-            ok(r).then_some(Num::Int(r.verify_read_bytes))
+            r.counts.map(|c| Num::Int(c.verify_read_bytes))
         }),
     ];
     for (metric, get) in families {
@@ -92,10 +105,6 @@ pub fn render(out: &mut Exposition, records: &[MaintenanceStatusRecord]) {
             }
         }
     }
-}
-
-fn ok(r: &MaintenanceStatusRecord) -> bool {
-    r.result == BackupResult::Succeeded
 }
 
 #[cfg(test)]
@@ -121,9 +130,9 @@ mod tests {
 
     #[test]
     fn renders_one_series_set_per_repository_and_skips_malformed_entries() {
-        let ok_rec = r#"{"repository":"s3://vg/prod","lastAttemptTimestamp":100,"lastSuccessTimestamp":160,"result":"Succeeded","durationSeconds":60.5,"backups":12,"chunks":3000,"corruptChunks":2,"gcDeletedBytes":4096,"verifyReadBytes":8192,"future":true}"#;
-        let older = r#"{"repository":"s3://vg/prod","lastAttemptTimestamp":50,"result":"Failed","reason":"gc-failed","durationSeconds":1,"backups":0,"chunks":0,"corruptChunks":0,"gcDeletedBytes":0,"verifyReadBytes":0}"#;
-        let failed = r#"{"repository":"/srv/vg","lastAttemptTimestamp":200,"lastSuccessTimestamp":90,"result":"Failed","reason":"verify-failed","durationSeconds":3,"backups":0,"chunks":0,"corruptChunks":0,"gcDeletedBytes":0,"verifyReadBytes":0}"#;
+        let ok_rec = r#"{"repository":"s3://vg/prod","lastAttemptTimestamp":100,"result":"Succeeded","durationSeconds":60.5,"lastPruneSuccessTimestamp":120,"lastGcSuccessTimestamp":140,"lastVerifySuccessTimestamp":160,"corruptChunks":2,"counts":{"backups":12,"chunks":3000,"storedBytes":65536,"gcDeletedBytes":4096,"verifyReadBytes":8192},"future":true}"#;
+        let older = r#"{"repository":"s3://vg/prod","lastAttemptTimestamp":50,"result":"Failed","reason":"gc-failed","durationSeconds":1}"#;
+        let failed = r#"{"repository":"/srv/vg","lastAttemptTimestamp":200,"result":"Failed","reason":"prune-failed","durationSeconds":3,"lastVerifySuccessTimestamp":90}"#;
         let cms = vec![
             cm(
                 "virtguard",
@@ -140,20 +149,24 @@ mod tests {
         render(&mut out, &records);
         let text = out.into_string();
         for want in [
-            r#"virtguard_repository_maintenance_last_success_timestamp_seconds{repository="s3://vg/prod"} 160"#,
-            r#"virtguard_repository_maintenance_last_success_timestamp_seconds{repository="/srv/vg"} 90"#,
+            r#"virtguard_repository_last_verify_success_timestamp_seconds{repository="s3://vg/prod"} 160"#,
+            r#"virtguard_repository_last_verify_success_timestamp_seconds{repository="/srv/vg"} 90"#,
+            r#"virtguard_repository_last_prune_success_timestamp_seconds{repository="s3://vg/prod"} 120"#,
             r#"virtguard_repository_maintenance_last_status{repository="s3://vg/prod"} 1"#,
             r#"virtguard_repository_maintenance_last_status{repository="/srv/vg"} 0"#,
             r#"virtguard_repository_corrupt_chunks{repository="s3://vg/prod"} 2"#,
             r#"virtguard_repository_backups{repository="s3://vg/prod"} 12"#,
+            r#"virtguard_repository_stored_bytes{repository="s3://vg/prod"} 65536"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
-        // A failed run knows no counts: no corrupt-chunks sample that would read as "none".
-        assert!(
-            !text.contains(r#"virtguard_repository_corrupt_chunks{repository="/srv/vg"}"#),
-            "{text}"
-        );
+        // What the failed run does not know is not rendered as zero.
+        for absent in [
+            r#"virtguard_repository_corrupt_chunks{repository="/srv/vg"}"#,
+            r#"virtguard_repository_backups{repository="/srv/vg"}"#,
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
         assert_eq!(
             text.matches("virtguard_repository_maintenance_last_status{")
                 .count(),
