@@ -262,3 +262,39 @@ async fn persistent_s3_failure_fails_clearly_without_manifest() {
             <= 1
     );
 }
+
+/// The S3 store counts the requests it sends by kind: LIST pages (1000 keys each), chunk reads
+/// apart from other reads, HEAD, PUT, DELETE; wrappers pass the counts through.
+#[tokio::test]
+async fn s3_requests_are_counted_by_kind() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let s = RetryStore::new(
+        store(&server.endpoint(), "counted").await,
+        3,
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_millis(50),
+    );
+    assert_eq!(s.requests(), Some(Default::default()));
+    for i in 0..1001 {
+        s.put(&format!("k/{i:04}"), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    s.put("chunks/ab/abcd", Bytes::from_static(b"c"))
+        .await
+        .unwrap();
+    assert_eq!(s.list("k/").await.unwrap().len(), 1001);
+    s.get("k/0001").await.unwrap();
+    s.get_range("chunks/ab/abcd", 0, 1).await.unwrap();
+    s.get("chunks/ab/abcd").await.unwrap();
+    assert!(s.exists("k/0002").await.unwrap());
+    s.delete("k/0003").await.unwrap();
+    let r = s.requests().unwrap();
+    assert_eq!(
+        (r.list, r.get_chunk, r.get_other, r.head, r.put, r.delete),
+        (2, 2, 1, 1, 1002, 1),
+        "{r:?}"
+    );
+}

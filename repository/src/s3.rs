@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use crate::store::{check_key, ObjectInfo, Store};
+use crate::store::{check_key, ObjectInfo, Request, RequestCounters, RequestCounts, Store};
 
 /// Where and how to reach the bucket.
 #[derive(Debug, Clone)]
@@ -68,6 +68,7 @@ impl S3Options {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     opts: S3Options,
+    counters: RequestCounters,
 }
 
 impl fmt::Debug for S3Store {
@@ -105,6 +106,7 @@ impl S3Store {
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             opts,
+            counters: RequestCounters::default(),
         })
     }
 
@@ -207,6 +209,7 @@ impl S3Store {
     }
 
     async fn put_multipart(&self, key: &str, full: &str, data: Bytes) -> Result<()> {
+        self.counters.count(Request::Put, key);
         let created = self
             .client
             .create_multipart_upload()
@@ -231,6 +234,7 @@ impl S3Store {
             .map(|(n, body)| {
                 let upload_id = upload_id.clone();
                 async move {
+                    self.counters.count(Request::Put, key);
                     let req = self
                         .client
                         .upload_part()
@@ -258,6 +262,9 @@ impl S3Store {
             .buffered(4)
             .try_collect()
             .await;
+        if result.is_ok() {
+            self.counters.count(Request::Put, key); // the complete call
+        }
         let result = match result {
             Ok(parts) => self
                 .client
@@ -277,6 +284,7 @@ impl S3Store {
             Err(e) => Err(e),
         };
         if result.is_err() {
+            self.counters.count(Request::Delete, key);
             if let Err(e) = self
                 .client
                 .abort_multipart_upload()
@@ -303,7 +311,12 @@ impl Store for S3Store {
         }
     }
 
+    fn requests(&self) -> Option<RequestCounts> {
+        Some(self.counters.snapshot())
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes> {
+        self.counters.count(Request::Get, key);
         let full = self.full_key(key)?;
         let out = self
             .client
@@ -329,6 +342,7 @@ impl Store for S3Store {
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        self.counters.count(Request::Get, key);
         let full = self.full_key(key)?;
         if len == 0 {
             return Ok(Bytes::new());
@@ -368,6 +382,7 @@ impl Store for S3Store {
         if data.len() > self.opts.multipart_threshold {
             return self.put_multipart(key, &full, data).await;
         }
+        self.counters.count(Request::Put, key);
         let req = self
             .client
             .put_object()
@@ -387,6 +402,7 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        self.counters.count(Request::Delete, key);
         let full = self.full_key(key)?;
         match self
             .client
@@ -405,6 +421,7 @@ impl Store for S3Store {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
+        self.counters.count(Request::Head, key);
         let full = self.full_key(key)?;
         match self
             .client
@@ -432,6 +449,7 @@ impl Store for S3Store {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
+            self.counters.count(Request::List, prefix);
             let page = self
                 .client
                 .list_objects_v2()

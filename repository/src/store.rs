@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +48,74 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn remove_incomplete(&self, _older_than: Duration) -> Result<usize> {
         Ok(0)
     }
+    /// The requests sent so far, for stores that bill by request (S3); `None` for the others.
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
+}
+
+/// Requests a store sent, by kind (an S3 bill's line items). Reads of chunk data are counted
+/// apart from reads of everything else, so a structure-only check shows none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestCounts {
+    /// LIST pages (one request returns up to 1000 keys).
+    pub list: u64,
+    /// GETs of chunk objects (whole or ranged).
+    pub get_chunk: u64,
+    /// GETs of every other object (manifests, indexes, config, state).
+    pub get_other: u64,
+    /// HEADs (existence checks).
+    pub head: u64,
+    /// PUTs, multipart parts and their create/complete calls.
+    pub put: u64,
+    pub delete: u64,
+}
+
+/// Counters behind [`RequestCounts`], shared by the store's concurrent calls.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    list: AtomicU64,
+    get_chunk: AtomicU64,
+    get_other: AtomicU64,
+    head: AtomicU64,
+    put: AtomicU64,
+    delete: AtomicU64,
+}
+
+/// Kinds of [`RequestCounters`].
+#[derive(Debug, Clone, Copy)]
+pub enum Request {
+    List,
+    Get,
+    Head,
+    Put,
+    Delete,
+}
+
+impl RequestCounters {
+    /// Counts one request of `kind` on `key`.
+    pub fn count(&self, kind: Request, key: &str) {
+        let c = match kind {
+            Request::List => &self.list,
+            Request::Get if key.starts_with("chunks/") => &self.get_chunk,
+            Request::Get => &self.get_other,
+            Request::Head => &self.head,
+            Request::Put => &self.put,
+            Request::Delete => &self.delete,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            list: self.list.load(Ordering::Relaxed),
+            get_chunk: self.get_chunk.load(Ordering::Relaxed),
+            get_other: self.get_other.load(Ordering::Relaxed),
+            head: self.head.load(Ordering::Relaxed),
+            put: self.put.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+        }
+    }
 }
 
 #[async_trait]
@@ -74,6 +143,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn remove_incomplete(&self, older_than: Duration) -> Result<usize> {
         (**self).remove_incomplete(older_than).await
+    }
+    fn requests(&self) -> Option<RequestCounts> {
+        (**self).requests()
     }
 }
 
@@ -367,6 +439,9 @@ impl<S: Store> Store for RetryStore<S> {
     async fn remove_incomplete(&self, older_than: Duration) -> Result<usize> {
         self.inner.remove_incomplete(older_than).await
     }
+    fn requests(&self) -> Option<RequestCounts> {
+        self.inner.requests()
+    }
 }
 
 /// Bounds the number of operations in flight on the inner store.
@@ -425,6 +500,9 @@ impl<S: Store> Store for LimitStore<S> {
     async fn remove_incomplete(&self, older_than: Duration) -> Result<usize> {
         let _p = self.permit().await?;
         self.inner.remove_incomplete(older_than).await
+    }
+    fn requests(&self) -> Option<RequestCounts> {
+        self.inner.requests()
     }
 }
 

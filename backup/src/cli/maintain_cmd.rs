@@ -163,6 +163,8 @@ pub async fn maintain(config: &Config, repo: Arc<Repository>, a: MaintainArgs) -
                 },
                 "corruptChunks": r.corrupt,
                 "healed": r.healed,
+                // Requests this run sent, for stores that bill by request (S3); null otherwise.
+                "requests": repo.store().requests(),
             });
             println!("{out:#}");
         }
