@@ -119,6 +119,7 @@ pub mod retention;
 pub mod s3;
 pub mod source;
 pub mod store;
+pub mod throttle;
 pub mod verify;
 pub mod volume_reader;
 

@@ -190,6 +190,7 @@ pub async fn backup(config: &Config, repo: Arc<Repository>, a: BackupArgs) -> Re
         export_timeout: a.export_timeout.into(),
         concurrency: config.concurrency,
         snapshot_classes: a.snapshot_classes.clone(),
+        read_limit: config.limits.read.clone(),
         ..Default::default()
     };
     let total = vms.len();
@@ -284,6 +285,7 @@ async fn dispatch_jobs(
     if config.s3_sign_payload {
         child_args.push("--s3-sign-payload".into());
     }
+    child_args.extend(config.limits.args());
     let cfg = DispatchConfig {
         namespace: namespace.clone(),
         parallel: a.parallel.max(1),

@@ -15,6 +15,7 @@ use crate::repo::locks::{self, LockKind};
 use crate::repo::prune;
 use crate::repo::repository::InitOptions;
 use crate::repo::restore::{restore_to_file, RestoreOptions};
+use crate::repo::throttle::ThrottledSource;
 use crate::repo::verify::verify;
 use crate::repo::Error as RepoError;
 use crate::repo::{BackupOptions, BackupRef, BackupSession, FileSource, Repository, VolumeSource};
@@ -434,7 +435,10 @@ async fn backup_file(config: &Config, a: BackupFileArgs) -> Result<()> {
             .unwrap_or_else(|| "resource".into());
         resources.push((name, data));
     }
-    let source: Arc<dyn VolumeSource> = Arc::new(FileSource::open(&a.path)?);
+    let source: Arc<dyn VolumeSource> = ThrottledSource::wrap(
+        Arc::new(FileSource::open(&a.path)?),
+        config.limits.read.clone(),
+    );
     let repo = open(config).await?;
     let parent = if a.no_parent {
         ParentPolicy::None

@@ -28,6 +28,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::error::{Error, Result};
 use crate::repo::s3::{S3Options, S3Store};
 use crate::repo::store::{LimitStore, LocalStore, RetryStore, Store};
+use crate::repo::throttle::{RateLimiter, ThrottleStore};
 use crate::repo::Error as RepoError;
 
 /// Resolves on SIGTERM (Kubernetes stopping a Job's pod) or SIGINT (Ctrl-C), for the commands
@@ -102,6 +103,16 @@ pub struct GlobalArgs {
         global = true
     )]
     pub retry_base: humantime::Duration,
+    /// Upload at most this many bytes per second to the repository, all transfers of this
+    /// process together (e.g. 50MiB); forwarded to dispatched backup Jobs (each its own limit)
+    #[arg(long, env = "VIRTGUARD_LIMIT_UPLOAD", value_parser = parse_rate, global = true)]
+    pub limit_upload: Option<u64>,
+    /// Download at most this many bytes per second from the repository (restore, verify, files)
+    #[arg(long, env = "VIRTGUARD_LIMIT_DOWNLOAD", value_parser = parse_rate, global = true)]
+    pub limit_download: Option<u64>,
+    /// Read source disks (exports, files, block devices) at most this fast, bytes per second
+    #[arg(long, env = "VIRTGUARD_LIMIT_READ", value_parser = parse_rate, global = true)]
+    pub limit_read: Option<u64>,
     /// A lock not refreshed for this long is stale
     #[arg(
         long,
@@ -365,6 +376,17 @@ pub struct UnlockArgs {
     pub all: bool,
 }
 
+/// Parses a bandwidth limit in bytes per second, like a size (`50MiB`, `1048576`); zero is refused.
+pub fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    match parse_size(s.trim_end_matches("/s"))? {
+        0 => Err(
+            "a limit of 0 bytes per second would never finish; leave the flag out for no limit"
+                .into(),
+        ),
+        n => Ok(n),
+    }
+}
+
 /// Parses sizes like `4MiB`, `512KiB`, `1048576`.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
@@ -419,6 +441,30 @@ pub struct Config {
     pub retry_base: Duration,
     pub lock_stale_after: Duration,
     pub progress: bool,
+    /// Bandwidth limits shared by every transfer of this process (`--limit-*`).
+    pub limits: Limits,
+}
+
+/// The `--limit-*` flags as shared limiters.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub upload: Option<Arc<RateLimiter>>,
+    pub download: Option<Arc<RateLimiter>>,
+    pub read: Option<Arc<RateLimiter>>,
+}
+
+impl Limits {
+    /// The flags that give a child process the same limits.
+    pub fn args(&self) -> Vec<String> {
+        [
+            ("--limit-upload", &self.upload),
+            ("--limit-download", &self.download),
+            ("--limit-read", &self.read),
+        ]
+        .into_iter()
+        .filter_map(|(flag, l)| l.as_ref().map(|l| format!("{flag}={}", l.rate())))
+        .collect()
+    }
 }
 
 /// The embedded default repository directory.
@@ -479,7 +525,21 @@ impl Config {
             retry_base: g.retry_base.into(),
             lock_stale_after: g.lock_stale_after.into(),
             progress: !g.quiet,
+            limits: Limits {
+                upload: g.limit_upload.map(|r| Arc::new(RateLimiter::new(r))),
+                download: g.limit_download.map(|r| Arc::new(RateLimiter::new(r))),
+                read: g.limit_read.map(|r| Arc::new(RateLimiter::new(r))),
+            },
         })
+    }
+
+    /// `store` under the bandwidth limits (inside the retries: a retried upload is sent again).
+    fn throttled<S: Store>(&self, store: S) -> ThrottleStore<S> {
+        ThrottleStore::new(
+            store,
+            self.limits.upload.clone(),
+            self.limits.download.clone(),
+        )
     }
 
     /// Builds the layered store for the repository location.
@@ -493,13 +553,13 @@ impl Config {
             o.sign_payload = self.s3_sign_payload;
             let s3 = S3Store::connect(o).await?;
             Ok(Arc::new(LimitStore::new(
-                RetryStore::new(s3, self.retries, self.retry_base, max),
+                RetryStore::new(self.throttled(s3), self.retries, self.retry_base, max),
                 self.store_concurrency,
             )))
         } else {
             let local = LocalStore::new(&self.repo);
             Ok(Arc::new(LimitStore::new(
-                RetryStore::new(local, self.retries, self.retry_base, max),
+                RetryStore::new(self.throttled(local), self.retries, self.retry_base, max),
                 self.store_concurrency,
             )))
         }
@@ -520,6 +580,35 @@ mod tests {
     #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_are_parsed_shared_and_forwarded_to_children() {
+        let cli = Cli::try_parse_from([
+            "virtguard",
+            "--limit-upload",
+            "50MiB",
+            "--limit-read=1048576/s",
+            "list",
+        ])
+        .unwrap();
+        let config = Config::from_args(&cli.global).unwrap();
+        assert_eq!(
+            config.limits.args(),
+            ["--limit-upload=52428800", "--limit-read=1048576"]
+        );
+        assert!(config.limits.download.is_none());
+        // The forwarded flags parse back to the same limits.
+        let child = Cli::try_parse_from(
+            ["virtguard".to_string()]
+                .into_iter()
+                .chain(config.limits.args())
+                .chain(["list".to_string()]),
+        )
+        .unwrap();
+        assert_eq!(child.global.limit_upload, Some(52_428_800));
+        assert_eq!(child.global.limit_read, Some(1_048_576));
+        assert!(Cli::try_parse_from(["virtguard", "--limit-download", "0", "list"]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use virtguard_api::{VirtualMachine, VirtualMachineInstance};
 
 use super::EngineError;
 use crate::cluster::{self, export, freeze::FrozenGuest, groupsnapshot, snapshot, ClusterError};
+use crate::repo::throttle::ThrottledSource;
 use crate::repo::{self, BackupOptions, BackupSession, HttpSource, Repository};
 
 /// Manifest label, present when one VolumeGroupSnapshot cut all the VM's volumes at one
@@ -91,6 +92,8 @@ pub struct BackupConfig {
     /// `--snapshot-class`: VolumeSnapshotClasses to use for the PVCs of their CSI driver
     /// instead of the driver's default class.
     pub snapshot_classes: Vec<String>,
+    /// `--limit-read`: the exports are read at most this fast (all volumes together).
+    pub read_limit: Option<Arc<crate::repo::throttle::RateLimiter>>,
 }
 
 impl Default for BackupConfig {
@@ -103,6 +106,7 @@ impl Default for BackupConfig {
             export_ttl: Duration::from_secs(4 * 3600),
             concurrency: repo::backup::default_concurrency(),
             snapshot_classes: Vec::new(),
+            read_limit: None,
         }
     }
 }
@@ -682,8 +686,9 @@ async fn stream(
             step: "opening the exported disk image",
             source,
         })?;
+        let source = ThrottledSource::wrap(Arc::new(source), cfg.read_limit.clone());
         let st = session
-            .write_volume(&p.volume, Arc::new(source), None)
+            .write_volume(&p.volume, source, None)
             .await
             .map_err(|source| EngineError::Repo {
                 vm: vm_id.clone(),

@@ -55,6 +55,7 @@ use virtguard_api::{
 use super::backup::{BackupConfig, PvcVolume};
 use super::EngineError;
 use crate::cluster::{self, export, ClusterError};
+use crate::repo::throttle::ThrottledSource;
 use crate::repo::{self, BackupSession, HttpSource};
 
 /// Manifest label: the CBT checkpoint the backup was read at.
@@ -311,7 +312,7 @@ pub async fn stream(
                 "KubeVirt could not quiesce the guest for VirtualMachineBackup {object}: backing up crash-consistent");
             session.set_consistency(Consistency::FreezeFailed(FreezeFailure::QuiesceFailed));
         }
-        let stats = pull(session, namespace, name, pvcs, &st, &token, &object).await?;
+        let stats = pull(session, namespace, name, pvcs, &st, &token, &object, cfg).await?;
         Ok::<_, EngineError>((window, st, stats))
     }
     .await;
@@ -355,6 +356,7 @@ async fn read_quiesce(
     st.get("quiesceStatus")?.as_str().map(str::to_string)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pull(
     session: &mut BackupSession,
     namespace: &str,
@@ -363,6 +365,7 @@ async fn pull(
     st: &VirtualMachineBackupStatus,
     token: &str,
     object: &str,
+    cfg: &BackupConfig,
 ) -> Result<Vec<repo::VolumeStats>, EngineError> {
     let vm_id = format!("{namespace}/{name}");
     let bad = |message: String| EngineError::Vm {
@@ -405,7 +408,7 @@ async fn pull(
         )
         .await
         .map_err(repo_err("opening the backup's data endpoint"))?;
-        let source = Arc::new(source);
+        let source = ThrottledSource::wrap(Arc::new(source), cfg.read_limit.clone());
         let st = if incremental {
             let map_url = info.map_endpoint.clone().ok_or_else(|| {
                 bad(format!(
