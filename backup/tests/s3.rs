@@ -298,3 +298,67 @@ async fn s3_requests_are_counted_by_kind() {
         "{r:?}"
     );
 }
+
+/// Append-only operation: backup, restore and verify send no DELETE except of their own lock
+/// objects (`locks/`), so a writer's bucket policy can deny DeleteObject on everything else;
+/// prune and gc (the maintainer) are the only ones that delete data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_delete_nothing_but_their_locks() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.port, FaultPlan::PassAll).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ep = proxy.endpoint();
+    ok(cli(&ep, "append", &["init", "--chunk-size", "64KiB"]));
+    let (img, _) = image(dir.path(), 3);
+    let img = img.to_str().unwrap();
+    let out = ok(cli(
+        &ep,
+        "append",
+        &["backup-file", img, "--vm", "ns/vm", "-o", "json"],
+    ));
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (img2, _) = image(dir.path(), 4);
+    ok(cli(
+        &ep,
+        "append",
+        &["backup-file", img2.to_str().unwrap(), "--vm", "ns/vm"],
+    ));
+    let target = dir.path().join("restored.raw");
+    ok(cli(
+        &ep,
+        "append",
+        &["restore-file", &id, "disk0", target.to_str().unwrap()],
+    ));
+    ok(cli(&ep, "append", &["verify", "--read-data"]));
+    let deletes = |r: &[String]| -> Vec<String> {
+        r.iter()
+            .filter(|l| l.starts_with("DELETE "))
+            .cloned()
+            .collect()
+    };
+    let writer = proxy.requests.lock().unwrap().clone();
+    assert!(writer
+        .iter()
+        .any(|l| l.starts_with("PUT ") && l.contains("/chunks/")));
+    let writer_deletes = deletes(&writer);
+    assert!(!writer_deletes.is_empty(), "locks are released");
+    assert!(
+        writer_deletes.iter().all(|l| l.contains("/locks/")),
+        "{writer_deletes:#?}"
+    );
+    // The maintainer deletes data: the check above would see it.
+    ok(cli(&ep, "append", &["prune", "--keep-last", "1"]));
+    ok(cli(&ep, "append", &["gc", "--grace", "0s"]));
+    let all = proxy.requests.lock().unwrap().clone();
+    let maintainer: Vec<String> = deletes(&all[writer.len()..]);
+    assert!(
+        maintainer.iter().any(|l| l.contains("/chunks/"))
+            && maintainer.iter().any(|l| l.contains("/manifest.json")),
+        "{maintainer:#?}"
+    );
+}

@@ -153,12 +153,16 @@ pub enum FaultPlan {
     AllPutsFail,
     /// Every PUT of a chunk (`/chunks/` in the path) fails with 500, forever.
     ChunkPutsFail,
+    /// No fault: the proxy only records the requests.
+    PassAll,
 }
 
 /// An HTTP/1.1 proxy in front of S3 that injects faults; one upstream connection per request.
 pub struct FaultProxy {
     pub port: u16,
     pub faults_injected: Arc<AtomicUsize>,
+    /// The request line (`METHOD /path?query HTTP/1.1`) of every request, in arrival order.
+    pub requests: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -182,7 +186,9 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let counter = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let f2 = faults.clone();
+        let r2 = requests.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
@@ -190,14 +196,16 @@ impl FaultProxy {
                 };
                 let counter = counter.clone();
                 let faults = f2.clone();
+                let requests = r2.clone();
                 tokio::spawn(async move {
-                    let _ = serve_conn(sock, upstream, plan, counter, faults).await;
+                    let _ = serve_conn(sock, upstream, plan, counter, faults, requests).await;
                 });
             }
         });
         FaultProxy {
             port,
             faults_injected: faults,
+            requests,
             task,
         }
     }
@@ -309,10 +317,14 @@ async fn serve_conn(
     plan: FaultPlan,
     counter: Arc<AtomicU64>,
     faults: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     // One request per connection: every response carries `connection: close`.
     if let Some((head, req)) = read_request(&mut sock, &mut buf).await? {
+        if let Ok(mut r) = requests.lock() {
+            r.push(head.lines().next().unwrap_or_default().to_string());
+        }
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
         let is_put = head.starts_with("PUT ");
         let fault = match plan {
