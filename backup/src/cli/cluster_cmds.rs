@@ -12,7 +12,8 @@ use virtguard_api::{labels, VirtualMachine};
 use super::util::{client, human};
 use super::{shutdown_signal, Config};
 use crate::cluster;
-use crate::engine::backup::{backup_vm, BackupConfig};
+use crate::engine::backup::backup_vm;
+use crate::engine::config::BackupConfig;
 use crate::error::{Error, Result, VmFailure};
 use crate::repo::Repository;
 
