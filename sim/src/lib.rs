@@ -193,7 +193,7 @@ impl Inner {
 
     /// The OpenAPI documents (built on first use, shared by every sim on the same schemas).
     pub(crate) fn openapi(&self) -> Arc<openapi::OpenApi> {
-        self.schemas.openapi(&self.reg)
+        openapi::OpenApi::shared(&self.schemas, &self.reg)
     }
 
     /// Resource id of a registry entry named in code.
