@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::kubevirt::TypedLocalObjectReference;
+use crate::refs::TypedLocalObjectReference;
 use crate::{model, resource};
 
 resource! {

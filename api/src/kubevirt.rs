@@ -11,16 +11,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cdi::DataVolumeSpec;
+use crate::refs::TypedLocalObjectReference;
 use crate::{model, resource};
-
-model! {
-    /// A reference to an object in the same namespace (core `TypedLocalObjectReference`).
-    pub struct TypedLocalObjectReference {
-        "apiGroup" => api_group: String,
-        "kind" => kind: String,
-        "name" => name: String,
-    }
-}
 
 model! {
     /// A condition as KubeVirt reports it on VMs, VMIs and migrations.

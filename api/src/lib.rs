@@ -22,9 +22,11 @@ pub mod csi;
 pub mod kubevirt;
 pub mod labels;
 pub mod quantity;
+pub mod refs;
 pub mod schema;
 pub mod status;
 
 pub use cdi::*;
 pub use csi::*;
 pub use kubevirt::*;
+pub use refs::*;

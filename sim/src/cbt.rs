@@ -598,7 +598,7 @@ pub(crate) async fn serve(
         .faults
         .object_event("export-drop-after", ns, &[name])
         .and_then(|r| r.bytes);
-    crate::export::serve_raw(img, range.as_deref(), head, drop_after).await
+    crate::image_http::serve_raw(img, range.as_deref(), head, drop_after).await
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //!    volume handle)>` (bound, `status.snapshotHandle`, `volumeGroupSnapshotHandle`,
 //!    `creationTime` in Unix ns) and a member VolumeSnapshot `snapshot-<same hash>` in the
 //!    group's namespace (ownerReference to the group, finalizers
-//!    [`crate::snapshot::VS_FINALIZER`] + [`IN_GROUP_FINALIZER`],
+//!    [`crate::snapshot::VS_FINALIZER`] + [`crate::snapshot::IN_GROUP_FINALIZER`],
 //!    `spec.source.persistentVolumeClaimName` = its PVC — what the v1beta2 controller sets for
 //!    dynamic groups — `status.boundVolumeSnapshotContentName`, `creationTime`,
 //!    `volumeGroupSnapshotName`); then the content's `status` (`volumeGroupSnapshotHandle`,
@@ -36,9 +36,10 @@
 //! A member is a normal VolumeSnapshot to everyone else: a PVC with `dataSource` VolumeSnapshot
 //! restores from it exactly as from a single snapshot. The single-snapshot controller leaves
 //! members alone except for deleting them, and holds a member that still carries
-//! [`IN_GROUP_FINALIZER`] (users cannot delete one snapshot out of a group).
+//! [`crate::snapshot::IN_GROUP_FINALIZER`] (users cannot delete one snapshot out of a group).
 //!
-//! Deleting the group: the members lose [`IN_GROUP_FINALIZER`] and are deleted (their contents
+//! Deleting the group: the members lose [`crate::snapshot::IN_GROUP_FINALIZER`] and are deleted
+//! (their contents
 //! and images follow their deletionPolicy, which is the group content's), the group content is
 //! deleted unless its deletionPolicy is `Retain`, and once no member is left [`VGS_FINALIZER`]
 //! is removed. Members or contents orphaned by a group removed without the finalizer (or
@@ -55,16 +56,15 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::snapshot::{content_path, VS_FINALIZER};
-use crate::store::{meta_str, name_ns, now_rfc3339};
+use crate::snapshot::{content_path, IN_GROUP_FINALIZER, VS_FINALIZER};
+use crate::store::{
+    add_finalizer, has_finalizer, meta_str, name_ns, now_rfc3339, remove_finalizer,
+};
 use crate::Inner;
 
 /// Finalizer on a VolumeGroupSnapshot bound to its content.
 pub const VGS_FINALIZER: &str =
     "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-bound-protection";
-/// Finalizer on a member VolumeSnapshot while its group exists.
-pub const IN_GROUP_FINALIZER: &str =
-    "snapshot.storage.kubernetes.io/volumesnapshot-in-group-protection";
 /// Annotation that marks the default VolumeGroupSnapshotClass of a driver.
 pub const DEFAULT_GROUP_CLASS_ANNOTATION: &str =
     "groupsnapshot.storage.kubernetes.io/is-default-class";
@@ -77,45 +77,6 @@ const SNAP: &str = "snapshot.storage.k8s.io";
 pub(crate) struct GroupTimers {
     seen: HashMap<String, Instant>,
     created: HashMap<String, Instant>,
-}
-
-/// True for a VolumeSnapshot that belongs to a VolumeGroupSnapshot.
-pub(crate) fn is_member(vs: &Value) -> bool {
-    vs.pointer("/status/volumeGroupSnapshotName").is_some()
-        || vs
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .is_some_and(|refs| {
-                refs.iter()
-                    .any(|r| r.get("kind").and_then(Value::as_str) == Some("VolumeGroupSnapshot"))
-            })
-}
-
-pub(crate) fn has_finalizer(o: &Value, f: &str) -> bool {
-    o.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x == f))
-}
-
-fn add_finalizer(o: &mut Value, f: &str) {
-    let fs = &mut o["metadata"]["finalizers"];
-    if !fs.is_array() {
-        *fs = json!([]);
-    }
-    if let Some(a) = fs.as_array_mut() {
-        if !a.iter().any(|x| x == f) {
-            a.push(json!(f));
-        }
-    }
-}
-
-fn remove_finalizer(o: &mut Value, f: &str) {
-    if let Some(a) = o
-        .pointer_mut("/metadata/finalizers")
-        .and_then(Value::as_array_mut)
-    {
-        a.retain(|x| x != f);
-    }
 }
 
 fn uid(o: &Value) -> String {

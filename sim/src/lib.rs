@@ -12,8 +12,9 @@
 //! - controllers: [`kubevirt`](crate::kubevirt) (VM → VMI, freeze/unfreeze, VMIM timelines),
 //!   [`snapshot`](crate::snapshot) (CSI snapshotter + PVC provisioning),
 //!   [`groupsnapshot`](crate::groupsnapshot) (VolumeGroupSnapshots), [`export`](crate::export)
-//!   (VirtualMachineExport + export server), [`cdi`](crate::cdi) (DataVolume upload, upload
-//!   proxy), [`jobs`](crate::jobs) (Jobs as local processes);
+//!   (VirtualMachineExport + export server, whose image bytes [`image_http`](crate::image_http)
+//!   serves), [`cdi`](crate::cdi) (DataVolume upload, upload proxy), [`jobs`](crate::jobs) (Jobs
+//!   as local processes);
 //! - [`scenario`](crate::scenario): the YAML scenario file and fault rules ([`faults`]).
 //!
 //! ```no_run
@@ -34,6 +35,7 @@ pub mod export;
 pub mod faults;
 pub mod groupsnapshot;
 pub mod http;
+pub mod image_http;
 pub mod jobs;
 pub mod kubevirt;
 pub mod openapi;
@@ -191,7 +193,7 @@ impl Inner {
 
     /// The OpenAPI documents (built on first use, shared by every sim on the same schemas).
     pub(crate) fn openapi(&self) -> Arc<openapi::OpenApi> {
-        self.schemas.openapi(&self.reg)
+        openapi::OpenApi::shared(&self.schemas, &self.reg)
     }
 
     /// Resource id of a registry entry named in code.

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
-use crate::resources::{CoreKind, Registry, ResId, SchemaSource};
+use crate::resources::{CoreKind, ResId, SchemaSource};
 use crate::status::{ApiError, Cause};
 use crate::{Error, Inner};
 
@@ -48,8 +48,6 @@ pub struct Schemas {
     kubevirt: Value,
     cdi: Value,
     crds: HashMap<String, Value>,
-    /// The OpenAPI documents built from these schemas (on first use).
-    openapi: OnceLock<Arc<crate::openapi::OpenApi>>,
 }
 
 static EMBEDDED: OnceLock<Arc<Schemas>> = OnceLock::new();
@@ -77,7 +75,6 @@ fn parse(
         kubevirt: kubevirt["definitions"].clone(),
         cdi: cdi["definitions"].clone(),
         crds: map,
-        openapi: OnceLock::new(),
     })
 }
 
@@ -126,13 +123,6 @@ impl Schemas {
     /// The `definitions` of cdi-openapi.json.
     pub(crate) fn cdi_defs(&self) -> &Value {
         &self.cdi
-    }
-
-    /// The OpenAPI documents of every served resource, built from these schemas once.
-    pub(crate) fn openapi(&self, reg: &Registry) -> Arc<crate::openapi::OpenApi> {
-        self.openapi
-            .get_or_init(|| Arc::new(crate::openapi::OpenApi::build(self, reg)))
-            .clone()
     }
 
     /// The `openAPIV3Schema` of `version` in a snapshot CRD file.

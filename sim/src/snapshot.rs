@@ -21,7 +21,11 @@
 //!
 //! Members of a VolumeGroupSnapshot (see [`crate::groupsnapshot`]) are created already bound and
 //! cut by the group snapshotter, which also makes them ready; this controller only deletes them,
-//! and not while they still carry the group's in-group finalizer.
+//! and not while they still carry the group's in-group finalizer ([`IN_GROUP_FINALIZER`]).
+//!
+//! Invariant: this module imports nothing of the group snapshotter. The group builds on it
+//! ([`copy_pvc_image`], [`content_path`], [`VS_FINALIZER`]); what this controller must know of
+//! groups (membership, the in-group finalizer) is defined here.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,11 +33,16 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::store::{meta_str, now_rfc3339};
+use crate::store::{has_finalizer, meta_str, now_rfc3339};
 use crate::{Error, Inner};
 
 pub(crate) const VS_FINALIZER: &str =
     "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection";
+/// Finalizer on a member VolumeSnapshot while its group exists: the group snapshotter
+/// ([`crate::groupsnapshot`]) sets and removes it; this controller does not delete a member that
+/// still carries it.
+pub const IN_GROUP_FINALIZER: &str =
+    "snapshot.storage.kubernetes.io/volumesnapshot-in-group-protection";
 
 /// Per-object timers of the storage controllers.
 #[derive(Default)]
@@ -55,6 +64,18 @@ pub(crate) fn content_path(inner: &Inner, content: &str) -> PathBuf {
         .state_dir
         .join("snapshots")
         .join(format!("{content}.img"))
+}
+
+/// True for a VolumeSnapshot that belongs to a VolumeGroupSnapshot.
+pub(crate) fn is_member(vs: &Value) -> bool {
+    vs.pointer("/status/volumeGroupSnapshotName").is_some()
+        || vs
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .is_some_and(|refs| {
+                refs.iter()
+                    .any(|r| r.get("kind").and_then(Value::as_str) == Some("VolumeGroupSnapshot"))
+            })
 }
 
 /// Backing file of a bound PVC.
@@ -303,9 +324,9 @@ pub(crate) fn reconcile_snapshots(inner: &Inner, timers: &mut StorageTimers) {
             .pointer("/status/boundVolumeSnapshotContentName")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let member = crate::groupsnapshot::is_member(&vs);
+        let member = is_member(&vs);
         if vs.pointer("/metadata/deletionTimestamp").is_some() {
-            if crate::groupsnapshot::has_finalizer(&vs, crate::groupsnapshot::IN_GROUP_FINALIZER) {
+            if has_finalizer(&vs, IN_GROUP_FINALIZER) {
                 // Held by its VolumeGroupSnapshot until the group itself is deleted.
                 continue;
             }

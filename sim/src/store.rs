@@ -112,6 +112,36 @@ pub fn name_ns(obj: &Value) -> (String, String) {
     )
 }
 
+/// True when `o` carries finalizer `f`.
+pub(crate) fn has_finalizer(o: &Value, f: &str) -> bool {
+    o.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x == f))
+}
+
+/// Adds finalizer `f` to `o` unless it is there.
+pub(crate) fn add_finalizer(o: &mut Value, f: &str) {
+    let fs = &mut o["metadata"]["finalizers"];
+    if !fs.is_array() {
+        *fs = json!([]);
+    }
+    if let Some(a) = fs.as_array_mut() {
+        if !a.iter().any(|x| x == f) {
+            a.push(json!(f));
+        }
+    }
+}
+
+/// Removes finalizer `f` from `o`.
+pub(crate) fn remove_finalizer(o: &mut Value, f: &str) {
+    if let Some(a) = o
+        .pointer_mut("/metadata/finalizers")
+        .and_then(Value::as_array_mut)
+    {
+        a.retain(|x| x != f);
+    }
+}
+
 fn spec_part(obj: &Value) -> Value {
     let mut o = obj.clone();
     if let Some(m) = o.as_object_mut() {

@@ -9,10 +9,11 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use virtguard_api::{labels, VirtualMachine};
 
-use super::commands::human;
+use super::util::{client, human};
 use super::{shutdown_signal, Config};
 use crate::cluster;
-use crate::engine::backup::{backup_vm, BackupConfig};
+use crate::engine::backup::backup_vm;
+use crate::engine::config::BackupConfig;
 use crate::error::{Error, Result, VmFailure};
 use crate::repo::Repository;
 
@@ -99,13 +100,6 @@ pub struct CleanupArgs {
     /// Only in this namespace (default: all namespaces)
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
-}
-
-pub(super) async fn client() -> Result<Client> {
-    cluster::install_crypto_provider();
-    Client::try_default()
-        .await
-        .map_err(|e| Error::KubeConfig(e.to_string()))
 }
 
 /// The VMs a backup run covers, as (namespace, name), sorted.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::util::{human, open_repo};
 use super::{BackupFileArgs, Command, Config, Output};
 use crate::error::{Error, Result};
 use crate::repo::backup::ParentPolicy;
@@ -19,22 +20,6 @@ use crate::repo::throttle::ThrottledSource;
 use crate::repo::verify::verify;
 use crate::repo::Error as RepoError;
 use crate::repo::{BackupOptions, BackupRef, BackupSession, FileSource, Repository, VolumeSource};
-
-/// Human-readable binary size.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 fn bar(config: &Config, len: u64, bytes: bool) -> Option<ProgressBar> {
     if !config.progress {
@@ -51,12 +36,6 @@ fn bar(config: &Config, len: u64, bytes: bool) -> Option<ProgressBar> {
         pb.set_style(style);
     }
     Some(pb)
-}
-
-async fn open(config: &Config) -> Result<Arc<Repository>> {
-    let store = config.store().await?;
-    let repo = Repository::open(store, config.key.as_ref().map(|k| k.bytes())).await?;
-    Ok(Arc::new(repo.with_stale_after(config.lock_stale_after)))
 }
 
 fn split_vm(spec: &str) -> Result<(String, String)> {
@@ -108,7 +87,9 @@ fn default_vm_name(path: &Path) -> String {
 /// Runs one command.
 pub async fn run(config: &Config, command: Command) -> Result<()> {
     match command {
-        Command::Backup(a) => super::cluster_cmds::backup(config, open(config).await?, a).await,
+        Command::Backup(a) => {
+            super::cluster_cmds::backup(config, open_repo(config).await?, a).await
+        }
         Command::Cleanup(a) => super::cluster_cmds::cleanup(a).await,
         Command::Restore(a) => super::restore_cmds::restore(config, a).await,
         Command::Download(a) => super::restore_cmds::download(config, a).await,
@@ -146,7 +127,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         Command::BackupFile(a) => backup_file(config, a).await,
         Command::RestoreFile(a) => {
             let t0 = Instant::now();
-            let repo = open(config).await?;
+            let repo = open_repo(config).await?;
             let lock = repo.lock(LockKind::Shared, "restore").await?;
             let res = async {
                 let r = repo.find_backup(&a.backup).await?;
@@ -193,7 +174,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
             Ok(())
         }
         Command::List(a) => {
-            let repo = open(config).await?;
+            let repo = open_repo(config).await?;
             let (ns, vm) = vm_filter(a.namespace, a.vm)?;
             let refs = repo.list_backups(ns.as_deref(), vm.as_deref()).await?;
             let mut manifests = Vec::new();
@@ -229,7 +210,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Show(a) => {
-            let repo = open(config).await?;
+            let repo = open_repo(config).await?;
             let r = repo.find_backup(&a.backup).await?;
             let m = repo.load_manifest(&r).await?;
             match a.output {
@@ -266,7 +247,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Verify(a) => {
-            let repo = open(config).await?;
+            let repo = open_repo(config).await?;
             let lock = repo.lock(LockKind::Shared, "verify").await?;
             let res = async {
                 let only = if a.backups.is_empty() {
@@ -313,14 +294,16 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 .into())
             }
         }
-        Command::Maintain(a) => super::maintain_cmd::maintain(config, open(config).await?, a).await,
+        Command::Maintain(a) => {
+            super::maintain_cmd::maintain(config, open_repo(config).await?, a).await
+        }
         Command::Prune(a) => {
-            let repo = open(config).await?;
+            let repo = open_repo(config).await?;
             let (ns, vm) = vm_filter(a.namespace.clone(), a.vm.clone())?;
             super::prune_cmd::prune(repo, a, ns, vm).await
         }
         Command::Gc(a) => {
-            let repo = open(config).await?;
+            let repo = open_repo(config).await?;
             let opts = prune::GcOptions {
                 grace: a.grace.into(),
                 dry_run: a.dry_run,
@@ -439,7 +422,7 @@ async fn backup_file(config: &Config, a: BackupFileArgs) -> Result<()> {
         Arc::new(FileSource::open(&a.path)?),
         config.limits.read.clone(),
     );
-    let repo = open(config).await?;
+    let repo = open_repo(config).await?;
     let parent = if a.no_parent {
         ParentPolicy::None
     } else if let Some(p) = &a.parent {

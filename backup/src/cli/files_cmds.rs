@@ -10,8 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::commands::human;
-use super::restore_cmds::resolve_backup;
+use super::util::{human, open_repo, resolve_backup};
 use super::{Config, Output};
 use crate::error::{Error, Result};
 use crate::files::ops::{self, Change, FindFilter, GetOptions, SizeFilter};
@@ -170,12 +169,6 @@ pub struct DiffArgs {
     pub content: bool,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-}
-
-async fn open_repo(config: &Config) -> Result<Arc<Repository>> {
-    let store = config.store().await?;
-    let repo = Repository::open(store, config.key.as_ref().map(|k| k.bytes())).await?;
-    Ok(Arc::new(repo.with_stale_after(config.lock_stale_after)))
 }
 
 /// An opened volume: the reader, the partition selector and a label for messages.

@@ -13,7 +13,8 @@ use virtguard_api::labels::MAINTENANCE_STATUS_CONFIGMAP;
 use virtguard_api::status::{BackupResult, MaintenanceStatusRecord, RepositoryCounts};
 
 use super::prune_cmd::Resolved;
-use super::{cluster_cmds, prune_cmd, Config, MaintainArgs, Output};
+use super::util::client;
+use super::{prune_cmd, Config, MaintainArgs, Output};
 use crate::engine::backup::{read_status_entry, write_status_entry};
 use crate::error::{Error, Result};
 use crate::repo::maintain::{self, MaintainOptions, MaintainReport, Share};
@@ -116,7 +117,7 @@ pub async fn maintain(config: &Config, repo: Arc<Repository>, a: MaintainArgs) -
     // The cluster is reached before anything runs: a status that cannot be written is a
     // configuration error, not something to find out after an hour of verify.
     let status = match &a.status_namespace {
-        Some(ns) => Some((cluster_cmds::client().await?, ns.clone())),
+        Some(ns) => Some((client().await?, ns.clone())),
         None => None,
     };
     let started = SystemTime::now();

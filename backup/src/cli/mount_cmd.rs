@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::restore_cmds::resolve_backup;
+use super::util::{open_repo, resolve_backup};
 use super::Config;
 use crate::error::{Error, Result};
 use crate::files::fuse::BackupFs;
@@ -31,12 +31,6 @@ pub struct MountArgs {
     pub backup: String,
     /// Mount point: an existing empty directory
     pub dir: PathBuf,
-}
-
-async fn open_repo(config: &Config) -> Result<Arc<Repository>> {
-    let store = config.store().await?;
-    let repo = Repository::open(store, config.key.as_ref().map(|k| k.bytes())).await?;
-    Ok(Arc::new(repo.with_stale_after(config.lock_stale_after)))
 }
 
 /// The backups a mount spec selects.

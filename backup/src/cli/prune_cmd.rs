@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::util::client;
 use super::{KeepArgs, Output, PruneArgs};
 use crate::cluster::retention::{PolicyResolver, PolicySource, ResolvedPolicy};
 use crate::error::{Error, Result};
@@ -95,7 +96,7 @@ async fn resolve(
     namespace: Option<&str>,
     vm: Option<&str>,
 ) -> Result<Resolved> {
-    let client = super::cluster_cmds::client().await?;
+    let client = client().await?;
     let mut resolver = PolicyResolver::new(client, (!flags.is_empty()).then_some(flags));
     let mut out = BTreeMap::new();
     for b in repo.list_backups(namespace, vm).await? {

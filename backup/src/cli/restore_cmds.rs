@@ -12,7 +12,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::commands::human;
+use super::util::{human, open_repo, resolve_backup};
 use super::{shutdown_signal, Config};
 use crate::engine::restore::{self, Method, Mode, RestoreError, RestoreRequest};
 use crate::error::{Error, Result};
@@ -128,34 +128,6 @@ fn parse_mapping(s: &str) -> std::result::Result<(String, String), String> {
         Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
         _ => Err(format!("`{s}`: expected OLD=NEW")),
     }
-}
-
-async fn open(config: &Config) -> Result<Arc<Repository>> {
-    let store = config.store().await?;
-    let repo = Repository::open(store, config.key.as_ref().map(|k| k.bytes())).await?;
-    Ok(Arc::new(repo.with_stale_after(config.lock_stale_after)))
-}
-
-/// Resolves `id`, `ns/vm/id` or `ns/vm@latest`.
-pub async fn resolve_backup(repo: &Repository, spec: &str) -> crate::repo::Result<BackupRef> {
-    if let Some((vm, which)) = spec.split_once('@') {
-        let (ns, name) = vm
-            .split_once('/')
-            .ok_or_else(|| RepoError::Invalid(format!("`{spec}`: expected namespace/vm@latest")))?;
-        if which != "latest" {
-            return repo.find_backup(&format!("{ns}/{name}/{which}")).await;
-        }
-        return repo
-            .latest(ns, name)
-            .await?
-            .ok_or_else(|| RepoError::BackupNotFound {
-                id: spec.to_string(),
-                hint: Some(format!(
-                    "VM {ns}/{name} has no backups; run `virtguard list` to see the backups"
-                )),
-            });
-    }
-    repo.find_backup(spec).await
 }
 
 /// Bars per volume on a terminal; otherwise (unless --quiet) a plain line per volume every
@@ -279,7 +251,7 @@ fn job_env(config: &Config) -> Result<Vec<(String, String)>> {
 
 /// `virtguard restore`.
 pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
-    let repo = open(config).await?;
+    let repo = open_repo(config).await?;
     let r = resolve_backup(&repo, &a.backup).await?;
     let m = repo.load_manifest(&r).await?;
     let objs = restore::load_objects(&repo, &m).await?;
@@ -438,7 +410,7 @@ pub async fn restore_volume(config: &Config, a: RestoreVolumeArgs) -> Result<()>
         .clone()
         .or(a.file.clone())
         .ok_or_else(|| Error::Invalid("pass --device or --file".into()))?;
-    let repo = open(config).await?;
+    let repo = open_repo(config).await?;
     let lock = repo.lock(LockKind::Shared, "restore").await?;
     let res = async {
         let r = resolve_backup(&repo, &a.backup).await?;
@@ -474,7 +446,7 @@ pub async fn download(config: &Config, a: DownloadArgs) -> Result<()> {
             a.output.display()
         )));
     }
-    let repo = open(config).await?;
+    let repo = open_repo(config).await?;
     let lock = repo.lock(LockKind::Shared, "download").await?;
     let res = download_inner(config, &repo, &a).await;
     lock.release().await;

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::PostParams;
 use kube::{Api, Client};
-use virtguard_api::kubevirt::TypedLocalObjectReference as KvRef;
+use virtguard_api::refs::TypedLocalObjectReference as KvRef;
 use virtguard_api::{VirtualMachineExport, VirtualMachineExportSpec};
 
 use super::{go_duration, ClusterError, Result};

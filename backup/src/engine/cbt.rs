@@ -52,7 +52,7 @@ use virtguard_api::{
     VirtualMachineBackupStatus, VirtualMachineInstance,
 };
 
-use super::backup::{BackupConfig, PvcVolume};
+use super::config::{BackupConfig, PvcVolume};
 use super::EngineError;
 use crate::cluster::{self, export, ClusterError};
 use crate::repo::throttle::ThrottledSource;

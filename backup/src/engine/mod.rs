@@ -11,6 +11,7 @@
 
 pub mod backup;
 pub mod cbt;
+pub mod config;
 pub mod dispatch;
 pub mod restore;
 

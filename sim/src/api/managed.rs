@@ -479,7 +479,7 @@ mod tests {
 
     fn pod_scope(reg: &Registry) -> Scope<'static> {
         Scope {
-            api: Schemas::load(None).unwrap().openapi(reg),
+            api: OpenApi::shared(&Schemas::load(None).unwrap(), reg),
             res: reg.by_plural("", "pods").unwrap(),
             version: "v1",
             api_version: "v1".into(),

@@ -320,13 +320,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::openapi::OpenApi;
     use crate::resources::Registry;
     use crate::schema::Schemas;
 
     fn smp(doc: Value, patch: Value) -> Value {
         let reg = Registry::default();
         let s = Strategic {
-            api: Schemas::load(None).unwrap().openapi(&reg),
+            api: OpenApi::shared(&Schemas::load(None).unwrap(), &reg),
             res: reg.by_plural("", "pods").unwrap(),
             version: "v1",
         };

@@ -14,13 +14,15 @@
 //! Invariants: every served (resource, version) has exactly one definition carrying
 //! `x-kubernetes-group-version-kind`, which kubectl uses to find it (explain, field
 //! validation support); every `$ref` in a document resolves inside that document; a v3
-//! document's `?hash=` changes whenever its bytes do.
+//! document's `?hash=` changes whenever its bytes do. This module builds on `schema.rs`, which
+//! knows nothing of it; [`OpenApi::shared`] keeps the built documents per set of schemas.
 
 pub(crate) mod core;
 mod paths;
 mod protobuf;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha512};
@@ -153,6 +155,24 @@ fn gvk(def: &ResourceDef, version: &str) -> Value {
 }
 
 impl OpenApi {
+    /// The documents built from `schemas`, once per set of schemas and shared by every sim that
+    /// uses it (the embedded schemas are one process-wide set).
+    pub(crate) fn shared(schemas: &Arc<Schemas>, reg: &Registry) -> Arc<OpenApi> {
+        type Built = Vec<(Weak<Schemas>, Arc<OpenApi>)>;
+        static BUILT: Mutex<Built> = Mutex::new(Vec::new());
+        let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+        built.retain(|(s, _)| s.strong_count() > 0);
+        if let Some((_, api)) = built
+            .iter()
+            .find(|(s, _)| std::ptr::eq(s.as_ptr(), Arc::as_ptr(schemas)))
+        {
+            return api.clone();
+        }
+        let api = Arc::new(OpenApi::build(schemas, reg));
+        built.push((Arc::downgrade(schemas), api.clone()));
+        api
+    }
+
     /// Build every document from the reference schemas and the registry.
     pub fn build(schemas: &Schemas, reg: &Registry) -> OpenApi {
         let mut defs = core::definitions();
@@ -412,7 +432,7 @@ mod tests {
     fn api() -> (Arc<OpenApi>, Registry) {
         let reg = Registry::default();
         let schemas = Schemas::load(None).unwrap();
-        (schemas.openapi(&reg), reg)
+        (OpenApi::shared(&schemas, &reg), reg)
     }
 
     fn unresolved(doc: &Value, defs: &Value) -> Vec<String> {
