@@ -7,6 +7,46 @@
 //! A repository is a set of objects under one prefix of a [`Store`] (a local directory — the
 //! embedded default — or an S3 bucket prefix). Keys are `/`-separated and relative to the prefix.
 //!
+//! # Use as a library
+//!
+//! Create a repository in a local directory, back up a byte source as one volume of a VM,
+//! list the backups and read the volume back (checked against its image digest):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> virtguard_repo::Result<()> {
+//! use std::sync::Arc;
+//! use virtguard_repo::repository::InitOptions;
+//! use virtguard_repo::restore::restore_to_writer;
+//! use virtguard_repo::{BackupOptions, BackupSession, FileSource, LocalStore, Repository, Store};
+//!
+//! let dir = tempfile::tempdir().expect("a temporary directory");
+//! let disk = dir.path().join("disk.img");
+//! let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+//! std::fs::write(&disk, &data).expect("writing the image");
+//!
+//! let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("repo")));
+//! let opts = InitOptions { chunk_size: 64 * 1024, ..Default::default() };
+//! Repository::init(store.clone(), opts).await?;
+//! let repo = Arc::new(Repository::open(store, None).await?);
+//!
+//! let mut session = BackupSession::start(repo.clone(), "prod", "db", BackupOptions::default()).await?;
+//! session.write_volume("disk0", Arc::new(FileSource::open(&disk)?), None).await?;
+//! let manifest = session.commit().await?;
+//!
+//! let backups = repo.list_backups(Some("prod"), Some("db")).await?;
+//! assert_eq!(backups.len(), 1);
+//! let mut restored = Vec::new();
+//! let m = repo.load_manifest(&backups[0]).await?;
+//! assert_eq!(m.id, manifest.id);
+//! restore_to_writer(&repo, &m, "disk0", &mut restored, &Default::default()).await?;
+//! assert_eq!(restored, data);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/list.rs` lists the backups of a repository given on the command line.
+//!
 //! # Object layout
 //!
 //! ```text
