@@ -72,6 +72,10 @@ pub struct FreezeRecord {
     /// `namespace/name` of the VMI.
     pub vmi: String,
     pub action: FreezeAction,
+    /// When the request arrived, before the guest agent was asked.
+    pub received: DateTime<Utc>,
+    /// When it was answered (for a successful freeze: the guest is frozen from here on; for a
+    /// thaw: it was frozen at least until `received`).
     pub at: DateTime<Utc>,
     /// HTTP status answered (200 on success).
     pub status: u16,
@@ -100,6 +104,7 @@ impl KubeVirtState {
         &self,
         vmi: &str,
         action: FreezeAction,
+        received: DateTime<Utc>,
         status: u16,
         timeout: Option<Duration>,
         message: &str,
@@ -110,6 +115,7 @@ impl KubeVirtState {
             .push(FreezeRecord {
                 vmi: vmi.to_string(),
                 action,
+                received,
                 at: Utc::now(),
                 status,
                 unfreeze_timeout_ms: timeout.map(|d| d.as_millis() as u64),
@@ -304,6 +310,7 @@ pub(crate) async fn freeze_call(
     action: &str,
     body: &[u8],
 ) -> Result<(), ApiError> {
+    let received = Utc::now();
     let key = format!("{ns}/{name}");
     let freeze = action == "freeze";
     let act = if freeze {
@@ -312,7 +319,9 @@ pub(crate) async fn freeze_call(
         FreezeAction::Unfreeze
     };
     let fail = |e: ApiError| {
-        inner.kubevirt.record(&key, act, e.code, None, &e.message);
+        inner
+            .kubevirt
+            .record(&key, act, received, e.code, None, &e.message);
         e
     };
     let vmi_res = inner.rid("kubevirt.io", "virtualmachineinstances");
@@ -395,7 +404,7 @@ pub(crate) async fn freeze_call(
             s.remove("fsFreezeStatus");
         }
     });
-    inner.kubevirt.record(&key, act, 200, timeout, "");
+    inner.kubevirt.record(&key, act, received, 200, timeout, "");
     Ok(())
 }
 
@@ -539,7 +548,7 @@ pub(crate) async fn safety_thaws(inner: &Arc<Inner>) {
         });
         inner
             .kubevirt
-            .record(&key, FreezeAction::SafetyThaw, 200, None, &msg);
+            .record(&key, FreezeAction::SafetyThaw, Utc::now(), 200, None, &msg);
     }
 }
 
