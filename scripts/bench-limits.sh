@@ -50,7 +50,7 @@ import sys
 name, b, s, lim = sys.argv[1], int(sys.argv[2]), float(sys.argv[4]) - float(sys.argv[3]), int(sys.argv[5])
 rate = b / s
 dev = (rate / lim - 1) * 100
-print(f'{name:<20} {s:7.2f} s  {rate / 2**20:8.2f} MiB/s' + (f'  ({dev:+.1f}% of the limit)' if 'limited' in name else ''))
+print(f'{name:<20} {s:7.2f} s  {rate / 2**20:8.2f} MiB/s' + (f'  ({dev:+.1f}% of the limit)' if name.endswith('-limited') else ''))
 " "$name" "$bytes" "$start" "$end" "$LIMIT_BYTES"
 }
 SIZE=$((SIZE_MIB << 20))

@@ -4,6 +4,10 @@
 //! scripts/bench-limits.sh. A zero limit is refused.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
+use common::noise;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
@@ -31,20 +35,6 @@ fn ok(repo: &Path, args: &[&str]) -> f64 {
     secs
 }
 
-/// Incompressible bytes (xorshift).
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[test]
 fn each_limit_holds_its_transfer_to_the_rate() {
     const MIB: usize = 1 << 20;
@@ -52,7 +42,7 @@ fn each_limit_holds_its_transfer_to_the_rate() {
     let repo = dir.path().join("repo");
     let random = dir.path().join("random.img");
     let zeros = dir.path().join("zeros.img");
-    std::fs::write(&random, noise(3 * MIB)).unwrap();
+    std::fs::write(&random, noise(3 * MIB, 5)).unwrap();
     std::fs::write(&zeros, vec![0u8; 4 * MIB]).unwrap();
     ok(&repo, &["init", "--chunk-size", "256KiB"]);
 

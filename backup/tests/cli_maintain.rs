@@ -4,6 +4,10 @@
 //! backup reuses the chunks gc is collecting: no referenced chunk is lost and the next run finishes.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
+use common::noise;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -121,20 +125,6 @@ fn maintain_prunes_collects_verifies_and_fails_until_corruption_is_healed() {
     );
     assert!(!healed.contains("CORRUPT"), "{healed}");
     ok(&repo, &["verify", "--read-data"]);
-}
-
-/// Pseudo-random bytes (xorshift), different per seed: chunks that do not compress or repeat.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// The binary with a 2 s stale time (so the killed process's lock goes stale quickly).

@@ -413,3 +413,17 @@ fn close_connection(msg: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&msg[head_end..]);
     v
 }
+
+/// Pseudo-random, incompressible bytes (xorshift), different per seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
