@@ -9,7 +9,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use virtguard_api::labels;
 use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency, FreezeFailure};
-use virtguard_api::{VirtualMachine, VirtualMachineInstance};
+use virtguard_api::{VirtualMachine, VirtualMachineInstance, VolumeSnapshot};
 
 use super::config::{volumes_of, BackupConfig, PvcVolume};
 use super::EngineError;
@@ -163,83 +163,25 @@ async fn run(
     };
 
     // 1. Resolve.
-    let vm = Api::<VirtualMachine>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(ClusterError::api("reading", "VirtualMachine", &vm_id))
-        .map_err(cl("resolving the VM"))?
-        .ok_or_else(|| EngineError::Vm {
-            vm: vm_id.clone(),
-            message: "not found: check the name with `kubectl get vm -n NAMESPACE`".into(),
-        })?;
-    let (pvcs, skipped) = volumes_of(&vm);
-    if pvcs.is_empty() {
-        return Err(EngineError::Vm {
-            vm: vm_id.clone(),
-            message: format!(
-                "has no PVC or DataVolume disks to back up (volumes: {})",
-                skipped
-                    .iter()
-                    .map(|(n, k)| format!("{n} ({k})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        });
-    }
-    let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(ClusterError::api(
-            "reading",
-            "VirtualMachineInstance",
-            &vm_id,
-        ))
-        .map_err(cl("resolving the VMI"))?;
+    let Resolved {
+        vm,
+        pvcs,
+        skipped,
+        vmi,
+    } = resolve(client, namespace, name).await?;
     let running = vmi.as_ref().is_some_and(VirtualMachineInstance::is_running);
     let paused = vmi.as_ref().is_some_and(VirtualMachineInstance::paused);
     let agent = vmi.as_ref().is_some_and(|v| v.agent_connected());
 
     // 2. Snapshot classes, before any freeze (the CBT path takes no snapshots: none needed).
     let use_cbt = super::cbt::applies(&vm, vmi.as_ref());
-    let mut plan = SnapshotPlan::PerVolume(Vec::new());
-    if !use_cbt {
-        let mut drivers = Vec::new();
-        for p in &pvcs {
-            drivers.push(
-                snapshot::csi_driver_of_pvc(client, namespace, &p.pvc)
-                    .await
-                    .map_err(cl("finding the CSI driver"))?,
-            );
-        }
-        let group_class = match drivers.as_slice() {
-            [first, rest @ ..] if !rest.is_empty() && rest.iter().all(|d| d == first) => {
-                groupsnapshot::group_class_for(client, first)
-                    .await
-                    .map_err(cl("choosing a VolumeGroupSnapshotClass"))?
-            }
-            _ => None,
-        };
-        plan = match group_class {
-            Some(class) => SnapshotPlan::Group { class },
-            None => {
-                let mut classes = Vec::new();
-                for (p, driver) in pvcs.iter().zip(&drivers) {
-                    let pvc_id = format!("{namespace}/{}", p.pvc);
-                    classes.push(
-                        snapshot::snapshot_class_for(
-                            client,
-                            driver,
-                            &pvc_id,
-                            &cfg.snapshot_classes,
-                        )
-                        .await
-                        .map_err(cl("choosing a VolumeSnapshotClass"))?,
-                    );
-                }
-                SnapshotPlan::PerVolume(classes)
-            }
-        };
-    }
+    let plan = if use_cbt {
+        SnapshotPlan::PerVolume(Vec::new())
+    } else {
+        snapshot_plan(client, namespace, &pvcs, cfg)
+            .await
+            .map_err(|(step, e)| cl(step)(e))?
+    };
 
     // What the run aims for; a freeze that fails turns it into FreezeFailed (the session
     // records the final value, see `stream`).
@@ -336,26 +278,7 @@ async fn run(
     let consistency = session.consistency();
 
     // Save the VM object (everything, including fields we do not model).
-    let mut files = vec![(
-        "virtualmachine.json".to_string(),
-        serde_json::to_vec_pretty(&vm).unwrap_or_default(),
-    )];
-    for p in &pvcs {
-        if let Ok(Some(mut pvc)) =
-            Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
-                .get_opt(&p.pvc)
-                .await
-        {
-            // Cleanup removed it already; a restore must never recreate it in any case.
-            if let Some(l) = pvc.metadata.labels.as_mut() {
-                l.remove(labels::GROUP_SNAPSHOT);
-            }
-            files.push((
-                format!("pvc-{}.json", p.pvc),
-                serde_json::to_vec_pretty(&pvc).unwrap_or_default(),
-            ));
-        }
-    }
+    let files = vm_objects(client, namespace, &vm, &pvcs).await;
     session
         .write_resources(files)
         .await
@@ -383,6 +306,133 @@ async fn run(
     })
 }
 
+/// The VM, its PVC-backed volumes (and the others, skipped) and its VMI if it has one.
+struct Resolved {
+    vm: VirtualMachine,
+    pvcs: Vec<PvcVolume>,
+    skipped: Vec<(String, String)>,
+    vmi: Option<VirtualMachineInstance>,
+}
+
+/// Reads the VM and its VMI; a VM without PVC or DataVolume disks is refused, naming its volumes.
+async fn resolve(client: &Client, namespace: &str, name: &str) -> Result<Resolved, EngineError> {
+    let vm_id = format!("{namespace}/{name}");
+    let cl = |step: &'static str| {
+        let vm = vm_id.clone();
+        move |source: ClusterError| EngineError::Cluster { vm, step, source }
+    };
+    let vm = Api::<VirtualMachine>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(ClusterError::api("reading", "VirtualMachine", &vm_id))
+        .map_err(cl("resolving the VM"))?
+        .ok_or_else(|| EngineError::Vm {
+            vm: vm_id.clone(),
+            message: "not found: check the name with `kubectl get vm -n NAMESPACE`".into(),
+        })?;
+    let (pvcs, skipped) = volumes_of(&vm);
+    if pvcs.is_empty() {
+        return Err(EngineError::Vm {
+            vm: vm_id.clone(),
+            message: format!(
+                "has no PVC or DataVolume disks to back up (volumes: {})",
+                skipped
+                    .iter()
+                    .map(|(n, k)| format!("{n} ({k})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(ClusterError::api(
+            "reading",
+            "VirtualMachineInstance",
+            &vm_id,
+        ))
+        .map_err(cl("resolving the VMI"))?;
+    Ok(Resolved {
+        vm,
+        pvcs,
+        skipped,
+        vmi,
+    })
+}
+
+/// One VolumeGroupSnapshot when every PVC is on one CSI driver that has a group class, else a
+/// VolumeSnapshotClass per PVC (`--snapshot-class` first, then the driver's default). A
+/// failure comes with the step it failed at.
+async fn snapshot_plan(
+    client: &Client,
+    namespace: &str,
+    pvcs: &[PvcVolume],
+    cfg: &BackupConfig,
+) -> Result<SnapshotPlan, (&'static str, ClusterError)> {
+    let at = |step: &'static str| move |e: ClusterError| (step, e);
+    let mut drivers = Vec::new();
+    for p in pvcs {
+        drivers.push(
+            snapshot::csi_driver_of_pvc(client, namespace, &p.pvc)
+                .await
+                .map_err(at("finding the CSI driver"))?,
+        );
+    }
+    let group_class = match drivers.as_slice() {
+        [first, rest @ ..] if !rest.is_empty() && rest.iter().all(|d| d == first) => {
+            groupsnapshot::group_class_for(client, first)
+                .await
+                .map_err(at("choosing a VolumeGroupSnapshotClass"))?
+        }
+        _ => None,
+    };
+    if let Some(class) = group_class {
+        return Ok(SnapshotPlan::Group { class });
+    }
+    let mut classes = Vec::new();
+    for (p, driver) in pvcs.iter().zip(&drivers) {
+        let pvc_id = format!("{namespace}/{}", p.pvc);
+        classes.push(
+            snapshot::snapshot_class_for(client, driver, &pvc_id, &cfg.snapshot_classes)
+                .await
+                .map_err(at("choosing a VolumeSnapshotClass"))?,
+        );
+    }
+    Ok(SnapshotPlan::PerVolume(classes))
+}
+
+/// The VM object and its PVCs as they are now (every field, also those we do not model), as
+/// the files of the backup's resources archive.
+async fn vm_objects(
+    client: &Client,
+    namespace: &str,
+    vm: &VirtualMachine,
+    pvcs: &[PvcVolume],
+) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![(
+        "virtualmachine.json".to_string(),
+        serde_json::to_vec_pretty(vm).unwrap_or_default(),
+    )];
+    for p in pvcs {
+        if let Ok(Some(mut pvc)) =
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+                .get_opt(&p.pvc)
+                .await
+        {
+            // Cleanup removed it already; a restore must never recreate it in any case.
+            if let Some(l) = pvc.metadata.labels.as_mut() {
+                l.remove(labels::GROUP_SNAPSHOT);
+            }
+            files.push((
+                format!("pvc-{}.json", p.pvc),
+                serde_json::to_vec_pretty(&pvc).unwrap_or_default(),
+            ));
+        }
+    }
+    files
+}
+
 /// Freeze → snapshots (or one group snapshot) → thaw → ready → exports → stream. Returns the
 /// freeze window and the per-volume stats. The caller cleans up.
 #[allow(clippy::too_many_arguments)]
@@ -398,11 +448,68 @@ async fn stream(
     cfg: &BackupConfig,
     backup_id: &str,
 ) -> Result<(Duration, Vec<repo::VolumeStats>), EngineError> {
-    let vm_id = format!("{namespace}/{name}");
-    let cl = |step: &'static str| {
-        let vm = vm_id.clone();
-        move |source: ClusterError| EngineError::Cluster { vm, step, source }
+    let run = Run {
+        client,
+        namespace,
+        name,
+        vm_id: format!("{namespace}/{name}"),
+        labels,
+        cfg,
+        backup_id,
     };
+    let (freeze, snap_names, ready) = cut(&run, session, pvcs, plan, consistency).await?;
+    let token = export::new_token();
+    let secret = cluster::object_name(backup_id, "token");
+    export::create_token_secret(client, namespace, &secret, &token, labels)
+        .await
+        .map_err(run.cl("creating the export token"))?;
+    let mut stats = Vec::new();
+    for ((p, snap), snap_obj) in pvcs.iter().zip(&snap_names).zip(&ready) {
+        stats.push(stream_volume(&run, session, p, snap, snap_obj, &secret, &token).await?);
+    }
+    Ok((freeze, stats))
+}
+
+/// What every step of one VM's snapshot-and-export run needs.
+struct Run<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    name: &'a str,
+    vm_id: String,
+    labels: &'a BTreeMap<String, String>,
+    cfg: &'a BackupConfig,
+    backup_id: &'a str,
+}
+
+impl Run<'_> {
+    /// Wraps a cluster error of `step` with the VM's name.
+    fn cl(&self, step: &'static str) -> impl FnOnce(ClusterError) -> EngineError {
+        let vm = self.vm_id.clone();
+        move |source| EngineError::Cluster { vm, step, source }
+    }
+}
+
+/// Freeze (when application-consistent), cut the snapshots or the group, thaw at once, wait
+/// until they are ready. Returns the freeze window, the snapshot names (the group's members for
+/// a group) and the ready snapshots.
+async fn cut(
+    run: &Run<'_>,
+    session: &mut BackupSession,
+    pvcs: &[PvcVolume],
+    plan: &SnapshotPlan,
+    consistency: Consistency,
+) -> Result<(Duration, Vec<String>, Vec<VolumeSnapshot>), EngineError> {
+    let Run {
+        client,
+        namespace,
+        name,
+        labels,
+        cfg,
+        backup_id,
+        ..
+    } = *run;
+    let vm_id = &run.vm_id;
+    let cl = |step: &'static str| run.cl(step);
     let pvc_names: Vec<String> = pvcs.iter().map(|p| p.pvc.clone()).collect();
     let group = cluster::object_name(backup_id, "group");
     if let SnapshotPlan::Group { class } = plan {
@@ -526,91 +633,106 @@ async fn stream(
         }
     };
 
-    let token = export::new_token();
-    let secret = cluster::object_name(backup_id, "token");
-    export::create_token_secret(client, namespace, &secret, &token, labels)
+    Ok((freeze, snap_names, ready))
+}
+
+/// Exports one ready snapshot (a PVC from it, a VirtualMachineExport) and streams the image
+/// into the session.
+async fn stream_volume(
+    run: &Run<'_>,
+    session: &mut BackupSession,
+    p: &PvcVolume,
+    snap: &str,
+    snap_obj: &VolumeSnapshot,
+    secret: &str,
+    token: &str,
+) -> Result<repo::VolumeStats, EngineError> {
+    let Run {
+        client,
+        namespace,
+        labels,
+        cfg,
+        backup_id,
+        ..
+    } = *run;
+    let vm_id = &run.vm_id;
+    let cl = |step: &'static str| run.cl(step);
+    let src = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get(&p.pvc)
         .await
-        .map_err(cl("creating the export token"))?;
-    let mut stats = Vec::new();
-    for ((p, snap), snap_obj) in pvcs.iter().zip(&snap_names).zip(&ready) {
-        let src = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
-            .get(&p.pvc)
-            .await
-            .map_err(ClusterError::api(
-                "reading",
-                "PersistentVolumeClaim",
-                format!("{namespace}/{}", p.pvc),
-            ))
-            .map_err(cl("reading the PVC"))?;
-        let size = snap_obj
-            .status
-            .as_ref()
-            .and_then(|s| s.restore_size.clone())
-            .or_else(|| {
-                src.status
-                    .as_ref()
-                    .and_then(|s| s.capacity.as_ref())
-                    .and_then(|c| c.get("storage").cloned())
-            })
-            .ok_or_else(|| EngineError::Vm {
-                vm: vm_id.clone(),
-                message: format!(
-                    "snapshot {snap} has no restoreSize and PVC {} no capacity",
-                    p.pvc
-                ),
-            })?;
-        let tmp = cluster::object_name(backup_id, &format!("{}-tmp", p.volume));
-        export::pvc_from_snapshot(
-            client,
-            namespace,
-            &tmp,
-            snap,
-            &size,
-            &src.spec.clone().unwrap_or_default(),
-            labels,
-        )
+        .map_err(ClusterError::api(
+            "reading",
+            "PersistentVolumeClaim",
+            format!("{namespace}/{}", p.pvc),
+        ))
+        .map_err(cl("reading the PVC"))?;
+    let size = snap_obj
+        .status
+        .as_ref()
+        .and_then(|s| s.restore_size.clone())
+        .or_else(|| {
+            src.status
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .and_then(|c| c.get("storage").cloned())
+        })
+        .ok_or_else(|| EngineError::Vm {
+            vm: vm_id.clone(),
+            message: format!(
+                "snapshot {snap} has no restoreSize and PVC {} no capacity",
+                p.pvc
+            ),
+        })?;
+    let tmp = cluster::object_name(backup_id, &format!("{}-tmp", p.volume));
+    export::pvc_from_snapshot(
+        client,
+        namespace,
+        &tmp,
+        snap,
+        &size,
+        &src.spec.clone().unwrap_or_default(),
+        labels,
+    )
+    .await
+    .map_err(cl("creating a PVC from the snapshot"))?;
+    let exp = cluster::object_name(backup_id, &format!("{}-x", p.volume));
+    export::create_export(
+        client,
+        namespace,
+        &exp,
+        &tmp,
+        secret,
+        cfg.export_ttl,
+        labels,
+    )
+    .await
+    .map_err(cl("creating the VirtualMachineExport"))?;
+    let links = export::wait_ready(client, namespace, &exp, cfg.export_timeout)
         .await
-        .map_err(cl("creating a PVC from the snapshot"))?;
-        let exp = cluster::object_name(backup_id, &format!("{}-x", p.volume));
-        export::create_export(
-            client,
-            namespace,
-            &exp,
-            &tmp,
-            &secret,
-            cfg.export_ttl,
-            labels,
-        )
-        .await
-        .map_err(cl("creating the VirtualMachineExport"))?;
-        let links = export::wait_ready(client, namespace, &exp, cfg.export_timeout)
-            .await
-            .map_err(cl("waiting for the export"))?;
-        let url = links.volumes[0].raw_url.clone();
-        let source = HttpSource::open(
-            &url,
-            vec![(export::TOKEN_HEADER.to_string(), token.clone())],
-            Some(links.ca_pem.as_bytes()),
-            None,
-        )
+        .map_err(cl("waiting for the export"))?;
+    let url = links.volumes[0].raw_url.clone();
+    let source = HttpSource::open(
+        &url,
+        vec![(export::TOKEN_HEADER.to_string(), token.to_string())],
+        Some(links.ca_pem.as_bytes()),
+        None,
+    )
+    .await
+    .map_err(|source| EngineError::Repo {
+        vm: vm_id.clone(),
+        step: "opening the exported disk image",
+        source,
+    })?;
+    let source = ThrottledSource::wrap(Arc::new(source), cfg.read_limit.clone());
+    let st = session
+        .write_volume(&p.volume, source, None)
         .await
         .map_err(|source| EngineError::Repo {
             vm: vm_id.clone(),
-            step: "opening the exported disk image",
+            step: "streaming the disk image",
             source,
         })?;
-        let source = ThrottledSource::wrap(Arc::new(source), cfg.read_limit.clone());
-        let st = session
-            .write_volume(&p.volume, source, None)
-            .await
-            .map_err(|source| EngineError::Repo {
-                vm: vm_id.clone(),
-                step: "streaming the disk image",
-                source,
-            })?;
-        stats.push(st);
-    }
-    Ok((freeze, stats))
+    Ok(st)
 }
 
 /// The status record of `vm` in the namespace's status ConfigMap, if any.
