@@ -362,3 +362,64 @@ async fn backups_delete_nothing_but_their_locks() {
         "{maintainer:#?}"
     );
 }
+
+/// Prune lists each VM's prefix once (plus the listing of the backups), not once per pruned
+/// backup, and deletes every object of the pruned backups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_lists_once_per_vm_not_per_backup() {
+    use virtguard::repo::prune::{prune, KeepPolicy};
+    use virtguard::repo::repository::InitOptions;
+    use virtguard::repo::{BackupOptions, BackupSession, FileSource, Repository};
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let s3 = Arc::new(store(&server.endpoint(), "pruned").await);
+    let dyn_store: Arc<dyn Store> = s3.clone();
+    let opts = InitOptions {
+        chunk_size: 64 * 1024,
+        ..Default::default()
+    };
+    Repository::init(dyn_store.clone(), opts).await.unwrap();
+    let repo = Arc::new(Repository::open(dyn_store, None).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..6u8 {
+        let (img, _) = image(dir.path(), seed);
+        let mut s = BackupSession::start(repo.clone(), "ns", "vm", BackupOptions::default())
+            .await
+            .unwrap();
+        s.write_volume("disk0", Arc::new(FileSource::open(&img).unwrap()), None)
+            .await
+            .unwrap();
+        s.commit().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let before = s3.requests().unwrap();
+    let policy = KeepPolicy {
+        last: 1,
+        ..Default::default()
+    };
+    let r = prune(&repo, &policy, None, None, false).await.unwrap();
+    assert_eq!(r.removed.len(), 5);
+    let after = s3.requests().unwrap();
+    // One LIST of backups/ (which backups exist), one of the VM's prefix, lock LISTs aside.
+    let lock_lists = 1;
+    assert_eq!(
+        after.list - before.list,
+        2 + lock_lists,
+        "{before:?} -> {after:?}"
+    );
+    // Manifest and index of each pruned backup, plus the prune's lock.
+    assert_eq!(
+        after.delete - before.delete,
+        5 * 2 + 1,
+        "{before:?} -> {after:?}"
+    );
+    let left: Vec<String> = s3
+        .list("backups/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(left.len(), 2, "one backup's manifest and index: {left:?}");
+}

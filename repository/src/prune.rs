@@ -140,6 +140,7 @@ async fn prune_inner(
             Some(p) => retention::decide(&candidates(repo, refs).await, p),
             None => retention::keep_all(refs.into_iter().map(|r| r.id)),
         };
+        let mut removed = Vec::new();
         for d in &decisions {
             let b = BackupRef {
                 namespace: ns.clone(),
@@ -148,16 +149,14 @@ async fn prune_inner(
             };
             if d.keep() {
                 report.kept.push(b);
-                continue;
+            } else {
+                removed.push(b);
             }
-            if !dry_run {
-                repo.store().delete(&b.manifest_key()).await?;
-                for o in repo.store().list(&b.prefix()).await? {
-                    repo.store().delete(&o.key).await?;
-                }
-            }
-            report.removed.push(b);
         }
+        if !dry_run && !removed.is_empty() {
+            delete_backups(repo, &ns, &vm, &removed).await?;
+        }
+        report.removed.extend(removed);
         report.plans.push(VmPlan {
             namespace: ns,
             vm,
@@ -166,6 +165,42 @@ async fn prune_inner(
         });
     }
     Ok(report)
+}
+
+/// Deletes in flight while pruning.
+const DELETES_IN_FLIGHT: usize = 16;
+
+/// Deletes the backups `removed` of one VM: every manifest first (uncommitting them), then
+/// their other objects, found by one listing of the VM's prefix (not one per backup).
+async fn delete_backups(
+    repo: &Arc<Repository>,
+    ns: &str,
+    vm: &str,
+    removed: &[BackupRef],
+) -> Result<()> {
+    let delete_all = |keys: Vec<String>| {
+        stream::iter(keys)
+            .map(|k| async move { repo.store().delete(&k).await })
+            .buffer_unordered(DELETES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+    };
+    let manifests: Vec<String> = removed.iter().map(BackupRef::manifest_key).collect();
+    delete_all(manifests.clone()).await?;
+    let manifests: HashSet<String> = manifests.into_iter().collect();
+    let prefixes: HashSet<String> = removed.iter().map(BackupRef::prefix).collect();
+    let rest: Vec<String> = repo
+        .store()
+        .list(&format!("backups/{ns}/{vm}/"))
+        .await?
+        .into_iter()
+        .filter(|o| {
+            BackupRef::from_key(&o.key).is_some_and(|(r, _)| prefixes.contains(&r.prefix()))
+                && !manifests.contains(&o.key)
+        })
+        .map(|o| o.key)
+        .collect();
+    delete_all(rest).await?;
+    Ok(())
 }
 
 /// Outcome of a gc.
