@@ -23,25 +23,11 @@ for tool in python3 /usr/bin/time "$S3S" "$MKFS"; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "missing: $tool" >&2; exit 2; }
 done
 
-if [ -z "${VG:-}" ]; then
-  echo "== building virtguard (release)"
-  (cd "$ROOT" && cargo build --release -p virtguard --bin virtguard -q)
-  VG="$ROOT/target/release/virtguard"
-fi
+# shellcheck source=lib/bench-common.sh
+. "$ROOT/scripts/lib/bench-common.sh"
+bench_vg
 
-export AWS_ACCESS_KEY_ID=vgbenchaccess AWS_SECRET_ACCESS_KEY=vgbenchsecret AWS_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/s3/bench"
-"$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3" \
-  >"$WORK/s3s.log" 2>&1 &
-S3PID=$!
-cleanup() {
-  kill "$S3PID" 2>/dev/null || true
-  if [ "${KEEP:-0}" != 1 ]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
+bench_s3s
 export VIRTGUARD_REPO=s3://bench/files VIRTGUARD_S3_ENDPOINT="http://127.0.0.1:$PORT" VIRTGUARD_S3_PATH_STYLE=true
 export VIRTGUARD_KEY=bench-password
 

@@ -15,21 +15,10 @@ LIMIT=${2:-16MiB}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$(mktemp -d /tmp/vg-bench-limits.XXXXXX)}
 S3S=${S3S_FS:-$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")}
-if [ -z "${VG:-}" ]; then
-  echo "== building virtguard (release)"
-  (cd "$ROOT" && cargo build --release -p virtguard --bin virtguard -q)
-  VG="$ROOT/target/release/virtguard"
-fi
-export AWS_ACCESS_KEY_ID=vgbenchaccess AWS_SECRET_ACCESS_KEY=vgbenchsecret AWS_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/s3/bench"
-"$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3" \
-  >"$WORK/s3s.log" 2>&1 &
-S3PID=$!
-cleanup() { kill "$S3PID" 2>/dev/null || true; if [ "${KEEP:-0}" != 1 ]; then rm -rf "$WORK"; fi; }
-trap cleanup EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
+# shellcheck source=lib/bench-common.sh
+. "$ROOT/scripts/lib/bench-common.sh"
+bench_vg
+bench_s3s
 VGS=(--s3-endpoint "http://127.0.0.1:$PORT" --s3-path-style -q)
 python3 -c "import os,sys; open(sys.argv[1],'wb').write(os.urandom(int(sys.argv[2])<<20))" "$WORK/random.img" "$SIZE_MIB"
 truncate -s "${SIZE_MIB}M" "$WORK/zeros.img"
