@@ -24,6 +24,19 @@ pub const STATUS_CONFIGMAP: &str = "virtguard-status";
 /// Name of the repository maintenance status ConfigMap (in the namespace `virtguard maintain`
 /// runs in, labelled [`STATUS`]`=true` too; its keys are repository ids, not VM names).
 pub const MAINTENANCE_STATUS_CONFIGMAP: &str = "virtguard-maintenance-status";
+/// Name of the per-namespace restore drill status ConfigMap (in the *source* VM's namespace,
+/// labelled [`STATUS`]`=true`; key = source VM name, value = JSON of
+/// [`DrillStatusRecord`](crate::status::DrillStatusRecord)).
+pub const DRILL_STATUS_CONFIGMAP: &str = "virtguard-drill-status";
+/// Name of the per-namespace restore status ConfigMap (in the namespace of the VM a restore
+/// wrote, labelled [`STATUS`]`=true`; key = that VM's name, value = JSON of
+/// [`RestoreStatusRecord`](crate::status::RestoreStatusRecord)).
+pub const RESTORE_STATUS_CONFIGMAP: &str = "virtguard-restore-status";
+/// On every object a restore drill creates in its sandbox namespace: the drill's id. Cleanup
+/// after a killed drill deletes only objects carrying it.
+pub const DRILL_ID: &str = "virtguard.io/drill-id";
+/// On a drill's sandbox copy: the source VM as `namespace/name`.
+pub const DRILL_SOURCE: &str = "virtguard.io/drill-source";
 /// KubeVirt's label on PVCs restored from a VM snapshot (the source VM's name).
 pub const RESTORE_SOURCE_VM_NAME: &str = "restore.kubevirt.io/source-vm-name";
 /// KubeVirt's label on PVCs restored from a VM snapshot (the source VM's namespace).

@@ -187,3 +187,126 @@ impl MaintenanceStatusRecord {
     /// The failure codes: the step that failed.
     pub const REASONS: &'static [&'static str] = &["prune-failed", "gc-failed", "verify-failed"];
 }
+
+/// One source VM's last restore drill: what `virtguard drill` writes under the VM's name in the
+/// ConfigMap [`DRILL_STATUS_CONFIGMAP`](crate::labels::DRILL_STATUS_CONFIGMAP) of the VM's own
+/// namespace. The cluster-mode exporter turns it into the `virtguard_restore_test_*` series
+/// (labels `namespace`, `name` of the source VM).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillStatusRecord {
+    /// Unix seconds when the last drill started.
+    pub last_attempt_timestamp: i64,
+    /// Unix seconds when the last successful drill finished (kept across failed attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_timestamp: Option<i64>,
+    /// Result of the last drill.
+    pub result: BackupResult,
+    /// Fixed code of what failed: one of [`DrillStatusRecord::REASONS`]; never free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The backup the last drill restored (absent when none could be chosen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// Namespace the copy was restored into.
+    pub sandbox_namespace: String,
+    /// Wall time of the last drill (restore, boot, checks and cleanup), seconds.
+    pub duration_seconds: f64,
+    /// From starting the restored copy to its guest agent answering, seconds (absent when it
+    /// never got there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_ready_seconds: Option<f64>,
+}
+
+impl DrillStatusRecord {
+    /// The failure codes, in the order a drill meets them.
+    pub const REASONS: &'static [&'static str] = &[
+        "no-backup",
+        "sandbox-missing",
+        "restore-failed",
+        "start-failed",
+        "not-running",
+        "agent-not-connected",
+        "guest-info-failed",
+        "filesystem-missing",
+        "interrupted",
+        "cleanup-failed",
+    ];
+}
+
+/// One VM's last restore: what `virtguard restore` writes under the restored VM's name in the
+/// ConfigMap [`RESTORE_STATUS_CONFIGMAP`](crate::labels::RESTORE_STATUS_CONFIGMAP) of that VM's
+/// namespace (the copy's for `--as-copy`, the VM's own for in-place). The cluster-mode exporter
+/// turns it into the `virtguard_restore_*` series. Drills do not write it (their copy is gone).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatusRecord {
+    /// Unix seconds when the last restore started.
+    pub last_attempt_timestamp: i64,
+    /// Unix seconds when the last successful restore finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_timestamp: Option<i64>,
+    /// Result of the last restore.
+    pub result: BackupResult,
+    /// Fixed failure code (the restore step that failed); never free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The backup restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// The VM the backup was taken of, `namespace/name`.
+    pub source: String,
+    /// `copy` or `in-place`.
+    pub method: String,
+    /// Wall time of the last restore, seconds.
+    pub duration_seconds: f64,
+    /// Bytes written to the target volumes.
+    pub bytes_written: u64,
+}
+
+#[cfg(test)]
+mod drill_restore_tests {
+    use super::*;
+
+    #[test]
+    fn drill_and_restore_records_have_stable_camel_case_keys() {
+        let d = DrillStatusRecord {
+            last_attempt_timestamp: 10,
+            last_success_timestamp: None,
+            result: BackupResult::Failed,
+            reason: Some("filesystem-missing".into()),
+            backup_id: Some("b1".into()),
+            sandbox_namespace: "virtguard-drills".into(),
+            duration_seconds: 42.5,
+            time_to_ready_seconds: Some(15.0),
+        };
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            json,
+            r#"{"lastAttemptTimestamp":10,"result":"Failed","reason":"filesystem-missing","backupId":"b1","sandboxNamespace":"virtguard-drills","durationSeconds":42.5,"timeToReadySeconds":15.0}"#
+        );
+        assert_eq!(serde_json::from_str::<DrillStatusRecord>(&json).unwrap(), d);
+        assert!(DrillStatusRecord::REASONS.contains(&"filesystem-missing"));
+
+        let r = RestoreStatusRecord {
+            last_attempt_timestamp: 1,
+            last_success_timestamp: Some(2),
+            result: BackupResult::Succeeded,
+            reason: None,
+            backup_id: Some("b2".into()),
+            source: "prod/db".into(),
+            method: "copy".into(),
+            duration_seconds: 3.0,
+            bytes_written: 4,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"lastAttemptTimestamp":1,"lastSuccessTimestamp":2,"result":"Succeeded","backupId":"b2","source":"prod/db","method":"copy","durationSeconds":3.0,"bytesWritten":4}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RestoreStatusRecord>(&json).unwrap(),
+            r
+        );
+    }
+}
