@@ -47,6 +47,7 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
             crate::snapshot::reconcile_pvcs(&inner);
             crate::snapshot::reconcile_snapshots(&inner, &mut storage);
             crate::groupsnapshot::reconcile(&inner, &mut groups);
+            crate::launcher::reconcile(&inner);
             crate::kubevirt::reconcile(&inner, &mut kv);
             crate::kubevirt::safety_thaws(&inner).await;
             crate::export::reconcile(&inner, &mut exports);
@@ -65,6 +66,7 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
         inner.jobs.kill_all().await;
+        inner.launcher.destroy_all().await;
     });
     vec![h]
 }

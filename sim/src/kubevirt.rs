@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::http::{full, read_body, Body};
+use crate::launcher::LaunchPhase;
 use crate::status::ApiError;
 use crate::store::{meta_str, name_ns, now_rfc3339};
 use crate::Inner;
@@ -156,6 +157,8 @@ pub(crate) async fn subresource(
                 {"name": "virtualmachineinstances/unfreeze", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachineinstances/pause", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachineinstances/unpause", "namespaced": true, "kind": "", "verbs": ["update"]},
+                {"name": "virtualmachineinstances/guestosinfo", "namespaced": true, "kind": "", "verbs": ["get"]},
+                {"name": "virtualmachineinstances/filesystemlist", "namespaced": true, "kind": "", "verbs": ["get"]},
                 {"name": "virtualmachines/start", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachines/stop", "namespaced": true, "kind": "", "verbs": ["update"]},
                 {"name": "virtualmachines/restart", "namespaced": true, "kind": "", "verbs": ["update"]},
@@ -186,6 +189,17 @@ pub(crate) async fn subresource(
             read_body(req, 1 << 16).await?;
             pause_call(&inner, &ns, &name, pause)?;
             Ok(Response::new(full(Vec::new())))
+        }
+        ["apis", "subresources.kubevirt.io", "v1" | "v1alpha3", "namespaces", ns, "virtualmachineinstances", name, what @ ("guestosinfo" | "filesystemlist")] =>
+        {
+            if req.method() != Method::GET {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{} is not supported on {what}",
+                    req.method()
+                )));
+            }
+            let v = crate::guest_agent::serve(&inner, ns, name, what).await?;
+            Ok(crate::http::json_response(200, &v))
         }
         ["apis", "subresources.kubevirt.io", "v1" | "v1alpha3", "namespaces", ns, "virtualmachines", name, action @ ("start" | "stop" | "restart")] =>
         {
@@ -672,16 +686,43 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
     for vmi in vmis {
         let (name, ns) = name_ns(&vmi);
         let uid = meta_str(&vmi, "uid").unwrap_or_default().to_string();
-        let seen = *timers.vmi_seen.entry(uid).or_insert(now);
+        let seen = *timers.vmi_seen.entry(uid.clone()).or_insert(now);
         let phase = vmi
             .pointer("/status/phase")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let agent = agent_wanted(&vmi);
-        let target_phase = if now.duration_since(seen) >= crate::ms(inner.timings.vmi_start_ms) {
-            "Running"
+        // A VMI of a namespace handed to the real launcher follows its domain.
+        let launched = inner.launcher.handles(&ns);
+        let launch = if launched {
+            inner.launcher.phase(&ns, &name, &uid)
         } else {
-            "Pending"
+            None
+        };
+        let agent = if launched {
+            matches!(launch, Some(LaunchPhase::Running { agent: true }))
+        } else {
+            agent_wanted(&vmi)
+        };
+        let agent_target = if launched {
+            inner.launcher.agent_target(&ns, &name)
+        } else {
+            None
+        };
+        let target_phase = match &launch {
+            _ if !launched => {
+                if now.duration_since(seen) >= crate::ms(inner.timings.vmi_start_ms) {
+                    "Running"
+                } else {
+                    "Pending"
+                }
+            }
+            Some(LaunchPhase::Running { .. }) => "Running",
+            Some(LaunchPhase::Failed(_)) => "Failed",
+            _ => "Scheduled",
+        };
+        let failure = match &launch {
+            Some(LaunchPhase::Failed(m)) => Some(m.clone()),
+            _ => None,
         };
         if phase == "Succeeded" || phase == "Failed" {
             continue;
@@ -691,6 +732,12 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
             .frozen()
             .contains_key(&format!("{ns}/{name}"));
         let _ = inner.store.mutate(vmi_res, &ns, &name, |o| {
+            if let Some(t) = &agent_target {
+                if !o["metadata"]["annotations"].is_object() {
+                    o["metadata"]["annotations"] = json!({});
+                }
+                o["metadata"]["annotations"][AGENT_LIBVIRT_ANNOTATION] = json!(t);
+            }
             let st = &mut o["status"];
             if !st.is_object() {
                 *st = json!({});
@@ -701,6 +748,11 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
                 let mut ts = st["phaseTransitionTimestamps"].as_array().cloned().unwrap_or_default();
                 ts.push(json!({"phase": target_phase, "phaseTransitionTimestamp": now_rfc3339()}));
                 st["phaseTransitionTimestamps"] = json!(ts);
+            }
+            if let Some(msg) = &failure {
+                st["conditions"] = json!([{"type": "Synchronized", "status": "False", "reason": "SyncFailed",
+                    "message": msg, "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}]);
+                return;
             }
             let running = st["phase"] == "Running";
             if running {

@@ -34,10 +34,12 @@ pub mod disk;
 pub mod export;
 pub mod faults;
 pub mod groupsnapshot;
+pub mod guest_agent;
 pub mod http;
 pub mod image_http;
 pub mod jobs;
 pub mod kubevirt;
+pub mod launcher;
 pub mod openapi;
 pub mod persist;
 pub mod resources;
@@ -175,6 +177,8 @@ pub struct Inner {
     pub(crate) stop: CancellationToken,
     pub(crate) schemas: Arc<schema::Schemas>,
     pub(crate) kubevirt: kubevirt::KubeVirtState,
+    /// The real launcher (scenario `launcher:`); inert without one.
+    pub(crate) launcher: launcher::LauncherState,
     pub(crate) export: export::ExportState,
     pub(crate) cdi: cdi::CdiState,
     pub(crate) jobs: jobs::JobsState,
@@ -219,6 +223,8 @@ impl Drop for Sim {
         for t in &self.tasks {
             t.abort();
         }
+        // The controller loop may be aborted before its own cleanup ran.
+        self.inner.launcher.destroy_all_blocking();
     }
 }
 
@@ -293,6 +299,7 @@ impl Sim {
             stop: CancellationToken::new(),
             schemas,
             kubevirt: kubevirt::KubeVirtState::default(),
+            launcher: launcher::LauncherState::new(config.scenario.launcher.clone()),
             export: export::ExportState::new(export_tls.ca_pem.clone(), export_port),
             cdi: cdi::CdiState::default(),
             jobs: jobs::JobsState::new(config.virtguard_bin.clone()),

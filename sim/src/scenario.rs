@@ -35,6 +35,8 @@
 //! faults:                            # see faults.rs
 //!   - {op: freeze, target: prod/db, call: 2, status: 500}
 //! timings: {snapshotCreationMs: 200, snapshotReadyMs: 800}
+//! launcher: {libvirtUri: "qemu+unix:///system?socket=/x", kernel: /k, initrd: /i,
+//!            namespaces: [virtguard-drills]}   # real QEMU domains (see launcher.rs)
 //! ```
 
 use std::collections::BTreeMap;
@@ -57,6 +59,9 @@ pub struct Scenario {
     pub objects: Vec<Value>,
     pub faults: Vec<FaultRule>,
     pub timings: Timings,
+    /// Boot the VMIs of some namespaces as real QEMU domains (see [`crate::launcher`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<crate::launcher::LauncherConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
