@@ -318,6 +318,45 @@ model! {
     }
 }
 
+model! {
+    /// Answer of `GET .../virtualmachineinstances/{name}/filesystemlist`: the guest's mounted
+    /// filesystems, from the guest agent.
+    pub struct VirtualMachineInstanceFileSystemList {
+        "items" => items: Vec<VirtualMachineInstanceFileSystem>,
+    }
+}
+
+model! {
+    /// One mounted guest filesystem.
+    pub struct VirtualMachineInstanceFileSystem {
+        "diskName" => disk_name: String,
+        "mountPoint" => mount_point: String,
+        "fileSystemType" => file_system_type: String,
+        "usedBytes" => used_bytes: i64,
+        "totalBytes" => total_bytes: i64,
+    }
+}
+
+model! {
+    /// Answer of `GET .../virtualmachineinstances/{name}/guestosinfo`.
+    pub struct VirtualMachineInstanceGuestAgentInfo {
+        "guestAgentVersion" => guest_agent_version: String,
+        "hostname" => hostname: String,
+        "os" => os: VirtualMachineInstanceGuestOSInfo,
+    }
+}
+
+model! {
+    /// The guest OS as its agent reports it.
+    pub struct VirtualMachineInstanceGuestOSInfo {
+        "id" => id: String,
+        "name" => name: String,
+        "prettyName" => pretty_name: String,
+        "version" => version: String,
+        "kernelRelease" => kernel_release: String,
+    }
+}
+
 resource! {
     /// kubevirt.io/v1 VirtualMachineInstanceMigration.
     pub struct VirtualMachineInstanceMigration {

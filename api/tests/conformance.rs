@@ -219,6 +219,25 @@ fn every_modelled_field_exists_in_reference() {
         "FreezeUnfreezeTimeout",
         &mut errors,
     );
+    // The guest-agent subresources' answers are not resources either.
+    for (shape, def) in [
+        (
+            <VirtualMachineInstanceFileSystemList as schema::Schema>::shape(),
+            "v1.VirtualMachineInstanceFileSystemList",
+        ),
+        (
+            <VirtualMachineInstanceGuestAgentInfo as schema::Schema>::shape(),
+            "v1.VirtualMachineInstanceGuestAgentInfo",
+        ),
+    ] {
+        walk(
+            &shape,
+            &reference.kubevirt["definitions"][def],
+            &reference.kubevirt,
+            def,
+            &mut errors,
+        );
+    }
     assert!(
         errors.is_empty(),
         "modelled fields not in the reference:\n{}",

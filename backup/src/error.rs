@@ -59,6 +59,10 @@ pub enum Error {
     #[error("interrupted by {signal}: frozen guests were thawed and temporary objects deleted; no backup of an unfinished VM was committed")]
     Interrupted { signal: &'static str },
 
+    /// Some restore drills failed; each is listed with its reason.
+    #[error("{} of {total} restore drill(s) failed:\n  {}", .failures.len(), .failures.join("\n  "))]
+    DrillsFailed { total: usize, failures: Vec<String> },
+
     /// Some VM backups failed; each is listed with its reason.
     #[error("{} of {total} VM backup(s) failed:\n  {}", .failures.len(), join_lines(.failures))]
     BackupsFailed {

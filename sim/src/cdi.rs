@@ -30,11 +30,12 @@ use crate::status::ApiError;
 use crate::store::{meta_str, name_ns, now_rfc3339};
 use crate::Inner;
 
-/// Upload tokens and finished uploads.
+/// Upload tokens and finished uploads (by the PVC's uid: a DataVolume recreated under the
+/// same name is a new, empty volume, as in CDI).
 #[derive(Debug, Default)]
 pub struct CdiState {
     tokens: Mutex<HashMap<String, (String, String)>>,
-    done: Mutex<HashSet<(String, String)>>,
+    done: Mutex<HashSet<String>>,
 }
 
 /// Answer an UploadTokenRequest.
@@ -160,12 +161,18 @@ pub(crate) async fn upload(inner: Arc<Inner>, req: Request<Incoming>) -> Respons
     }
     match result {
         Ok(Ok(n)) => {
+            let pvc_res = inner.rid("", "persistentvolumeclaims");
+            let uid = inner
+                .store
+                .get(pvc_res, &ns, &pvc)
+                .and_then(|p| meta_str(&p, "uid").map(str::to_string))
+                .unwrap_or_default();
             inner
                 .cdi
                 .done
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert((ns.clone(), pvc.clone()));
+                .insert(uid);
             tracing::info!("upload to {ns}/{pvc}: {n} bytes");
             inner.store.poke();
             plain(200, String::new())
@@ -328,12 +335,17 @@ pub(crate) fn reconcile(inner: &Inner) {
             .as_ref()
             .and_then(|p| p.pointer("/status/phase").and_then(Value::as_str))
             == Some("Bound");
+        let pvc_uid = pvc
+            .as_ref()
+            .and_then(|p| meta_str(p, "uid"))
+            .unwrap_or_default()
+            .to_string();
         let uploaded = inner
             .cdi
             .done
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&(ns.clone(), name.clone()));
+            .contains(&pvc_uid);
         let (new_phase, progress) = match (kind, bound) {
             (_, false) => ("Pending", "N/A"),
             ("upload", true) if uploaded => ("Succeeded", "100.0%"),

@@ -7,7 +7,7 @@
 //! | op | effect |
 //! |---|---|
 //! | `<verb> <plural>` e.g. `create volumesnapshots`, `get virtualmachines` | the REST call returns `status` (default 500) with `message` |
-//! | `freeze`, `unfreeze`, `pause`, `unpause`, `start`, `stop` | the KubeVirt subresource call returns `status` |
+//! | `freeze`, `unfreeze`, `pause`, `unpause`, `start`, `stop`, `guestosinfo`, `filesystemlist` | the KubeVirt subresource call returns `status` |
 //! | `snapshot-never-ready` | the VolumeSnapshot (target = its name or its source PVC) gets `creationTime` but never `readyToUse` |
 //! | `snapshot-no-creation-time` | the VolumeSnapshot never even gets `creationTime` |
 //! | `snapshot-error` | the VolumeSnapshot gets `status.error` with `message` |

@@ -35,6 +35,7 @@ pub enum CoreKind {
     CronJob,
     StorageClass,
     Lease,
+    NetworkPolicy,
     SelfSubjectAccessReview,
     SelfSubjectRulesReview,
 }
@@ -260,6 +261,18 @@ pub fn all() -> Vec<ResourceDef> {
             status = false,
             crd = false,
             S::Core(C::Lease)
+        ),
+        res!(
+            "networking.k8s.io",
+            &["v1"],
+            "NetworkPolicy",
+            "networkpolicies",
+            "networkpolicy",
+            &["netpol"],
+            ns = true,
+            status = false,
+            crd = false,
+            S::Core(C::NetworkPolicy)
         ),
         res!(
             "authorization.k8s.io",

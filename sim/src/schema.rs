@@ -398,7 +398,7 @@ fn core_check<T: serde::de::DeserializeOwned + serde::Serialize>(
 fn core_roundtrip(kind: CoreKind, obj: &Value) -> Result<Value, String> {
     use k8s_openapi::api::{
         authorization::v1 as authz, batch::v1 as batch, coordination::v1 as coord,
-        core::v1 as core, storage::v1 as storage,
+        core::v1 as core, networking::v1 as net, storage::v1 as storage,
     };
     match kind {
         CoreKind::Namespace => core_check::<core::Namespace>(obj),
@@ -413,6 +413,7 @@ fn core_roundtrip(kind: CoreKind, obj: &Value) -> Result<Value, String> {
         CoreKind::CronJob => core_check::<batch::CronJob>(obj),
         CoreKind::StorageClass => core_check::<storage::StorageClass>(obj),
         CoreKind::Lease => core_check::<coord::Lease>(obj),
+        CoreKind::NetworkPolicy => core_check::<net::NetworkPolicy>(obj),
         CoreKind::SelfSubjectAccessReview => core_check::<authz::SelfSubjectAccessReview>(obj),
         CoreKind::SelfSubjectRulesReview => core_check::<authz::SelfSubjectRulesReview>(obj),
     }

@@ -104,8 +104,28 @@ pub struct CleanupArgs {
 
 /// The VMs a backup run covers, as (namespace, name), sorted.
 async fn select(client: &Client, a: &BackupArgs) -> Result<Vec<(String, String)>> {
+    select_vms(
+        client,
+        &a.vms,
+        a.namespace.as_deref(),
+        a.selector.as_deref(),
+        a.all_namespaces,
+    )
+    .await
+}
+
+/// The VMs named by `--vm NS/NAME` (repeatable) plus those of `--namespace` / `--all-namespaces`
+/// matching `--selector`, without the ones labelled `virtguard.io/backup=false` (unless named),
+/// as (namespace, name), sorted.
+pub(super) async fn select_vms(
+    client: &Client,
+    vms: &[String],
+    namespace: Option<&str>,
+    selector: Option<&str>,
+    all_namespaces: bool,
+) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for v in &a.vms {
+    for v in vms {
         match v.split_once('/') {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
                 out.push((ns.to_string(), name.to_string()))
@@ -117,18 +137,18 @@ async fn select(client: &Client, a: &BackupArgs) -> Result<Vec<(String, String)>
             }
         }
     }
-    if a.namespace.is_some() || a.all_namespaces || a.selector.is_some() {
-        if a.namespace.is_none() && !a.all_namespaces {
+    if namespace.is_some() || all_namespaces || selector.is_some() {
+        if namespace.is_none() && !all_namespaces {
             return Err(Error::Invalid(
                 "--selector needs --namespace or --all-namespaces".into(),
             ));
         }
-        let api: Api<VirtualMachine> = match &a.namespace {
+        let api: Api<VirtualMachine> = match namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
         let mut lp = ListParams::default();
-        if let Some(sel) = &a.selector {
+        if let Some(sel) = selector {
             lp = lp.labels(sel);
         }
         let vms = api.list(&lp).await.map_err(cluster::ClusterError::api(
@@ -156,7 +176,7 @@ async fn select(client: &Client, a: &BackupArgs) -> Result<Vec<(String, String)>
             out.push((ns, name));
         }
     }
-    if a.vms.is_empty() && a.namespace.is_none() && !a.all_namespaces {
+    if vms.is_empty() && namespace.is_none() && !all_namespaces {
         return Err(Error::Invalid(
             "nothing selected: give --vm NS/NAME, --namespace NS or --all-namespaces".into(),
         ));

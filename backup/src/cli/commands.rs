@@ -7,7 +7,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::util::{human, open_repo};
+use super::util::{human, open_repo, resolve_backup};
 use super::{BackupFileArgs, Command, Config, Output};
 use crate::error::{Error, Result};
 use crate::repo::backup::ParentPolicy;
@@ -92,6 +92,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         }
         Command::Cleanup(a) => super::cluster_cmds::cleanup(a).await,
         Command::Restore(a) => super::restore_cmds::restore(config, a).await,
+        Command::Drill(a) => super::drill_cmd::drill(config, a).await,
         Command::Download(a) => super::restore_cmds::download(config, a).await,
         Command::RestoreVolume(a) => super::restore_cmds::restore_volume(config, a).await,
         Command::Files(a) => super::files_cmds::files(config, a).await,
@@ -211,7 +212,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         }
         Command::Show(a) => {
             let repo = open_repo(config).await?;
-            let r = repo.find_backup(&a.backup).await?;
+            let r = resolve_backup(&repo, &a.backup).await?;
             let m = repo.load_manifest(&r).await?;
             match a.output {
                 Output::Json => println!("{}", String::from_utf8_lossy(&m.encode())),

@@ -10,6 +10,7 @@
 
 mod cluster_cmds;
 mod commands;
+mod drill_cmd;
 mod files_cmds;
 mod maintain_cmd;
 mod mount_cmd;
@@ -166,6 +167,9 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Restore a VM from a backup into the cluster (as a copy, or in place)
     Restore(RestoreArgs),
+    /// Restore drills: restore each VM's latest backup as a copy into a sandbox namespace, boot
+    /// it, check its guest through the agent, delete it, record the result
+    Drill(drill_cmd::DrillArgs),
     /// Write one disk of a backup to a local raw or qcow2 file
     Download(DownloadArgs),
     /// Files out of a backup's disk images without restoring them: parts, ls, get, find, diff

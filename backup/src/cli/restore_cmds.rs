@@ -199,7 +199,7 @@ impl restore::Progress for CliProgress {
     }
 }
 
-async fn kube(ca: &mut Vec<Vec<u8>>) -> Result<kube::Client> {
+pub(super) async fn kube(ca: &mut Vec<Vec<u8>>) -> Result<kube::Client> {
     crate::cluster::install_crypto_provider();
     let cfg = kube::Config::infer()
         .await
@@ -211,7 +211,7 @@ async fn kube(ca: &mut Vec<Vec<u8>>) -> Result<kube::Client> {
 }
 
 /// Repository settings handed to restore Jobs through their Secret.
-fn job_env(config: &Config) -> Result<Vec<(String, String)>> {
+pub(super) fn job_env(config: &Config) -> Result<Vec<(String, String)>> {
     let mut env = vec![("VIRTGUARD_REPO".to_string(), config.repo.clone())];
     if let Some(k) = &config.key {
         let k = String::from_utf8(k.bytes().to_vec()).map_err(|_| {

@@ -9,7 +9,8 @@
 //! - [`export`]: temporary PVCs from snapshots, the export token Secret and the
 //!   VirtualMachineExport whose `status.links.internal` gives the `disk.img` URLs and CA;
 //! - [`cleanup`]: deleting what a run created, found by label — and only that;
-//! - [`retention`]: which retention policy applies to a VM (its annotation, its namespace's).
+//! - [`retention`]: which retention policy applies to a VM (its annotation, its namespace's);
+//! - [`guest`]: the guest agent's `guestosinfo` / `filesystemlist` subresources (read-only).
 //!
 //! Every object created here carries [`labels::MANAGED_BY`]`=virtguard` and
 //! [`labels::BACKUP_ID`]`=<id>` ([`run_labels`]), which is what makes `virtguard cleanup` safe: it
@@ -20,6 +21,7 @@ pub mod cleanup;
 pub mod export;
 pub mod freeze;
 pub mod groupsnapshot;
+pub mod guest;
 pub mod lease;
 pub mod retention;
 pub mod snapshot;

@@ -214,6 +214,20 @@ async fn run(
         }
         SnapshotPlan::PerVolume(_) => {}
     }
+    // What the guest has mounted, so a restore drill can check the copy mounts it again.
+    if running && agent && !paused {
+        match cluster::guest::filesystems(client, namespace, name).await {
+            Ok(fs) => {
+                let mounts = cluster::guest::mount_points(&fs);
+                if !mounts.is_empty() {
+                    session.set_label(cluster::guest::GUEST_MOUNTS_LABEL, &mounts.join(","));
+                }
+            }
+            Err(e) => {
+                tracing::info!(vm = %vm_id, error = %e, "the guest's filesystems are not recorded")
+            }
+        }
+    }
     let run_labels = cluster::run_labels(&backup_id);
     let lease =
         match cluster::lease::VmLease::acquire(client, namespace, name, &backup_id, &run_labels)

@@ -13,6 +13,7 @@ pub mod backup;
 pub mod cbt;
 pub mod config;
 pub mod dispatch;
+pub mod drill;
 pub mod restore;
 
 /// Errors of the engine. Each names the VM and the step.

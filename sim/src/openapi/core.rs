@@ -9,7 +9,7 @@
 
 use k8s_openapi::api::{
     authorization::v1 as authz, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    storage::v1 as storage,
+    networking::v1 as net, storage::v1 as storage,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::schemars::{self, generate::SchemaSettings};
@@ -35,6 +35,7 @@ pub(crate) fn def_name(kind: CoreKind) -> String {
         CoreKind::CronJob => n::<batch::CronJob>(),
         CoreKind::StorageClass => n::<storage::StorageClass>(),
         CoreKind::Lease => n::<coord::Lease>(),
+        CoreKind::NetworkPolicy => n::<net::NetworkPolicy>(),
         CoreKind::SelfSubjectAccessReview => n::<authz::SelfSubjectAccessReview>(),
         CoreKind::SelfSubjectRulesReview => n::<authz::SelfSubjectRulesReview>(),
     }
@@ -67,6 +68,7 @@ pub(crate) fn definitions() -> Map<String, Value> {
     gen.subschema_for::<batch::CronJob>();
     gen.subschema_for::<storage::StorageClass>();
     gen.subschema_for::<coord::Lease>();
+    gen.subschema_for::<net::NetworkPolicy>();
     gen.subschema_for::<authz::SelfSubjectAccessReview>();
     gen.subschema_for::<authz::SelfSubjectRulesReview>();
     gen.subschema_for::<meta::ListMeta>();
