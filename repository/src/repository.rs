@@ -106,6 +106,8 @@ pub struct Repository {
     config: RepoConfig,
     crypto: Crypto,
     stale_after: Duration,
+    /// Id of the wrapped key that unlocked the repository (`None`: not encrypted).
+    key_id: Option<String>,
 }
 
 impl fmt::Debug for Repository {
@@ -134,16 +136,19 @@ impl Repository {
                     opts.compression_level,
                 )?;
                 config.encryption = Some(enc);
+                config.key = Some(crate::keys::KeyMeta::new());
                 crypto
             }
             None => Crypto::plain(opts.compression_level),
         };
         store.put(CONFIG_KEY, Bytes::from(config.encode())).await?;
+        let key_id = config.key.as_ref().map(|k| k.id.clone());
         Ok(Repository {
             store,
             config,
             crypto,
             stale_after: DEFAULT_STALE_AFTER,
+            key_id,
         })
     }
 
@@ -156,16 +161,17 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let config = RepoConfig::decode(&location, &data)?;
-        let crypto = match (&config.encryption, key) {
-            (Some(enc), Some(key)) => Crypto::open(enc, key, &location, config.compression_level)?,
+        let (crypto, key_id) = match (&config.encryption, key) {
+            (Some(_), Some(key)) => crate::keys::unlock(store.as_ref(), &config, key).await?,
             (Some(_), None) => return Err(Error::KeyRequired { location }),
-            (None, _) => Crypto::plain(config.compression_level),
+            (None, _) => (Crypto::plain(config.compression_level), None),
         };
         Ok(Repository {
             store,
             config,
             crypto,
             stale_after: DEFAULT_STALE_AFTER,
+            key_id,
         })
     }
 
@@ -183,6 +189,10 @@ impl Repository {
     }
     pub fn crypto(&self) -> &Crypto {
         &self.crypto
+    }
+    /// Id of the wrapped key that unlocked this handle (`None` when not encrypted).
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
     }
     pub fn location(&self) -> String {
         self.store.location()

@@ -96,6 +96,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         Command::RestoreVolume(a) => super::restore_cmds::restore_volume(config, a).await,
         Command::Files(a) => super::files_cmds::files(config, a).await,
         Command::Mount(a) => super::mount_cmd::mount(config, a).await,
+        Command::Key(a) => super::key_cmd::key(config, a).await,
         Command::Init(a) => {
             let store = config.store().await?;
             let encrypted = config.key.is_some();

@@ -11,6 +11,7 @@
 mod cluster_cmds;
 mod commands;
 mod files_cmds;
+mod key_cmd;
 mod maintain_cmd;
 mod mount_cmd;
 mod prune_cmd;
@@ -172,6 +173,8 @@ pub enum Command {
     Files(files_cmds::FilesArgs),
     /// Mount backups read-only (FUSE) as <ns>/<vm>/<backup-id>/<volume>.img, read lazily
     Mount(mount_cmd::MountArgs),
+    /// Manage the repository's keys: several passphrases/key files open the same repository
+    Key(key_cmd::KeyArgs),
     /// Internal: write one volume into a PVC (what restore Jobs run)
     #[command(hide = true)]
     RestoreVolume(RestoreVolumeArgs),
@@ -422,6 +425,29 @@ impl KeyMaterial {
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// Key bytes as given (a passphrase typed or from the environment); empty is refused.
+    pub fn new(bytes: Vec<u8>) -> Result<KeyMaterial> {
+        if bytes.is_empty() {
+            return Err(Error::Invalid("the key is empty".into()));
+        }
+        Ok(KeyMaterial(bytes))
+    }
+
+    /// The content of a key file, without trailing line breaks; an empty file is refused.
+    pub fn from_file(p: &std::path::Path) -> Result<KeyMaterial> {
+        let mut k = std::fs::read(p).map_err(|e| RepoError::io("reading key file", p, e))?;
+        while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            k.pop();
+        }
+        if k.is_empty() {
+            return Err(Error::Invalid(format!(
+                "key file `{}` is empty",
+                p.display()
+            )));
+        }
+        Ok(KeyMaterial(k))
+    }
 }
 
 /// Everything the flags resolve to.
@@ -483,20 +509,7 @@ impl Config {
     /// Resolves flags and the environment (`VIRTGUARD_KEY`) into a config.
     pub fn from_args(g: &GlobalArgs) -> Result<Config> {
         let key = match (&g.key_file, std::env::var_os("VIRTGUARD_KEY")) {
-            (Some(p), _) => {
-                let mut k =
-                    std::fs::read(p).map_err(|e| RepoError::io("reading key file", p, e))?;
-                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    k.pop();
-                }
-                if k.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "key file `{}` is empty",
-                        p.display()
-                    )));
-                }
-                Some(KeyMaterial(k))
-            }
+            (Some(p), _) => Some(KeyMaterial::from_file(p)?),
             (None, Some(v)) if !v.is_empty() => {
                 use std::os::unix::ffi::OsStrExt;
                 Some(KeyMaterial(v.as_bytes().to_vec()))
