@@ -149,6 +149,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod format;

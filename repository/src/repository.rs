@@ -122,6 +122,40 @@ impl fmt::Debug for Repository {
 impl Repository {
     /// Creates a repository (writes config.json). Fails if one exists.
     pub async fn init(store: Arc<dyn Store>, opts: InitOptions) -> Result<Repository> {
+        Self::init_with(store, opts, None).await
+    }
+
+    /// [`Self::init`] for a copy target of `source`: its chunk size, and (when both are
+    /// encrypted) its chunk-id key with a fresh data key, so chunks keep their ids when copied
+    /// (`virtguard copy` transfers only the chunks the target lacks). `opts.chunk_size` is
+    /// ignored. An encrypted target of an unencrypted source (or the reverse) cannot share ids.
+    pub async fn init_sharing_chunk_ids(
+        store: Arc<dyn Store>,
+        mut opts: InitOptions,
+        source: &Repository,
+    ) -> Result<Repository> {
+        if source.crypto.is_encrypted() != opts.key.is_some() {
+            return Err(Error::Invalid(format!(
+                "{} is {}encrypted and the new repository would {}be: chunk ids can only be \
+                 shared when both are encrypted or both are not (give a key to both, or none)",
+                source.location(),
+                if source.crypto.is_encrypted() {
+                    ""
+                } else {
+                    "not "
+                },
+                if opts.key.is_some() { "" } else { "not " },
+            )));
+        }
+        opts.chunk_size = source.config.chunk_size;
+        Self::init_with(store, opts, Some(&source.crypto)).await
+    }
+
+    async fn init_with(
+        store: Arc<dyn Store>,
+        opts: InitOptions,
+        share_ids: Option<&Crypto>,
+    ) -> Result<Repository> {
         let location = store.location();
         if store.exists(CONFIG_KEY).await? {
             return Err(Error::AlreadyInitialised { location });
@@ -129,12 +163,24 @@ impl Repository {
         let mut config = RepoConfig::new(opts.chunk_size, opts.compression_level)?;
         let crypto = match &opts.key {
             Some(key) => {
-                let (crypto, enc) = Crypto::create(
-                    key,
-                    opts.kdf_memory_kib,
-                    opts.kdf_iterations,
-                    opts.compression_level,
-                )?;
+                let shared = match share_ids {
+                    Some(src) => src.create_sharing_chunk_ids(
+                        key,
+                        opts.kdf_memory_kib,
+                        opts.kdf_iterations,
+                        opts.compression_level,
+                    )?,
+                    None => None,
+                };
+                let (crypto, enc) = match shared {
+                    Some(created) => created,
+                    None => Crypto::create(
+                        key,
+                        opts.kdf_memory_kib,
+                        opts.kdf_iterations,
+                        opts.compression_level,
+                    )?,
+                };
                 config.encryption = Some(enc);
                 config.key = Some(crate::keys::KeyMeta::new());
                 crypto

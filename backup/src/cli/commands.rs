@@ -97,6 +97,7 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         Command::Files(a) => super::files_cmds::files(config, a).await,
         Command::Mount(a) => super::mount_cmd::mount(config, a).await,
         Command::Key(a) => super::key_cmd::key(config, a).await,
+        Command::Copy(a) => super::copy_cmd::copy(config, a).await,
         Command::Init(a) => {
             let store = config.store().await?;
             let encrypted = config.key.is_some();
@@ -108,7 +109,26 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 kdf_memory_kib: a.kdf_memory_kib,
                 kdf_iterations: a.kdf_iterations,
             };
-            let repo = Repository::init(store, opts).await?;
+            let repo = match &a.copy_chunker_params_from {
+                Some(src) => {
+                    let src = super::copy_cmd::open_other(
+                        config,
+                        src,
+                        config.s3_endpoint.as_deref(),
+                        a.from_key_file.as_deref(),
+                        "VIRTGUARD_FROM_KEY",
+                    )
+                    .await?;
+                    let repo = Repository::init_sharing_chunk_ids(store, opts, &src).await?;
+                    println!(
+                        "chunk size and chunk ids shared with {}: `virtguard copy` from it \
+                         transfers only the chunks this repository lacks",
+                        src.location()
+                    );
+                    repo
+                }
+                None => Repository::init(store, opts).await?,
+            };
             println!(
                 "created {} repository at {} (chunk size {}, zstd level {})",
                 if encrypted {
