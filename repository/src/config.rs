@@ -36,6 +36,10 @@ pub struct RepoConfig {
     /// keys are objects under `keys/` ([`crate::keys`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<crate::keys::KeyMeta>,
+    /// S3 Object Lock retention of every written object (`init --object-lock`), see
+    /// [`crate::objectlock`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::objectlock::ObjectLockPolicy>,
     pub created: chrono::DateTime<chrono::Utc>,
 }
 
@@ -61,6 +65,7 @@ impl RepoConfig {
             compression_level,
             encryption: None,
             key: None,
+            object_lock: None,
             created: chrono::Utc::now(),
         })
     }
@@ -76,6 +81,7 @@ impl RepoConfig {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             encryption: None,
             key: None,
+            object_lock: None,
             created: chrono::Utc::now(),
         }
     }

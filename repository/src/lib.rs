@@ -156,6 +156,7 @@ pub mod format;
 pub mod keys;
 pub mod locks;
 pub mod maintain;
+pub mod objectlock;
 pub mod prune;
 pub mod repository;
 pub mod restore;

@@ -122,7 +122,7 @@ impl fmt::Debug for Repository {
 impl Repository {
     /// Creates a repository (writes config.json). Fails if one exists.
     pub async fn init(store: Arc<dyn Store>, opts: InitOptions) -> Result<Repository> {
-        Self::init_with(store, opts, None).await
+        Self::init_with(store, opts, None, None).await
     }
 
     /// [`Self::init`] for a copy target of `source`: its chunk size, and (when both are
@@ -148,19 +148,48 @@ impl Repository {
             )));
         }
         opts.chunk_size = source.config.chunk_size;
-        Self::init_with(store, opts, Some(&source.crypto)).await
+        Self::init_with(store, opts, Some(&source.crypto), None).await
+    }
+
+    /// [`Self::init`], or [`Self::init_sharing_chunk_ids`] when `source` is given, with an S3
+    /// Object Lock policy when `object_lock` is given: the bucket must have Object Lock and
+    /// versioning enabled (checked first), and every object written from then on is retained
+    /// ([`crate::objectlock`]).
+    pub async fn init_ext(
+        store: Arc<dyn Store>,
+        opts: InitOptions,
+        source: Option<&Repository>,
+        object_lock: Option<crate::objectlock::ObjectLockPolicy>,
+    ) -> Result<Repository> {
+        if object_lock.is_some() {
+            store.check_object_lock().await?;
+        }
+        match source {
+            Some(src) => {
+                let mut opts = opts;
+                if src.crypto.is_encrypted() != opts.key.is_some() {
+                    return Self::init_sharing_chunk_ids(store, opts, src).await;
+                }
+                opts.chunk_size = src.config.chunk_size;
+                Self::init_with(store, opts, Some(&src.crypto), object_lock).await
+            }
+            None => Self::init_with(store, opts, None, object_lock).await,
+        }
     }
 
     async fn init_with(
         store: Arc<dyn Store>,
         opts: InitOptions,
         share_ids: Option<&Crypto>,
+        object_lock: Option<crate::objectlock::ObjectLockPolicy>,
     ) -> Result<Repository> {
         let location = store.location();
         if store.exists(CONFIG_KEY).await? {
             return Err(Error::AlreadyInitialised { location });
         }
         let mut config = RepoConfig::new(opts.chunk_size, opts.compression_level)?;
+        config.object_lock = object_lock;
+        store.set_object_lock(object_lock);
         let crypto = match &opts.key {
             Some(key) => {
                 let shared = match share_ids {
@@ -207,6 +236,7 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let config = RepoConfig::decode(&location, &data)?;
+        store.set_object_lock(config.object_lock);
         let (crypto, key_id) = match (&config.encryption, key) {
             (Some(_), Some(key)) => crate::keys::unlock(store.as_ref(), &config, key).await?,
             (Some(_), None) => return Err(Error::KeyRequired { location }),

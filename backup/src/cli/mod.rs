@@ -203,6 +203,15 @@ pub struct InitArgs {
     /// --from-key-file or VIRTGUARD_FROM_KEY
     #[arg(long, value_name = "SRC")]
     pub copy_chunker_params_from: Option<String>,
+    /// S3 Object Lock: write every object retained for this many days (or a duration with a
+    /// unit: 12h, 90s) — prune and gc cannot delete it before. The bucket must have Object Lock
+    /// and versioning enabled (checked)
+    #[arg(long, value_name = "DAYS", value_parser = crate::repo::objectlock::parse_period)]
+    pub object_lock: Option<u64>,
+    /// Retention mode with --object-lock: compliance (nobody can shorten or delete) or
+    /// governance (users with s3:BypassGovernanceRetention can)
+    #[arg(long, default_value = "compliance", requires = "object_lock")]
+    pub object_lock_mode: String,
     /// File holding the key of the --copy-chunker-params-from repository
     #[arg(
         long,
