@@ -342,3 +342,70 @@ fn copy_from_a_local_directory_to_s3() {
     let want: Vec<_> = images.iter().map(|(v, d)| (*v, d)).collect();
     restore_all(&dst, &s3, dir.path(), &want);
 }
+
+/// `-l SELECTOR -n NS` copies the backups of the VMs the cluster (the simulated one) selects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_selects_vms_by_label_in_the_cluster() {
+    const SCENARIO: &str = r#"
+namespaces: [shop]
+vms:
+  - namespace: shop
+    name: db
+    running: false
+    labels: {tier: prod}
+    disks: [{name: root, size: 1Mi, content: zeros}]
+  - namespace: shop
+    name: scratch
+    running: false
+    labels: {tier: dev}
+    disks: [{name: root, size: 1Mi, content: zeros}]
+"#;
+    let (sim, _client) = common::cluster::start_sim(SCENARIO, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let dst = dir.path().join("dst");
+    let run = |repo: &Path, args: &[&str]| {
+        let o = common::cluster::virtguard(&sim, repo, args);
+        assert!(o.status.success(), "{args:?}: {}", common::text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    run(&src, &["init", "--chunk-size", "64KiB"]);
+    run(
+        &dst,
+        &["init", "--copy-chunker-params-from", src.to_str().unwrap()],
+    );
+    for (vm, seed) in [("db", 1), ("scratch", 2)] {
+        let img = dir.path().join(format!("{vm}.img"));
+        std::fs::write(&img, common::noise(3 * 65536, seed)).unwrap();
+        run(
+            &src,
+            &[
+                "backup-file",
+                img.to_str().unwrap(),
+                "--vm",
+                &format!("shop/{vm}"),
+            ],
+        );
+    }
+    let out = run(
+        &src,
+        &[
+            "copy",
+            "--to",
+            dst.to_str().unwrap(),
+            "-l",
+            "tier=prod",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+        ],
+    );
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let copied = r["copied"].as_array().unwrap();
+    assert_eq!(copied.len(), 1, "{r}");
+    assert!(copied[0].as_str().unwrap().starts_with("shop/db/"), "{r}");
+    let list: Value = serde_json::from_str(&run(&dst, &["list", "-o", "json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["vm"], "db");
+}
