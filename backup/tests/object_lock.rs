@@ -318,3 +318,108 @@ async fn object_lock_protects_manifests_until_their_date() {
         .is_err());
     ok(cli(&ep, repo, &["verify", "--read-data"]));
 }
+
+async fn retain_until(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> i64 {
+    let head = s3
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    head.object_lock_retain_until_date().unwrap().secs()
+}
+
+async fn label(s3: &aws_sdk_s3::Client, bucket: &str, manifest: &str) -> String {
+    let o = s3
+        .get_object()
+        .bucket(bucket)
+        .key(manifest)
+        .send()
+        .await
+        .unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&o.body.collect().await.unwrap().into_bytes()).unwrap();
+    m["labels"]["virtguard.io/chunks-retained-until"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Chunks a backup takes from its parent's index (never HEADed) keep their retention while the
+/// parent's manifest promises more than half a period; after that the next backup extends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_reused_from_the_parent_get_their_retention_extended() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let ep = moto.endpoint();
+    let s3 = client(&ep).await;
+    s3.create_bucket()
+        .bucket("chain")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let repo = "s3://chain/repo";
+    ok(cli(
+        &ep,
+        repo,
+        &["init", "--chunk-size", "64KiB", "--object-lock", "40s"],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, common::noise(4 * 65536, 7)).unwrap();
+    let backup = || {
+        ok(cli(
+            &ep,
+            repo,
+            &[
+                "backup-file",
+                img.to_str().unwrap(),
+                "--vm",
+                "ns/vm",
+                "-o",
+                "json",
+            ],
+        ))
+    };
+    let manifest_of = |out: &str| {
+        let v: serde_json::Value = serde_json::from_str(out).unwrap();
+        format!(
+            "repo/backups/ns/vm/{}/manifest.json",
+            v["id"].as_str().unwrap()
+        )
+    };
+    let a = manifest_of(&backup());
+    let chunks = s3
+        .list_objects_v2()
+        .bucket("chain")
+        .prefix("repo/chunks/")
+        .send()
+        .await
+        .unwrap();
+    let chunk = chunks.contents()[0].key().unwrap().to_string();
+    let u0 = retain_until(&s3, "chain", &chunk).await;
+    let la = label(&s3, "chain", &a).await;
+
+    // Right away: the parent's promise (30 s ahead) covers its chunks; nothing is extended.
+    let b = manifest_of(&backup());
+    assert_eq!(label(&s3, "chain", &b).await, la);
+    assert_eq!(retain_until(&s3, "chain", &chunk).await, u0);
+
+    // Once the promise is less than half a period ahead, the next backup extends them.
+    let la_secs = chrono::DateTime::parse_from_rfc3339(&la)
+        .unwrap()
+        .timestamp();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while chrono::Utc::now().timestamp() <= la_secs - 20 + 1 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let c = manifest_of(&backup());
+    let u1 = retain_until(&s3, "chain", &chunk).await;
+    assert!(u1 > u0, "retention extended: {u0} -> {u1}");
+    let lc = label(&s3, "chain", &c).await;
+    assert!(lc > la, "{la} -> {lc}");
+}

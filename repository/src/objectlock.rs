@@ -11,10 +11,10 @@
 //! DELETE in a versioned bucket would only add a delete marker and free nothing).
 //!
 //! A chunk a new backup finds present (HEAD) gets its retention extended to now + period when
-//! less than half the period is left: one PutObjectRetention per chunk per half period at most,
-//! so a chunk referenced by a backup stays locked at least half a period beyond that backup's
-//! start. Chunks a backup knows from its parent's index are not checked (no HEAD) and are not
-//! extended (see backup/README.md, "Object Lock").
+//! less than 3/4 of the period is left (one PutObjectRetention per chunk per quarter period at
+//! most). Chunks a backup knows from its parent's index are covered by [`seal_manifest`] when
+//! the manifest is written: every chunk a manifest references stays retained at least half a
+//! period beyond the manifest's write.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,17 @@ impl ObjectLockPolicy {
             mode: self.mode,
             until: now + chrono::Duration::seconds(self.period_seconds.min(i64::MAX as u64) as i64),
         }
+    }
+
+    /// A present chunk whose retention ends sooner than this from now is extended to a full
+    /// period (3/4 of the period): at most one extension per chunk per quarter period.
+    pub fn extend_below(&self) -> chrono::Duration {
+        chrono::Duration::seconds((self.period_seconds / 4 * 3).min(i64::MAX as u64) as i64)
+    }
+
+    /// What every chunk of a newly written manifest keeps at least: half the period.
+    pub fn chunk_lead(&self) -> chrono::Duration {
+        chrono::Duration::seconds((self.period_seconds / 2).min(i64::MAX as u64) as i64)
     }
 
     /// Human form: `compliance, 30 days`.
@@ -153,4 +164,80 @@ mod tests {
         let r = p.retention_from(now);
         assert!(r.active(now) && !r.active(now + chrono::Duration::days(3)));
     }
+}
+
+/// Manifest label: every chunk the backup references is retained at least until this date
+/// (RFC 3339), as far as [`seal_manifest`] made sure.
+pub const CHUNKS_RETAINED_LABEL: &str = "virtguard.io/chunks-retained-until";
+
+/// Called for every manifest written to a repository with an Object Lock policy, before it is
+/// written: makes sure every chunk the backup references stays retained at least half a period
+/// beyond now, and records the date in [`CHUNKS_RETAINED_LABEL`].
+///
+/// Chunks the backup uploaded, or found present with a HEAD, keep at least 3/4 of a period
+/// (written now, or extended when less was left). Chunks it took from its parent's index were
+/// not looked at: when the parent's label promises more than half a period from now, they are
+/// covered and the label carries over; otherwise every chunk of the backup is HEADed and
+/// extended where due ([`crate::store::Store::exists`] on S3 with a policy) and the label
+/// becomes now + 3/4 period. So the full pass runs at most once per quarter period per chain of
+/// backups of a VM, and every chunk a manifest references stays retained at least half a period
+/// beyond the manifest's write.
+pub(crate) async fn seal_manifest(
+    repo: &crate::repository::Repository,
+    policy: ObjectLockPolicy,
+    key: &str,
+    raw: Vec<u8>,
+) -> Result<Vec<u8>> {
+    use futures::{StreamExt, TryStreamExt};
+
+    let mut m = crate::format::Manifest::decode(key, &raw)?;
+    let now = Utc::now();
+    // What written and HEADed (extended where due) chunks keep at least.
+    let floor = now + policy.extend_below();
+    let parent_until = match &m.parent {
+        Some(pid) => {
+            let pref = crate::repository::BackupRef {
+                namespace: m.namespace.clone(),
+                vm: m.vm.clone(),
+                id: pid.clone(),
+            };
+            match repo.load_manifest(&pref).await {
+                Ok(p) => p
+                    .labels
+                    .get(CHUNKS_RETAINED_LABEL)
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.with_timezone(&Utc)),
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    let until = match parent_until {
+        Some(p) if p > now + policy.chunk_lead() => p.min(floor),
+        _ => {
+            let mut ids = std::collections::HashSet::new();
+            for v in &m.volumes {
+                let idx = repo.load_index(&m, &v.name).await?;
+                ids.extend(idx.chunks.into_iter().filter(|c| !c.is_zero_marker()));
+            }
+            futures::stream::iter(ids)
+                .map(|id| async move {
+                    let k = id.key();
+                    match repo.store().exists(&k).await? {
+                        true => Ok(()),
+                        false => Err(Error::corrupt(
+                            k,
+                            "a chunk the new backup references is missing",
+                        )),
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect::<Vec<()>>()
+                .await?;
+            floor
+        }
+    };
+    m.labels
+        .insert(CHUNKS_RETAINED_LABEL.into(), until.to_rfc3339());
+    Ok(m.encode())
 }

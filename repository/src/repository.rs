@@ -341,6 +341,12 @@ impl Repository {
 
     /// Writes a non-chunk object (sealed when encrypted); returns the stored bytes' BLAKE3 (hex).
     pub async fn put_object(&self, key: &str, raw: Vec<u8>) -> Result<String> {
+        let raw = match self.config.object_lock {
+            Some(p) if key.starts_with("backups/") && key.ends_with("/manifest.json") => {
+                crate::objectlock::seal_manifest(self, p, key, raw).await?
+            }
+            _ => raw,
+        };
         let stored = if self.crypto.is_encrypted() {
             let crypto = self.crypto.clone();
             let k = key.to_string();

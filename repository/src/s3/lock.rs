@@ -215,8 +215,8 @@ impl S3Store {
         Ok(())
     }
 
-    /// When `key` is a chunk whose retention ends within half the policy's period, extends it
-    /// to now + period (PutObjectRetention on the current version).
+    /// When `key` is a chunk whose retention ends within [`ObjectLockPolicy::extend_below`],
+    /// extends it to now + period (PutObjectRetention on the current version).
     pub(super) async fn extend_if_due(
         &self,
         key: &str,
@@ -230,8 +230,7 @@ impl S3Store {
             return Ok(());
         }
         let now = Utc::now();
-        let half = chrono::Duration::seconds((p.period_seconds / 2).min(i64::MAX as u64) as i64);
-        if current.is_some_and(|r| r.until > now + half) {
+        if current.is_some_and(|r| r.until > now + p.extend_below()) {
             return Ok(());
         }
         let want = p.retention_from(now);
