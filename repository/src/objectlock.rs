@@ -140,32 +140,6 @@ pub fn parse_period(s: &str) -> std::result::Result<u64, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn periods_modes_and_exemptions() {
-        assert_eq!(parse_period("30"), Ok(30 * 86_400));
-        assert_eq!(parse_period("12h"), Ok(12 * 3600));
-        assert_eq!(parse_period("5s"), Ok(5));
-        assert!(parse_period("0").is_err());
-        assert!(parse_period("3w").is_err());
-        assert_eq!(LockMode::parse("GOVERNANCE").unwrap(), LockMode::Governance);
-        assert!(LockMode::parse("legal").is_err());
-        assert!(exempt("locks/x.json") && exempt("maintenance/state.json"));
-        assert!(!exempt("chunks/00/aa") && !exempt("config.json"));
-        let p = ObjectLockPolicy {
-            mode: LockMode::Compliance,
-            period_seconds: 2 * 86_400,
-        };
-        assert_eq!(p.describe(), "compliance, 2 days");
-        let now = Utc::now();
-        let r = p.retention_from(now);
-        assert!(r.active(now) && !r.active(now + chrono::Duration::days(3)));
-    }
-}
-
 /// Manifest label: every chunk the backup references is retained at least until this date
 /// (RFC 3339), as far as [`seal_manifest`] made sure.
 pub const CHUNKS_RETAINED_LABEL: &str = "virtguard.io/chunks-retained-until";
@@ -240,4 +214,30 @@ pub(crate) async fn seal_manifest(
     m.labels
         .insert(CHUNKS_RETAINED_LABEL.into(), until.to_rfc3339());
     Ok(m.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_modes_and_exemptions() {
+        assert_eq!(parse_period("30"), Ok(30 * 86_400));
+        assert_eq!(parse_period("12h"), Ok(12 * 3600));
+        assert_eq!(parse_period("5s"), Ok(5));
+        assert!(parse_period("0").is_err());
+        assert!(parse_period("3w").is_err());
+        assert_eq!(LockMode::parse("GOVERNANCE").unwrap(), LockMode::Governance);
+        assert!(LockMode::parse("legal").is_err());
+        assert!(exempt("locks/x.json") && exempt("maintenance/state.json"));
+        assert!(!exempt("chunks/00/aa") && !exempt("config.json"));
+        let p = ObjectLockPolicy {
+            mode: LockMode::Compliance,
+            period_seconds: 2 * 86_400,
+        };
+        assert_eq!(p.describe(), "compliance, 2 days");
+        let now = Utc::now();
+        let r = p.retention_from(now);
+        assert!(r.active(now) && !r.active(now + chrono::Duration::days(3)));
+    }
 }
