@@ -74,6 +74,8 @@ pub struct S3Store {
     counters: RequestCounters,
     /// The repository's Object Lock policy, once it is open ([`Store::set_object_lock`]).
     lock: std::sync::RwLock<Option<ObjectLockPolicy>>,
+    /// The server's clock, from its responses (retention dates use it).
+    clock: std::sync::Arc<lock::ServerClock>,
 }
 
 impl fmt::Debug for S3Store {
@@ -108,11 +110,14 @@ impl S3Store {
         if let Some(ep) = &opts.endpoint {
             b = b.endpoint_url(ep.clone());
         }
+        let clock = std::sync::Arc::new(lock::ServerClock::default());
+        b = b.interceptor(lock::ClockInterceptor(clock.clone()));
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             opts,
             counters: RequestCounters::default(),
             lock: std::sync::RwLock::new(None),
+            clock,
         })
     }
 

@@ -11,6 +11,11 @@ use aws_sdk_s3::types::{
     BucketVersioningStatus, ObjectLockEnabled, ObjectLockMode, ObjectLockRetention,
     ObjectLockRetentionMode,
 };
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::BoxError;
 use chrono::{DateTime, Utc};
 
 use super::S3Store;
@@ -33,6 +38,53 @@ pub(super) fn s3_mode(m: LockMode) -> ObjectLockMode {
     }
 }
 
+/// The server's clock as seen in the `Date` header of its responses: retention dates are
+/// computed and compared on it, so a client clock that is off does not shorten a lock.
+#[derive(Debug, Default)]
+pub(super) struct ServerClock {
+    /// Server minus local time, in milliseconds (0 until a response was seen).
+    skew_ms: AtomicI64,
+}
+
+impl ServerClock {
+    /// The server's time now (the local time until a response was seen).
+    pub(super) fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.skew_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records the skew from a `Date` header (RFC 7231, one-second resolution: the server's
+    /// time is up to a second later than the header says, so half a second is added).
+    pub(super) fn observe(&self, date: &str, local: DateTime<Utc>) {
+        if let Ok(t) = DateTime::parse_from_rfc2822(date) {
+            let skew = t.with_timezone(&Utc) - local + chrono::Duration::milliseconds(500);
+            self.skew_ms
+                .store(skew.num_milliseconds(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Feeds every response's `Date` header to a [`ServerClock`].
+#[derive(Debug)]
+pub(super) struct ClockInterceptor(pub(super) std::sync::Arc<ServerClock>);
+
+impl Intercept for ClockInterceptor {
+    fn name(&self) -> &'static str {
+        "virtguard-server-clock"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(d) = ctx.response().headers().get("date") {
+            self.0.observe(d, Utc::now());
+        }
+        Ok(())
+    }
+}
+
 impl S3Store {
     pub(super) fn lock_policy(&self) -> Option<ObjectLockPolicy> {
         self.lock.read().ok().and_then(|p| *p)
@@ -41,7 +93,7 @@ impl S3Store {
     /// The retention a write of `key` gets now (`None`: no policy, or an exempt key).
     pub(super) fn write_retention(&self, key: &str) -> Option<Retention> {
         let p = self.lock_policy()?;
-        (!exempt(key)).then(|| p.retention_from(Utc::now()))
+        (!exempt(key)).then(|| p.retention_from(self.clock.now()))
     }
 
     /// Object Lock enabled and versioning on, or a clear error naming what is missing.
@@ -152,7 +204,7 @@ impl S3Store {
     /// Deletes every version (and delete marker) of `key`, after checking that the current
     /// version's retention has passed.
     pub(super) async fn delete_versions(&self, key: &str) -> Result<()> {
-        let now = Utc::now();
+        let now = self.clock.now();
         if let Some((Some(r), _)) = self.head_retention(key).await? {
             if r.active(now) {
                 return Err(self.retained(key, &r.until.to_rfc3339()));
@@ -229,7 +281,7 @@ impl S3Store {
         if !key.starts_with("chunks/") {
             return Ok(());
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         if current.is_some_and(|r| r.until > now + p.extend_below()) {
             return Ok(());
         }
@@ -254,5 +306,23 @@ impl S3Store {
             .await
             .map_err(|e| self.map_err("extend retention", key, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_clock_follows_the_date_header() {
+        let c = ServerClock::default();
+        let local: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        // The server is an hour ahead.
+        c.observe("Mon, 07 Dec 2026 13:00:00 GMT", local);
+        let skew = c.now() - Utc::now();
+        assert!((skew.num_seconds() - 3600).abs() <= 1, "{skew}");
+        // Garbage leaves it as it was.
+        c.observe("yesterday", local);
+        assert!(((c.now() - Utc::now()).num_seconds() - 3600).abs() <= 1);
     }
 }
