@@ -423,3 +423,95 @@ async fn chunks_reused_from_the_parent_get_their_retention_extended() {
     let lc = label(&s3, "chain", &c).await;
     assert!(lc > la, "{la} -> {lc}");
 }
+
+/// S3 errors during a locked backup (every third request fails: 500, 503, SlowDown, reset,
+/// truncated answer) are retried; the backup restores, and every object it wrote is retained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_backup_through_s3_faults_is_complete_and_retained() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket()
+        .bucket("faulty")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let proxy = common::FaultProxy::start(moto.port, common::FaultPlan::EveryNth(3)).await;
+    let ep = proxy.endpoint();
+    let repo = "s3://faulty/repo";
+    ok(cli(
+        &ep,
+        repo,
+        &["init", "--chunk-size", "64KiB", "--object-lock", "1"],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let data = common::noise(12 * 65536, 11);
+    std::fs::write(&img, &data).unwrap();
+    let out = ok(cli(
+        &ep,
+        repo,
+        &[
+            "backup-file",
+            img.to_str().unwrap(),
+            "--vm",
+            "ns/vm",
+            "-o",
+            "json",
+        ],
+    ));
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = dir.path().join("restored.img");
+    ok(cli(
+        &ep,
+        repo,
+        &["restore-file", &id, "disk0", target.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&target).unwrap() == data);
+    assert!(
+        proxy
+            .faults_injected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+
+    let objects = s3
+        .list_objects_v2()
+        .bucket("faulty")
+        .prefix("repo/")
+        .send()
+        .await
+        .unwrap();
+    let mut retained = 0;
+    for o in objects.contents() {
+        let key = o.key().unwrap();
+        let head = s3
+            .head_object()
+            .bucket("faulty")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        if key.starts_with("repo/locks/") || key.starts_with("repo/maintenance/") {
+            continue;
+        }
+        assert_eq!(
+            head.object_lock_mode(),
+            Some(&ObjectLockMode::Compliance),
+            "{key}"
+        );
+        let until = head.object_lock_retain_until_date().unwrap().secs();
+        assert!(
+            until > chrono::Utc::now().timestamp() + 86_000,
+            "{key}: {until}"
+        );
+        retained += 1;
+    }
+    // config.json, 12 chunks, the index and the manifest.
+    assert_eq!(retained, 15, "{objects:?}");
+}
