@@ -188,6 +188,20 @@ fn copy_to_a_target_sharing_chunk_ids_is_verified_idempotent_and_restorable() {
         &["copy", "--to", &src],
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("same repository"));
+    // An unencrypted target cannot share the chunk ids of an encrypted source.
+    let plain = dir_str(&dir.path().join("plain"));
+    let o = run(
+        &plain,
+        "",
+        &[("VIRTGUARD_FROM_KEY", SRC_KEY)],
+        &["init", "--copy-chunker-params-from", &src],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("chunk ids can only be shared"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A wrong target key: a clear error, nothing written.
     let o = run(
         &src,

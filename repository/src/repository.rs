@@ -131,9 +131,13 @@ impl Repository {
     /// ignored. An encrypted target of an unencrypted source (or the reverse) cannot share ids.
     pub async fn init_sharing_chunk_ids(
         store: Arc<dyn Store>,
-        mut opts: InitOptions,
+        opts: InitOptions,
         source: &Repository,
     ) -> Result<Repository> {
+        Self::init_ext(store, opts, Some(source), None).await
+    }
+
+    fn check_can_share_ids(source: &Repository, opts: &InitOptions) -> Result<()> {
         if source.crypto.is_encrypted() != opts.key.is_some() {
             return Err(Error::Invalid(format!(
                 "{} is {}encrypted and the new repository would {}be: chunk ids can only be \
@@ -147,8 +151,7 @@ impl Repository {
                 if opts.key.is_some() { "" } else { "not " },
             )));
         }
-        opts.chunk_size = source.config.chunk_size;
-        Self::init_with(store, opts, Some(&source.crypto), None).await
+        Ok(())
     }
 
     /// [`Self::init`], or [`Self::init_sharing_chunk_ids`] when `source` is given, with an S3
@@ -166,10 +169,8 @@ impl Repository {
         }
         match source {
             Some(src) => {
+                Self::check_can_share_ids(src, &opts)?;
                 let mut opts = opts;
-                if src.crypto.is_encrypted() != opts.key.is_some() {
-                    return Self::init_sharing_chunk_ids(store, opts, src).await;
-                }
                 opts.chunk_size = src.config.chunk_size;
                 Self::init_with(store, opts, Some(&src.crypto), object_lock).await
             }
