@@ -233,11 +233,48 @@ fn copy_to_an_independent_target_rehashes_every_chunk() {
         String::from_utf8_lossy(&o.stderr)
     );
     let r = copy(&src, &dst, &[], &[]);
-    assert_eq!(r["idMode"], "reid");
+    assert_eq!(r["idMode"], "rechunk");
     assert_eq!(r["chunksRead"], 0, "second run: {r}");
     ok(&dst, DST_KEY, &[], &["verify", "--read-data"]);
     let want: Vec<_> = images.iter().map(|(v, d)| (*v, d)).collect();
     restore_all(&dst, &[], dir.path(), &want);
+    // The copies are cut at the target's chunk size: they deduplicate against its own backups.
+    for b in list(&dst, DST_KEY, &[]) {
+        let spec = format!(
+            "ns/{}/{}",
+            b["vm"].as_str().unwrap(),
+            b["id"].as_str().unwrap()
+        );
+        let m: Value =
+            serde_json::from_str(&ok(&dst, DST_KEY, &[], &["show", &spec, "-o", "json"])).unwrap();
+        assert_eq!(m["volumes"][0]["chunk_size"], 262_144, "{m}");
+    }
+    let b_img = dir.path().join("b.img");
+    let out = ok(
+        &dst,
+        DST_KEY,
+        &[],
+        &[
+            "backup-file",
+            b_img.to_str().unwrap(),
+            "--vm",
+            "ns/b2",
+            "--no-parent",
+            "-o",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["volumes"][0]["new_chunks"], 0, "{v}");
+
+    // Same chunk size, other id key: ids are recomputed, chunks kept as they are cut.
+    let dst2 = dir_str(&dir.path().join("dst2"));
+    init(&dst2, DST_KEY, &[], &["--chunk-size", "64KiB"]);
+    let r = copy(&src, &dst2, &[], &[]);
+    assert_eq!(r["idMode"], "reid");
+    assert_eq!(r["chunksCopied"], 26, "{r}");
+    ok(&dst2, DST_KEY, &[], &["verify", "--read-data"]);
+    restore_all(&dst2, &[], dir.path(), &want);
 }
 
 /// Complete objects under `dir` (the local store's `.tmp-` files are writes in progress).

@@ -17,22 +17,26 @@
 //! image digests are kept, and only chunks the target lacks are read from the source. Otherwise
 //! every chunk of every copied backup is read, decoded and hashed again with the target's id key
 //! ("re-id"): the transfer from the source is not deduplicated (the target still stores each
-//! distinct chunk once). Chunk boundaries are kept either way (each index carries its chunk
-//! size): a different chunk size of the target only means that the copies do not deduplicate
-//! against backups written directly into the target.
+//! distinct chunk once). When such a target also has another chunk size, every volume is read
+//! and cut again at the target's chunk size ("re-chunk", same read cost), so the copies
+//! deduplicate against backups written directly into the target. (Same ids with another chunk
+//! size — two unencrypted repositories — keep the source's chunks: each index carries its own
+//! chunk size.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::backup::image_digest;
 use crate::error::{Error, Result};
-use crate::format::{ChunkId, Index, CHUNK_MAGIC};
+use crate::format::{chunk_count, chunk_len, ChunkId, Index, Manifest, CHUNK_MAGIC};
 use crate::locks::LockKind;
 use crate::repository::{cpu, BackupRef, Repository};
+use crate::volume_reader::{VolumeReader, VolumeReaderOptions};
 
 /// How chunk ids carry over from the source to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,8 +44,11 @@ use crate::repository::{cpu, BackupRef, Repository};
 pub enum IdMode {
     /// Both repositories compute the same id for the same bytes: ids are kept.
     Same,
-    /// Every chunk is hashed again with the target's id key.
+    /// Every chunk is hashed again with the target's id key (same chunk size).
     Reid,
+    /// The target names chunks differently *and* uses another chunk size: every volume is
+    /// read from the source and cut again at the target's chunk size.
+    Rechunk,
 }
 
 /// Whether `dst` names chunks like `src` (same id derivation; the chunk size does not matter).
@@ -49,8 +56,10 @@ pub fn id_mode(src: &Repository, dst: &Repository) -> IdMode {
     const PROBE: &[u8] = b"virtguard copy: chunk id probe";
     if src.crypto().chunk_id(PROBE) == dst.crypto().chunk_id(PROBE) {
         IdMode::Same
-    } else {
+    } else if src.config().chunk_size == dst.config().chunk_size {
         IdMode::Reid
+    } else {
+        IdMode::Rechunk
     }
 }
 
@@ -182,6 +191,9 @@ async fn copy_one(
     report: &mut CopyReport,
 ) -> Result<()> {
     let m = src.load_manifest(r).await?;
+    if mode == IdMode::Rechunk {
+        return rechunk_one(src, dst, r, m, opts, present, report).await;
+    }
     let mut indexes = Vec::new();
     let mut wanted: HashSet<ChunkId> = HashSet::new();
     for v in &m.volumes {
@@ -200,7 +212,9 @@ async fn copy_one(
     for id in wanted {
         match mode {
             IdMode::Same if present.contains(&id.key()) => report.chunks_present += 1,
-            IdMode::Reid if mapped.contains_key(&id) => report.chunks_present += 1,
+            IdMode::Reid | IdMode::Rechunk if mapped.contains_key(&id) => {
+                report.chunks_present += 1
+            }
             _ => to_read.push(id),
         }
     }
@@ -228,11 +242,11 @@ async fn copy_one(
     }
 
     // Indexes (ids mapped when re-id), resources, manifest last.
-    let mut out = m.clone();
-    for (v, idx) in out.volumes.iter_mut().zip(indexes) {
+    let mut mapped_indexes = Vec::new();
+    for idx in indexes {
         let idx = match mode {
             IdMode::Same => idx,
-            IdMode::Reid => Index {
+            IdMode::Reid | IdMode::Rechunk => Index {
                 chunks: idx
                     .chunks
                     .iter()
@@ -246,6 +260,25 @@ async fn copy_one(
                 ..idx
             },
         };
+        mapped_indexes.push(idx);
+    }
+    finish(src, dst, r, m, mapped_indexes).await
+}
+
+/// Writes the indexes (in the manifest's volume order), the resources and the manifest (last)
+/// of one copied backup.
+async fn finish(
+    src: &Repository,
+    dst: &Repository,
+    r: &BackupRef,
+    m: Manifest,
+    indexes: Vec<Index>,
+) -> Result<()> {
+    let mut out = m;
+    for (v, idx) in out.volumes.iter_mut().zip(indexes) {
+        v.chunk_size = idx.chunk_size;
+        v.chunks = idx.chunks.len() as u64;
+        v.zero_chunks = idx.chunks.iter().filter(|c| c.is_zero_marker()).count() as u64;
         v.image_digest = image_digest(dst, &idx);
         v.index_digest = dst.put_object(&r.index_key(&v.name), idx.encode()).await?;
     }
@@ -262,6 +295,99 @@ async fn copy_one(
     }
     dst.put_object(&r.manifest_key(), out.encode()).await?;
     Ok(())
+}
+
+/// Re-chunk: reads each volume of `m` through a [`VolumeReader`] (every chunk verified), cuts it
+/// at the target's chunk size, and stores the pieces the target lacks.
+async fn rechunk_one(
+    src: &Arc<Repository>,
+    dst: &Arc<Repository>,
+    r: &BackupRef,
+    m: Manifest,
+    opts: &CopyOptions,
+    present: &mut HashSet<String>,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let cs = dst.config().chunk_size;
+    let mut indexes = Vec::new();
+    for v in &m.volumes {
+        let reader = VolumeReader::open(
+            src.clone(),
+            &m,
+            &v.name,
+            VolumeReaderOptions {
+                cache_chunks: opts.concurrency.max(4),
+                readahead: 4,
+            },
+        )
+        .await?;
+        let size = reader.size();
+        let known = Arc::new(present.clone());
+        let pieces: Vec<(ChunkId, Option<u64>)> = stream::iter(0..chunk_count(size, cs))
+            .map(|i| {
+                let (reader, dst, known) = (reader.clone(), dst.clone(), known.clone());
+                async move {
+                    let mut buf = vec![0u8; chunk_len(size, cs, i)];
+                    let mut done = 0;
+                    while done < buf.len() {
+                        let n = reader
+                            .read_at(i * u64::from(cs) + done as u64, &mut buf[done..])
+                            .await?;
+                        if n == 0 {
+                            return Err(Error::corrupt(
+                                r.index_key(&v.name),
+                                "volume ended before its size",
+                            ));
+                        }
+                        done += n;
+                    }
+                    if buf.iter().all(|b| *b == 0) {
+                        return Ok((ChunkId::ZERO_MARKER, None));
+                    }
+                    let dc = dst.crypto().clone();
+                    let (id, key, blob) = cpu(move || {
+                        let id = dc.chunk_id(&buf);
+                        let key = id.key();
+                        let blob = match known.contains(&key) {
+                            true => None,
+                            false => Some(dc.encode_blob(CHUNK_MAGIC, &key, &buf, true)?),
+                        };
+                        Ok((id, key, blob))
+                    })
+                    .await?;
+                    let Some(blob) = blob else {
+                        return Ok((id, None));
+                    };
+                    let n = blob.len() as u64;
+                    dst.store().put(&key, Bytes::from(blob)).await?;
+                    Ok((id, Some(n)))
+                }
+            })
+            .buffered(opts.concurrency.max(1))
+            .try_collect()
+            .await?;
+        report.chunks_read += reader.stats().chunks_fetched;
+        let mut chunks = Vec::with_capacity(pieces.len());
+        for (id, written) in pieces {
+            if !id.is_zero_marker() {
+                match written {
+                    Some(n) if present.insert(id.key()) => {
+                        report.chunks_copied += 1;
+                        report.bytes_written += n;
+                    }
+                    Some(_) => {}
+                    None => report.chunks_present += 1,
+                }
+            }
+            chunks.push(id);
+        }
+        indexes.push(Index {
+            chunk_size: cs,
+            size,
+            chunks,
+        });
+    }
+    finish(src, dst, r, m, indexes).await
 }
 
 /// Reads one chunk from the source, checks it, and writes it to the target unless present.
@@ -283,7 +409,7 @@ async fn move_chunk(
         }
         let dst_id = match mode {
             IdMode::Same => id,
-            IdMode::Reid => dc.chunk_id(&raw),
+            IdMode::Reid | IdMode::Rechunk => dc.chunk_id(&raw),
         };
         Ok((dst_id, (raw, stored)))
     })

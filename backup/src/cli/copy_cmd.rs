@@ -154,13 +154,18 @@ pub async fn copy(config: &Config, a: CopyArgs) -> Result<()> {
         )));
     }
     let mode = crate::repo::copy::id_mode(&src, &dst);
-    if mode == IdMode::Reid && a.output == Output::Table {
+    if mode != IdMode::Same && a.output == Output::Table {
         eprintln!(
             "note: {} names chunks differently from {} (not created with `init \
              --copy-chunker-params-from`): every chunk of each copied backup is read from the \
-             source and hashed again",
+             source and hashed again{}",
             dst.location(),
-            src.location()
+            src.location(),
+            if mode == IdMode::Rechunk {
+                ", and each volume is cut again at the target's chunk size"
+            } else {
+                ""
+            }
         );
     }
     let quiet = a.output == Output::Json || !config.progress;
