@@ -257,3 +257,53 @@ fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// `key add` on a terminal (a pty from util-linux `script`): asks twice, answers typed after
+/// each prompt; two different entries change nothing.
+#[test]
+fn key_add_prompts_on_a_terminal() {
+    use std::io::{Read, Write};
+
+    let r = Repo::new();
+    r.ok(
+        "first",
+        &["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1"],
+    );
+    let typed = |answers: [&str; 2]| -> (bool, String) {
+        let cmd = format!("{} --quiet key add", env!("CARGO_BIN_EXE_virtguard"));
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("VIRTGUARD_REPO", r.path("repo"))
+            .env("VIRTGUARD_KEY", "first")
+            .env_remove("VIRTGUARD_NEW_KEY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` runs the command on a pty");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        for (prompt, answer) in ["new key:", "repeat the new key:"].iter().zip(answers) {
+            while !seen.contains(prompt) {
+                let n = stdout.read(&mut buf).unwrap();
+                assert!(n > 0, "no prompt `{prompt}`; got: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+            stdin.flush().unwrap();
+        }
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        seen.push_str(&rest);
+        drop(stdin);
+        (child.wait().unwrap().success(), seen)
+    };
+    let (ok, out) = typed(["typed secret", "typed secret"]);
+    assert!(ok && out.contains("added key"), "{out}");
+    assert_eq!(r.keys("typed secret").len(), 2);
+    let (ok, out) = typed(["one", "other"]);
+    assert!(!ok && out.contains("differ"), "{out}");
+    assert_eq!(r.keys("first").len(), 2);
+}
