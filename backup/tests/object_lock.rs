@@ -515,3 +515,65 @@ async fn a_locked_backup_through_s3_faults_is_complete_and_retained() {
     // config.json, 12 chunks, the index and the manifest.
     assert_eq!(retained, 15, "{objects:?}");
 }
+
+/// `copy` into an Object Lock repository (offsite, immutable): the copies are written retained
+/// and restore from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_into_an_object_lock_repository_are_retained() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let ep = moto.endpoint();
+    let s3 = client(&ep).await;
+    s3.create_bucket()
+        .bucket("offsite")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let src = src.to_str().unwrap();
+    let dst = "s3://offsite/copy";
+    ok(cli(&ep, src, &["init", "--chunk-size", "64KiB"]));
+    ok(cli(
+        &ep,
+        dst,
+        &[
+            "init",
+            "--object-lock",
+            "1",
+            "--copy-chunker-params-from",
+            src,
+        ],
+    ));
+    let img = dir.path().join("disk.img");
+    let data = common::noise(3 * 65536, 5);
+    std::fs::write(&img, &data).unwrap();
+    ok(cli(
+        &ep,
+        src,
+        &["backup-file", img.to_str().unwrap(), "--vm", "ns/vm"],
+    ));
+    let out = ok(cli(&ep, src, &["copy", "--to", dst, "-o", "json"]));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["chunksCopied"], 3, "{r}");
+    let id = backups(&ep, dst)[0]["id"].as_str().unwrap().to_string();
+    let head = s3
+        .head_object()
+        .bucket("offsite")
+        .key(format!("copy/backups/ns/vm/{id}/manifest.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
+    let out = ok(cli(&ep, dst, &["verify", "--read-data"]));
+    assert!(out.contains("1 backup manifest(s) locked"), "{out}");
+    let target = dir.path().join("restored.img");
+    ok(cli(
+        &ep,
+        dst,
+        &["restore-file", &id, "disk0", target.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&target).unwrap() == data);
+}
