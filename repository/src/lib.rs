@@ -58,6 +58,8 @@
 //!     resources.tar.zst                the VM's Kubernetes objects (tar, zstd-compressed), optional
 //!     manifest.json                    written LAST: its presence commits the backup
 //! locks/<lock-id>.json                 shared or exclusive lock objects (see "Locks")
+//! keys/<key-id>.json                   further wrapped copies of the master key, plain JSON
+//!                                      (see [`keys`]; the first one is in config.json)
 //! ```
 //!
 //! Backup ids are `YYYYMMDDTHHMMSSZ-xxxx` (UTC time + 4 random hex digits), so lexical order is
@@ -147,11 +149,14 @@
 
 pub mod backup;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod keys;
 pub mod locks;
 pub mod maintain;
+pub mod objectlock;
 pub mod prune;
 pub mod repository;
 pub mod restore;

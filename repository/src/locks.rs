@@ -65,7 +65,7 @@ fn lock_key(id: &str) -> String {
     format!("locks/{id}.json")
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

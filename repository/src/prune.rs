@@ -57,6 +57,9 @@ pub struct PruneReport {
     pub removed: Vec<BackupRef>,
     /// Every VM's verdicts with their reasons (what `--dry-run` prints).
     pub plans: Vec<VmPlan>,
+    /// Backups the rules remove but whose manifest is under S3 Object Lock: kept until the
+    /// date (RFC 3339), removed by a prune after it.
+    pub locked: Vec<(BackupRef, String)>,
 }
 
 /// Applies `policy` to every VM (or one namespace / VM). With `dry_run` nothing is deleted.
@@ -153,6 +156,21 @@ async fn prune_inner(
                 removed.push(b);
             }
         }
+        // Object Lock: a manifest still retained cannot go (its chunks are retained as long).
+        if repo.config().object_lock.is_some() && !removed.is_empty() {
+            let now = chrono::Utc::now();
+            let mut free = Vec::new();
+            for b in removed {
+                match repo.store().retention(&b.manifest_key()).await? {
+                    Some(r) if r.active(now) => {
+                        report.locked.push((b.clone(), r.until.to_rfc3339()));
+                        report.kept.push(b);
+                    }
+                    _ => free.push(b),
+                }
+            }
+            removed = free;
+        }
         if !dry_run && !removed.is_empty() {
             delete_backups(repo, &ns, &vm, &removed).await?;
         }
@@ -221,6 +239,10 @@ pub struct GcReport {
     pub leftovers_deleted: usize,
     /// Debris of interrupted writes (local temporary files) removed.
     pub incomplete_removed: usize,
+    /// Unreferenced objects kept because they are under S3 Object Lock (a later gc frees them).
+    pub objects_locked: usize,
+    /// The latest retain-until date among them (RFC 3339): every one is free after it.
+    pub locked_until: Option<String>,
 }
 
 /// How a gc runs.
@@ -372,6 +394,11 @@ async fn sweep_locked(repo: &Arc<Repository>, plan: GcPlan, opts: &GcOptions) ->
         }
     }
     let mut doomed = Vec::new();
+    let sizes: std::collections::HashMap<String, u64> = plan
+        .chunks
+        .iter()
+        .map(|(_, k, n)| (k.clone(), *n))
+        .collect();
     for (id, key, size) in plan.chunks {
         if id.is_some_and(|id| reused.contains(&id)) {
             report.chunks_deleted -= 1;
@@ -389,14 +416,34 @@ async fn sweep_locked(repo: &Arc<Repository>, plan: GcPlan, opts: &GcOptions) ->
             doomed.push(key);
         }
     }
-    stream::iter(doomed)
+    // Objects under Object Lock are skipped (and counted), never an error.
+    let locked: Vec<Option<(String, String)>> = stream::iter(doomed)
         .map(|k| {
             let repo = repo.clone();
-            async move { repo.store().delete(&k).await }
+            async move {
+                match repo.store().delete(&k).await {
+                    Ok(()) => Ok(None),
+                    Err(Error::Retained { until, .. }) => Ok(Some((k, until))),
+                    Err(e) => Err(e),
+                }
+            }
         })
         .buffer_unordered(opts.concurrency.max(1))
-        .try_collect::<Vec<()>>()
+        .try_collect()
         .await?;
+    for (key, until) in locked.into_iter().flatten() {
+        report.objects_locked += 1;
+        match sizes.get(&key) {
+            Some(size) => {
+                report.chunks_deleted -= 1;
+                report.bytes_deleted -= size;
+            }
+            None => report.leftovers_deleted -= 1,
+        }
+        if report.locked_until.as_ref().is_none_or(|u| *u < until) {
+            report.locked_until = Some(until);
+        }
+    }
     // A temporary file lives only while one write runs, but writers not bound by the lock
     // (e.g. a contender writing its own lock object) may be mid-write right now: only
     // debris at least an hour old is removed, whatever the grace period.

@@ -106,6 +106,8 @@ pub struct Repository {
     config: RepoConfig,
     crypto: Crypto,
     stale_after: Duration,
+    /// Id of the wrapped key that unlocked the repository (`None`: not encrypted).
+    key_id: Option<String>,
 }
 
 impl fmt::Debug for Repository {
@@ -120,30 +122,109 @@ impl fmt::Debug for Repository {
 impl Repository {
     /// Creates a repository (writes config.json). Fails if one exists.
     pub async fn init(store: Arc<dyn Store>, opts: InitOptions) -> Result<Repository> {
+        Self::init_with(store, opts, None, None).await
+    }
+
+    /// [`Self::init`] for a copy target of `source`: its chunk size, and (when both are
+    /// encrypted) its chunk-id key with a fresh data key, so chunks keep their ids when copied
+    /// (`virtguard copy` transfers only the chunks the target lacks). `opts.chunk_size` is
+    /// ignored. An encrypted target of an unencrypted source (or the reverse) cannot share ids.
+    pub async fn init_sharing_chunk_ids(
+        store: Arc<dyn Store>,
+        opts: InitOptions,
+        source: &Repository,
+    ) -> Result<Repository> {
+        Self::init_ext(store, opts, Some(source), None).await
+    }
+
+    fn check_can_share_ids(source: &Repository, opts: &InitOptions) -> Result<()> {
+        if source.crypto.is_encrypted() != opts.key.is_some() {
+            return Err(Error::Invalid(format!(
+                "{} is {}encrypted and the new repository would {}be: chunk ids can only be \
+                 shared when both are encrypted or both are not (give a key to both, or none)",
+                source.location(),
+                if source.crypto.is_encrypted() {
+                    ""
+                } else {
+                    "not "
+                },
+                if opts.key.is_some() { "" } else { "not " },
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Self::init`], or [`Self::init_sharing_chunk_ids`] when `source` is given, with an S3
+    /// Object Lock policy when `object_lock` is given: the bucket must have Object Lock and
+    /// versioning enabled (checked first), and every object written from then on is retained
+    /// ([`crate::objectlock`]).
+    pub async fn init_ext(
+        store: Arc<dyn Store>,
+        opts: InitOptions,
+        source: Option<&Repository>,
+        object_lock: Option<crate::objectlock::ObjectLockPolicy>,
+    ) -> Result<Repository> {
+        if object_lock.is_some() {
+            store.check_object_lock().await?;
+        }
+        match source {
+            Some(src) => {
+                Self::check_can_share_ids(src, &opts)?;
+                let mut opts = opts;
+                opts.chunk_size = src.config.chunk_size;
+                Self::init_with(store, opts, Some(&src.crypto), object_lock).await
+            }
+            None => Self::init_with(store, opts, None, object_lock).await,
+        }
+    }
+
+    async fn init_with(
+        store: Arc<dyn Store>,
+        opts: InitOptions,
+        share_ids: Option<&Crypto>,
+        object_lock: Option<crate::objectlock::ObjectLockPolicy>,
+    ) -> Result<Repository> {
         let location = store.location();
         if store.exists(CONFIG_KEY).await? {
             return Err(Error::AlreadyInitialised { location });
         }
         let mut config = RepoConfig::new(opts.chunk_size, opts.compression_level)?;
+        config.object_lock = object_lock;
+        store.set_object_lock(object_lock);
         let crypto = match &opts.key {
             Some(key) => {
-                let (crypto, enc) = Crypto::create(
-                    key,
-                    opts.kdf_memory_kib,
-                    opts.kdf_iterations,
-                    opts.compression_level,
-                )?;
+                let shared = match share_ids {
+                    Some(src) => src.create_sharing_chunk_ids(
+                        key,
+                        opts.kdf_memory_kib,
+                        opts.kdf_iterations,
+                        opts.compression_level,
+                    )?,
+                    None => None,
+                };
+                let (crypto, enc) = match shared {
+                    Some(created) => created,
+                    None => Crypto::create(
+                        key,
+                        opts.kdf_memory_kib,
+                        opts.kdf_iterations,
+                        opts.compression_level,
+                    )?,
+                };
                 config.encryption = Some(enc);
+                config.key = Some(crate::keys::KeyMeta::new());
                 crypto
             }
             None => Crypto::plain(opts.compression_level),
         };
         store.put(CONFIG_KEY, Bytes::from(config.encode())).await?;
+        let key_id = config.key.as_ref().map(|k| k.id.clone());
         Ok(Repository {
             store,
             config,
             crypto,
             stale_after: DEFAULT_STALE_AFTER,
+            key_id,
         })
     }
 
@@ -156,16 +237,18 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let config = RepoConfig::decode(&location, &data)?;
-        let crypto = match (&config.encryption, key) {
-            (Some(enc), Some(key)) => Crypto::open(enc, key, &location, config.compression_level)?,
+        store.set_object_lock(config.object_lock);
+        let (crypto, key_id) = match (&config.encryption, key) {
+            (Some(_), Some(key)) => crate::keys::unlock(store.as_ref(), &config, key).await?,
             (Some(_), None) => return Err(Error::KeyRequired { location }),
-            (None, _) => Crypto::plain(config.compression_level),
+            (None, _) => (Crypto::plain(config.compression_level), None),
         };
         Ok(Repository {
             store,
             config,
             crypto,
             stale_after: DEFAULT_STALE_AFTER,
+            key_id,
         })
     }
 
@@ -183,6 +266,10 @@ impl Repository {
     }
     pub fn crypto(&self) -> &Crypto {
         &self.crypto
+    }
+    /// Id of the wrapped key that unlocked this handle (`None` when not encrypted).
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
     }
     pub fn location(&self) -> String {
         self.store.location()
@@ -255,6 +342,12 @@ impl Repository {
 
     /// Writes a non-chunk object (sealed when encrypted); returns the stored bytes' BLAKE3 (hex).
     pub async fn put_object(&self, key: &str, raw: Vec<u8>) -> Result<String> {
+        let raw = match self.config.object_lock {
+            Some(p) if key.starts_with("backups/") && key.ends_with("/manifest.json") => {
+                crate::objectlock::seal_manifest(self, p, key, raw).await?
+            }
+            _ => raw,
+        };
         let stored = if self.crypto.is_encrypted() {
             let crypto = self.crypto.clone();
             let k = key.to_string();

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
+use crate::objectlock::{ObjectLockPolicy, Retention};
 use crate::store::{check_key, ObjectInfo, Request, RequestCounters, RequestCounts, Store};
 
 /// Where and how to reach the bucket.
@@ -64,11 +65,17 @@ impl S3Options {
     }
 }
 
+mod lock;
+
 /// An S3 bucket prefix as a [`Store`].
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     opts: S3Options,
     counters: RequestCounters,
+    /// The repository's Object Lock policy, once it is open ([`Store::set_object_lock`]).
+    lock: std::sync::RwLock<Option<ObjectLockPolicy>>,
+    /// The server's clock, from its responses (retention dates use it).
+    clock: std::sync::Arc<lock::ServerClock>,
 }
 
 impl fmt::Debug for S3Store {
@@ -103,10 +110,14 @@ impl S3Store {
         if let Some(ep) = &opts.endpoint {
             b = b.endpoint_url(ep.clone());
         }
+        let clock = std::sync::Arc::new(lock::ServerClock::default());
+        b = b.interceptor(lock::ClockInterceptor(clock.clone()));
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             opts,
             counters: RequestCounters::default(),
+            lock: std::sync::RwLock::new(None),
+            clock,
         })
     }
 
@@ -215,6 +226,10 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(&self.opts.bucket)
             .key(full)
+            .set_object_lock_mode(self.write_retention(key).map(|r| lock::s3_mode(r.mode)))
+            .set_object_lock_retain_until_date(
+                self.write_retention(key).map(|r| lock::s3_time(r.until)),
+            )
             .send()
             .await
             .map_err(|e| self.map_err("multipart create", key, e))?;
@@ -315,6 +330,20 @@ impl Store for S3Store {
         Some(self.counters.snapshot())
     }
 
+    fn set_object_lock(&self, policy: Option<ObjectLockPolicy>) {
+        if let Ok(mut p) = self.lock.write() {
+            *p = policy;
+        }
+    }
+
+    async fn check_object_lock(&self) -> Result<()> {
+        self.check_bucket_lock().await
+    }
+
+    async fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        Ok(self.head_retention(key).await?.and_then(|(r, _)| r))
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes> {
         self.counters.count(Request::Get, key);
         let full = self.full_key(key)?;
@@ -383,12 +412,15 @@ impl Store for S3Store {
             return self.put_multipart(key, &full, data).await;
         }
         self.counters.count(Request::Put, key);
+        let retention = self.write_retention(key);
         let req = self
             .client
             .put_object()
             .bucket(&self.opts.bucket)
             .key(&full)
             .body(ByteStream::from(data))
+            .set_object_lock_mode(retention.map(|r| lock::s3_mode(r.mode)))
+            .set_object_lock_retain_until_date(retention.map(|r| lock::s3_time(r.until)))
             .customize();
         let req = if self.opts.sign_payload {
             req
@@ -402,6 +434,9 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        if self.lock_policy().is_some() {
+            return self.delete_versions(key).await;
+        }
         self.counters.count(Request::Delete, key);
         let full = self.full_key(key)?;
         match self
@@ -421,6 +456,15 @@ impl Store for S3Store {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
+        if self.lock_policy().is_some() {
+            return match self.head_retention(key).await? {
+                Some((current, version)) => {
+                    self.extend_if_due(key, current, version).await?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            };
+        }
         self.counters.count(Request::Head, key);
         let full = self.full_key(key)?;
         match self

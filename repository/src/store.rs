@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+use crate::objectlock::{ObjectLockPolicy, Retention};
 
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,23 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The requests sent so far, for stores that bill by request (S3); `None` for the others.
     fn requests(&self) -> Option<RequestCounts> {
         None
+    }
+    /// From now on, write objects with this Object Lock retention and delete them only when it
+    /// has passed ([`crate::objectlock`]). Stores without Object Lock ignore it (a copy of an
+    /// S3 repository on a disk stays readable).
+    fn set_object_lock(&self, _policy: Option<ObjectLockPolicy>) {}
+    /// Checks that the store can lock objects (S3: Object Lock enabled and versioning on);
+    /// a clear [`Error::Invalid`] otherwise.
+    async fn check_object_lock(&self) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "{}: Object Lock needs an S3 repository (s3://bucket/prefix) whose bucket has Object \
+             Lock enabled",
+            self.location()
+        )))
+    }
+    /// The retention of the current version of `key` (`None`: none, or no Object Lock).
+    async fn retention(&self, _key: &str) -> Result<Option<Retention>> {
+        Ok(None)
     }
 }
 
@@ -146,6 +164,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn requests(&self) -> Option<RequestCounts> {
         (**self).requests()
+    }
+    fn set_object_lock(&self, policy: Option<ObjectLockPolicy>) {
+        (**self).set_object_lock(policy)
+    }
+    async fn check_object_lock(&self) -> Result<()> {
+        (**self).check_object_lock().await
+    }
+    async fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        (**self).retention(key).await
     }
 }
 
@@ -442,6 +469,15 @@ impl<S: Store> Store for RetryStore<S> {
     fn requests(&self) -> Option<RequestCounts> {
         self.inner.requests()
     }
+    fn set_object_lock(&self, policy: Option<ObjectLockPolicy>) {
+        self.inner.set_object_lock(policy)
+    }
+    async fn check_object_lock(&self) -> Result<()> {
+        self.run(|| self.inner.check_object_lock()).await
+    }
+    async fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        self.run(|| self.inner.retention(key)).await
+    }
 }
 
 /// Bounds the number of operations in flight on the inner store.
@@ -503,6 +539,15 @@ impl<S: Store> Store for LimitStore<S> {
     }
     fn requests(&self) -> Option<RequestCounts> {
         self.inner.requests()
+    }
+    fn set_object_lock(&self, policy: Option<ObjectLockPolicy>) {
+        self.inner.set_object_lock(policy)
+    }
+    async fn check_object_lock(&self) -> Result<()> {
+        self.inner.check_object_lock().await
+    }
+    async fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        self.inner.retention(key).await
     }
 }
 

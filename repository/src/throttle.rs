@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::objectlock::{ObjectLockPolicy, Retention};
 use crate::source::VolumeSource;
 use crate::store::{ObjectInfo, RequestCounts, Store};
 
@@ -129,6 +130,15 @@ impl<S: Store> Store for ThrottleStore<S> {
     }
     fn requests(&self) -> Option<RequestCounts> {
         self.inner.requests()
+    }
+    fn set_object_lock(&self, policy: Option<ObjectLockPolicy>) {
+        self.inner.set_object_lock(policy)
+    }
+    async fn check_object_lock(&self) -> Result<()> {
+        self.inner.check_object_lock().await
+    }
+    async fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        self.inner.retention(key).await
     }
 }
 

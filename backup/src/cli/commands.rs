@@ -84,6 +84,40 @@ fn default_vm_name(path: &Path) -> String {
     }
 }
 
+/// `verify`'s line on Object Lock: the policy, and how many manifests are retained until when.
+async fn object_lock_state(
+    repo: &Repository,
+    p: crate::repo::objectlock::ObjectLockPolicy,
+) -> Result<String> {
+    let now = chrono::Utc::now();
+    let (mut locked, mut unlocked) = (0usize, Vec::new());
+    let mut earliest: Option<chrono::DateTime<chrono::Utc>> = None;
+    for b in repo.list_backups(None, None).await? {
+        match repo.store().retention(&b.manifest_key()).await? {
+            Some(r) if r.active(now) => {
+                locked += 1;
+                if earliest.is_none_or(|e| r.until < e) {
+                    earliest = Some(r.until);
+                }
+            }
+            _ => unlocked.push(b.to_string()),
+        }
+    }
+    Ok(format!(
+        "object lock: {}; {locked} backup manifest(s) locked{}, {} not locked{}",
+        p.describe(),
+        earliest
+            .map(|e| format!(" (earliest release {})", e.to_rfc3339()))
+            .unwrap_or_default(),
+        unlocked.len(),
+        if unlocked.is_empty() {
+            String::new()
+        } else {
+            format!(" (retention passed: {})", unlocked.join(", "))
+        }
+    ))
+}
+
 /// Runs one command.
 pub async fn run(config: &Config, command: Command) -> Result<()> {
     match command {
@@ -97,6 +131,8 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         Command::RestoreVolume(a) => super::restore_cmds::restore_volume(config, a).await,
         Command::Files(a) => super::files_cmds::files(config, a).await,
         Command::Mount(a) => super::mount_cmd::mount(config, a).await,
+        Command::Key(a) => super::key_cmd::key(config, a).await,
+        Command::Copy(a) => super::copy_cmd::copy(config, a).await,
         Command::Init(a) => {
             let store = config.store().await?;
             let encrypted = config.key.is_some();
@@ -108,7 +144,39 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 kdf_memory_kib: a.kdf_memory_kib,
                 kdf_iterations: a.kdf_iterations,
             };
-            let repo = Repository::init(store, opts).await?;
+            let object_lock = match a.object_lock {
+                Some(period_seconds) => Some(crate::repo::objectlock::ObjectLockPolicy {
+                    mode: crate::repo::objectlock::LockMode::parse(&a.object_lock_mode)?,
+                    period_seconds,
+                }),
+                None => None,
+            };
+            let repo = match &a.copy_chunker_params_from {
+                Some(src) => {
+                    let src = super::copy_cmd::open_other(
+                        config,
+                        src,
+                        config.s3_endpoint.as_deref(),
+                        a.from_key_file.as_deref(),
+                        "VIRTGUARD_FROM_KEY",
+                    )
+                    .await?;
+                    let repo = Repository::init_ext(store, opts, Some(&src), object_lock).await?;
+                    println!(
+                        "chunk size and chunk ids shared with {}: `virtguard copy` from it \
+                         transfers only the chunks this repository lacks",
+                        src.location()
+                    );
+                    repo
+                }
+                None => Repository::init_ext(store, opts, None, object_lock).await?,
+            };
+            if let Some(p) = object_lock {
+                println!(
+                    "S3 Object Lock: every object is written retained ({}) beyond its write",
+                    p.describe()
+                );
+            }
             println!(
                 "created {} repository at {} (chunk size {}, zstd level {})",
                 if encrypted {
@@ -274,6 +342,9 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
             .await;
             lock.release().await;
             let report = res?;
+            if let Some(p) = repo.config().object_lock {
+                println!("{}", object_lock_state(&repo, p).await?);
+            }
             println!(
                 "checked {} backups, {} volumes, {} referenced chunks{}",
                 report.backups,
@@ -324,6 +395,13 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 r.leftovers_deleted,
                 r.incomplete_removed
             );
+            if r.objects_locked > 0 {
+                println!(
+                    "kept {} unreferenced objects under S3 Object Lock: a gc after {} frees them",
+                    r.objects_locked,
+                    r.locked_until.as_deref().unwrap_or("their retention date")
+                );
+            }
             Ok(())
         }
         Command::Unlock(a) => {

@@ -10,8 +10,10 @@
 
 mod cluster_cmds;
 mod commands;
+mod copy_cmd;
 mod drill_cmd;
 mod files_cmds;
+mod key_cmd;
 mod maintain_cmd;
 mod mount_cmd;
 mod prune_cmd;
@@ -176,6 +178,10 @@ pub enum Command {
     Files(files_cmds::FilesArgs),
     /// Mount backups read-only (FUSE) as <ns>/<vm>/<backup-id>/<volume>.img, read lazily
     Mount(mount_cmd::MountArgs),
+    /// Copy backups into a second repository (offsite), transferring only missing chunks
+    Copy(copy_cmd::CopyArgs),
+    /// Manage the repository's keys: several passphrases/key files open the same repository
+    Key(key_cmd::KeyArgs),
     /// Internal: write one volume into a PVC (what restore Jobs run)
     #[command(hide = true)]
     RestoreVolume(RestoreVolumeArgs),
@@ -195,6 +201,28 @@ pub struct InitArgs {
     /// Argon2id iterations
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
+    /// Make this repository a copy target of the repository SRC (dir or s3://…, same
+    /// --s3-endpoint): its chunk size and, when both are encrypted, its chunk-id key, so that
+    /// `virtguard copy` keeps chunk ids and transfers only the chunks this one lacks. SRC's key:
+    /// --from-key-file or VIRTGUARD_FROM_KEY
+    #[arg(long, value_name = "SRC")]
+    pub copy_chunker_params_from: Option<String>,
+    /// S3 Object Lock: write every object retained for this many days (or a duration with a
+    /// unit: 12h, 90s) — prune and gc cannot delete it before. The bucket must have Object Lock
+    /// and versioning enabled (checked)
+    #[arg(long, value_name = "DAYS", value_parser = crate::repo::objectlock::parse_period)]
+    pub object_lock: Option<u64>,
+    /// Retention mode with --object-lock: compliance (nobody can shorten or delete) or
+    /// governance (users with s3:BypassGovernanceRetention can)
+    #[arg(long, default_value = "compliance", requires = "object_lock")]
+    pub object_lock_mode: String,
+    /// File holding the key of the --copy-chunker-params-from repository
+    #[arg(
+        long,
+        env = "VIRTGUARD_FROM_KEY_FILE",
+        requires = "copy_chunker_params_from"
+    )]
+    pub from_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -426,6 +454,46 @@ impl KeyMaterial {
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The key of another repository: `file`, else the env var `env` (unset or empty: none).
+    pub fn from_file_or_env(
+        file: Option<&std::path::Path>,
+        env: &str,
+    ) -> Result<Option<KeyMaterial>> {
+        if let Some(p) = file {
+            return Ok(Some(KeyMaterial::from_file(p)?));
+        }
+        match std::env::var_os(env).filter(|v| !v.is_empty()) {
+            Some(v) => {
+                use std::os::unix::ffi::OsStrExt;
+                Ok(Some(KeyMaterial(v.as_bytes().to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Key bytes as given (a passphrase typed or from the environment); empty is refused.
+    pub fn new(bytes: Vec<u8>) -> Result<KeyMaterial> {
+        if bytes.is_empty() {
+            return Err(Error::Invalid("the key is empty".into()));
+        }
+        Ok(KeyMaterial(bytes))
+    }
+
+    /// The content of a key file, without trailing line breaks; an empty file is refused.
+    pub fn from_file(p: &std::path::Path) -> Result<KeyMaterial> {
+        let mut k = std::fs::read(p).map_err(|e| RepoError::io("reading key file", p, e))?;
+        while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            k.pop();
+        }
+        if k.is_empty() {
+            return Err(Error::Invalid(format!(
+                "key file `{}` is empty",
+                p.display()
+            )));
+        }
+        Ok(KeyMaterial(k))
+    }
 }
 
 /// Everything the flags resolve to.
@@ -487,20 +555,7 @@ impl Config {
     /// Resolves flags and the environment (`VIRTGUARD_KEY`) into a config.
     pub fn from_args(g: &GlobalArgs) -> Result<Config> {
         let key = match (&g.key_file, std::env::var_os("VIRTGUARD_KEY")) {
-            (Some(p), _) => {
-                let mut k =
-                    std::fs::read(p).map_err(|e| RepoError::io("reading key file", p, e))?;
-                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    k.pop();
-                }
-                if k.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "key file `{}` is empty",
-                        p.display()
-                    )));
-                }
-                Some(KeyMaterial(k))
-            }
+            (Some(p), _) => Some(KeyMaterial::from_file(p)?),
             (None, Some(v)) if !v.is_empty() => {
                 use std::os::unix::ffi::OsStrExt;
                 Some(KeyMaterial(v.as_bytes().to_vec()))
@@ -549,10 +604,16 @@ impl Config {
 
     /// Builds the layered store for the repository location.
     pub async fn store(&self) -> Result<Arc<dyn Store>> {
+        self.store_at(&self.repo, self.s3_endpoint.as_deref()).await
+    }
+
+    /// [`Self::store`] for another repository `repo` (S3 at `s3_endpoint`), with the same
+    /// tuning, retries and bandwidth limits (`copy`, `init --copy-chunker-params-from`).
+    pub async fn store_at(&self, repo: &str, s3_endpoint: Option<&str>) -> Result<Arc<dyn Store>> {
         let max = Duration::from_secs(20);
-        if self.repo.starts_with("s3://") {
-            let mut o = S3Options::from_url(&self.repo)?;
-            o.endpoint = self.s3_endpoint.clone();
+        if repo.starts_with("s3://") {
+            let mut o = S3Options::from_url(repo)?;
+            o.endpoint = s3_endpoint.map(str::to_string);
             o.region = self.s3_region.clone();
             o.path_style = self.s3_path_style;
             o.sign_payload = self.s3_sign_payload;
@@ -562,7 +623,7 @@ impl Config {
                 self.store_concurrency,
             )))
         } else {
-            let local = LocalStore::new(&self.repo);
+            let local = LocalStore::new(repo);
             Ok(Arc::new(LimitStore::new(
                 RetryStore::new(self.throttled(local), self.retries, self.retry_base, max),
                 self.store_concurrency,

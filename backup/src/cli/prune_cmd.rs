@@ -138,13 +138,28 @@ pub(super) fn print_table(report: &PruneReport, resolved: &Resolved, dry_run: bo
             source_of(resolved, &plan.namespace, &plan.vm)
         );
         for d in &plan.decisions {
+            let locked = report
+                .locked
+                .iter()
+                .find(|(b, _)| b.id == d.id && b.namespace == plan.namespace && b.vm == plan.vm);
             if d.keep() {
                 let why: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
                 println!("  keep    {}  {}", d.id.as_str(), why.join(", "));
+            } else if let Some((_, until)) = locked {
+                println!(
+                    "  locked  {}  under S3 Object Lock until {until}: not removed; a prune after that date removes it",
+                    d.id.as_str()
+                );
             } else {
                 println!("  {verb:<7} {}", d.id.as_str());
             }
         }
+    }
+    if !report.locked.is_empty() {
+        println!(
+            "{} backup(s) the rules remove are under S3 Object Lock and were kept",
+            report.locked.len()
+        );
     }
     println!(
         "{verb} {} backups, kept {}{}",
@@ -182,6 +197,10 @@ pub(super) fn print_json(report: &PruneReport, resolved: &Resolved, dry_run: boo
         "dryRun": dry_run,
         "removed": report.removed.len(),
         "kept": report.kept.len(),
+        "locked": report.locked.iter().map(|(b, until)| json!({
+            "backup": b.to_string(),
+            "retainUntil": until,
+        })).collect::<Vec<_>>(),
         "vms": vms,
     });
     println!("{out:#}");
