@@ -4,12 +4,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::EncryptionConfig;
+use crate::crypto::{DataCipher, EncryptionConfig};
 use crate::error::{Error, Result};
 use crate::format::{valid_chunk_size, DEFAULT_CHUNK_SIZE, REPO_FORMAT_VERSION};
 
 /// Object key of the config.
 pub const CONFIG_KEY: &str = "config.json";
+
+/// Newest config.json format this binary reads. 1: the original format (ChaCha20-Poly1305 when
+/// encrypted); 2: an encrypted repository whose `encryption.aead` may be `aes256gcm` (chunk
+/// blobs, indexes and manifests are unchanged: their own format version stays 1). Only AES
+/// repositories are written as 2, so binaries that know format 1 only refuse exactly those,
+/// with [`Error::UnsupportedVersion`] ("upgrade virtguard"), instead of failing on every blob.
+pub const CONFIG_FORMAT_VERSION_MAX: u32 = 2;
 
 /// zstd level of new repositories. Level 2 (double-fast, smaller tables) compresses the
 /// text-like part of the benchmark image 1.6× faster than level 3 for 1.4% more output
@@ -95,12 +102,28 @@ impl RepoConfig {
     pub fn decode(location: &str, data: &[u8]) -> Result<RepoConfig> {
         let c: RepoConfig = serde_json::from_slice(data)
             .map_err(|e| Error::corrupt(CONFIG_KEY, format!("malformed config: {e}")))?;
-        if c.format_version != REPO_FORMAT_VERSION {
+        if !(REPO_FORMAT_VERSION..=CONFIG_FORMAT_VERSION_MAX).contains(&c.format_version) {
             return Err(Error::UnsupportedVersion {
                 location: location.to_string(),
                 found: c.format_version,
-                supported: REPO_FORMAT_VERSION,
+                supported: CONFIG_FORMAT_VERSION_MAX,
             });
+        }
+        // Format 1 knows only ChaCha20-Poly1305: a format-1 config naming another cipher was
+        // not written by virtguard (an older binary would misread its blobs).
+        if let Some(enc) = &c.encryption {
+            let cipher = DataCipher::parse(&enc.aead)?;
+            if cipher.config_format_version() > c.format_version {
+                return Err(Error::corrupt(
+                    CONFIG_KEY,
+                    format!(
+                        "cipher `{}` needs config format {}, the config says {}",
+                        enc.aead,
+                        cipher.config_format_version(),
+                        c.format_version
+                    ),
+                ));
+            }
         }
         if c.hash != "blake3" || c.compression != "zstd" || !valid_chunk_size(c.chunk_size) {
             return Err(Error::corrupt(
@@ -127,6 +150,16 @@ mod tests {
             Err(Error::UnsupportedVersion { found: 99, .. })
         ));
         assert!(RepoConfig::new(1000, 3).is_err());
+        // Format 2 (AES-256-GCM repositories) is read; a format-1 config naming AES is not.
+        let (_, mut enc) = crate::crypto::Crypto::create(b"k", 256, 1, 3).unwrap();
+        enc.aead = "aes256gcm".into();
+        let mut aes = c.clone();
+        aes.encryption = Some(enc);
+        aes.format_version = 2;
+        assert_eq!(RepoConfig::decode("l", &aes.encode()).unwrap(), aes);
+        aes.format_version = 1;
+        let err = RepoConfig::decode("l", &aes.encode()).unwrap_err();
+        assert!(err.to_string().contains("needs config format 2"), "{err}");
         assert!(RepoConfig::decode("l", b"{").is_err());
     }
 }

@@ -8,12 +8,17 @@
 //!   with a fresh random 96-bit nonce (safe far beyond 2^32 objects per repository at 4 MiB chunks,
 //!   i.e. beyond 16 PiB), with the blob header and object key as associated data.
 //!
+//! Blob payloads are sealed with the repository's [`DataCipher`] (`encryption.aead` in
+//! config.json): ChaCha20-Poly1305, or AES-256-GCM (ring's AES-NI/VAES + carry-less multiply
+//! code, about 3× faster than ChaCha20-Poly1305 here) in repositories created with config
+//! format 2. Both are always readable; the master key is always wrapped with ChaCha20-Poly1305.
+//!
 //! A wrong key fails the AEAD check of the wrapped key and is reported as [`Error::WrongKey`];
 //! nothing is ever decoded with a wrong key. Key material is never printed (`Debug` is redacted).
 
 use std::fmt;
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +55,87 @@ pub struct EncryptionConfig {
 struct Keys {
     data: Key,
     id: [u8; 32],
+    cipher: DataCipher,
+}
+
+/// The AEAD sealing blob payloads: `encryption.aead` in config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataCipher {
+    /// ChaCha20-Poly1305 (RFC 8439): every repository of config format 1, and the default on
+    /// CPUs without AES instructions.
+    ChaCha20Poly1305,
+    /// AES-256-GCM: the default where the CPU has AES and carry-less multiply instructions;
+    /// such repositories have config format 2 (older binaries refuse them by that version).
+    Aes256Gcm,
+}
+
+impl DataCipher {
+    /// The name in config.json.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DataCipher::ChaCha20Poly1305 => "chacha20poly1305",
+            DataCipher::Aes256Gcm => "aes256gcm",
+        }
+    }
+
+    /// The cipher named `name` (config.json or the command line).
+    pub fn parse(name: &str) -> Result<DataCipher> {
+        match name {
+            "chacha20poly1305" => Ok(DataCipher::ChaCha20Poly1305),
+            "aes256gcm" => Ok(DataCipher::Aes256Gcm),
+            other => Err(Error::Crypto(format!(
+                "unsupported AEAD `{other}` (known: aes256gcm, chacha20poly1305)"
+            ))),
+        }
+    }
+
+    /// AES-256-GCM when this CPU has AES and carry-less multiply instructions (where it is
+    /// several times faster), ChaCha20-Poly1305 otherwise (where AES in software is slow).
+    pub fn preferred() -> DataCipher {
+        if hardware_aes() {
+            DataCipher::Aes256Gcm
+        } else {
+            DataCipher::ChaCha20Poly1305
+        }
+    }
+
+    /// The config.json format version a repository with this cipher is written with: 1 for
+    /// ChaCha20-Poly1305 (readable by every virtguard), 2 for AES-256-GCM.
+    pub const fn config_format_version(self) -> u32 {
+        match self {
+            DataCipher::ChaCha20Poly1305 => 1,
+            DataCipher::Aes256Gcm => 2,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn hardware_aes() -> bool {
+    std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+}
+
+#[cfg(target_arch = "aarch64")]
+fn hardware_aes() -> bool {
+    std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull")
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn hardware_aes() -> bool {
+    false
+}
+
+/// ring's key for the data key under `cipher` (the key schedule is cheap next to a chunk).
+/// Blobs use ring for both ciphers: its ChaCha20-Poly1305 (the same RFC 8439 construction as
+/// the RustCrypto one that wraps the master key) is about twice as fast here.
+fn ring_key(cipher: DataCipher, data: &Key) -> Result<ring::aead::LessSafeKey> {
+    let alg = match cipher {
+        DataCipher::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
+        DataCipher::Aes256Gcm => &ring::aead::AES_256_GCM,
+    };
+    ring::aead::UnboundKey::new(alg, data.as_slice())
+        .map(ring::aead::LessSafeKey::new)
+        .map_err(|_| Error::Crypto(format!("{} key setup failed", cipher.name())))
 }
 
 /// Hashing and blob encoding for one repository.
@@ -183,7 +269,11 @@ impl Crypto {
         let mut master = [0u8; 64];
         master[..32].copy_from_slice(keys.data.as_slice());
         master[32..].copy_from_slice(&keys.id);
-        wrap_master(&master, user_key, memory_kib, iterations)
+        let mut enc = wrap_master(&master, user_key, memory_kib, iterations)?;
+        // Each wrapped copy names the repository's data cipher: opening with it must seal and
+        // open blobs as the repository does.
+        enc.aead = keys.cipher.name().to_string();
+        Ok(enc)
     }
 
     /// Unwraps the master secret with `user_key`.
@@ -193,9 +283,7 @@ impl Crypto {
         location: &str,
         zstd_level: i32,
     ) -> Result<Crypto> {
-        if cfg.aead != "chacha20poly1305" {
-            return Err(Error::Crypto(format!("unsupported AEAD `{}`", cfg.aead)));
-        }
+        let cipher = DataCipher::parse(&cfg.aead)?;
         let wrapping = derive_wrapping_key(user_key, &cfg.kdf)?;
         let wrapped = hex::decode(&cfg.wrapped_key)
             .map_err(|_| Error::corrupt("config.json", "wrapped key is not hex"))?;
@@ -217,7 +305,20 @@ impl Crypto {
             .map_err(|_| Error::WrongKey {
                 location: location.to_string(),
             })?;
-        Ok(Self::from_master(&master, zstd_level))
+        Ok(Self::from_master(&master, zstd_level).with_data_cipher(cipher))
+    }
+
+    /// This crypto sealing new blobs with `cipher` (init records it in config.json).
+    pub fn with_data_cipher(mut self, cipher: DataCipher) -> Crypto {
+        if let Some(k) = &mut self.keys {
+            k.cipher = cipher;
+        }
+        self
+    }
+
+    /// The blob cipher (`None` when unencrypted).
+    pub fn data_cipher(&self) -> Option<DataCipher> {
+        self.keys.as_ref().map(|k| k.cipher)
     }
 
     fn from_master(master: &[u8], zstd_level: i32) -> Crypto {
@@ -229,6 +330,7 @@ impl Crypto {
             keys: Some(Keys {
                 data: Key::from(data),
                 id,
+                cipher: DataCipher::ChaCha20Poly1305,
             }),
             zstd_level,
         }
@@ -287,8 +389,7 @@ impl Crypto {
             let nonce: [u8; NONCE_LEN] = rand::random();
             out[BLOB_HEADER_LEN..prefix].copy_from_slice(&nonce);
             let aad = [&header[..], key.as_bytes()].concat();
-            let tag = ChaCha20Poly1305::new(&k.data)
-                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[prefix..])
+            let tag = seal_in_place(k, nonce, &aad, &mut out[prefix..])
                 .map_err(|_| Error::Crypto(format!("encrypting `{key}` failed")))?;
             out.extend_from_slice(&tag);
         }
@@ -327,7 +428,7 @@ impl Crypto {
     /// Decodes a blob read from `key`: checks the header, decrypts, decompresses.
     pub fn decode_blob(&self, magic: [u8; 4], key: &str, data: &[u8]) -> Result<Vec<u8>> {
         let (header, payload) = self.open_blob(magic, key, data)?;
-        decoded(key, &header, &payload)
+        decoded(key, &header, payload)
     }
 
     /// [`Self::decode_blob`], also returning the blob's zstd frame (decrypted) when it is
@@ -341,8 +442,8 @@ impl Crypto {
         data: &[u8],
     ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
         let (header, payload) = self.open_blob(magic, key, data)?;
-        let raw = decoded(key, &header, &payload)?;
-        let frame = (header.flags & FLAG_ZSTD != 0).then(|| payload.into_owned());
+        let frame = (header.flags & FLAG_ZSTD != 0).then(|| payload.to_vec());
+        let raw = decoded(key, &header, payload)?;
         Ok((raw, frame))
     }
 
@@ -369,14 +470,12 @@ impl Crypto {
                 }
                 let (nonce, ct) = body.split_at(NONCE_LEN);
                 let aad = [&data[..BLOB_HEADER_LEN], key.as_bytes()].concat();
-                let plain = ChaCha20Poly1305::new(&k.data)
-                    .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
-                    .map_err(|_| {
-                        Error::corrupt(
-                            key,
-                            "authentication failed (modified, truncated or moved object)",
-                        )
-                    })?;
+                let plain = open_sealed(k, nonce, &aad, ct).map_err(|_| {
+                    Error::corrupt(
+                        key,
+                        "authentication failed (modified, truncated or moved object)",
+                    )
+                })?;
                 std::borrow::Cow::Owned(plain)
             }
             (None, true) => {
@@ -396,12 +495,45 @@ impl Crypto {
     }
 }
 
+/// Encrypts `buf` in place with the repository's data cipher; returns the tag.
+fn seal_in_place(
+    k: &Keys,
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<[u8; TAG_LEN]> {
+    let tag = ring_key(k.cipher, &k.data)?
+        .seal_in_place_separate_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(aad),
+            buf,
+        )
+        .map_err(|_| Error::Crypto("AEAD seal failed".into()))?;
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+/// Decrypts and authenticates `ct` (ciphertext ‖ tag) with the repository's data cipher.
+fn open_sealed(k: &Keys, nonce: &[u8], aad: &[u8], ct: &[u8]) -> Result<Vec<u8>> {
+    let fail = || Error::Crypto("AEAD open failed".into());
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| fail())?;
+    let mut buf = ct.to_vec();
+    let n = ring_key(k.cipher, &k.data)?
+        .open_in_place(nonce, ring::aead::Aad::from(aad), &mut buf)
+        .map_err(|_| fail())?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// The raw bytes of a blob's (decrypted) payload, checked against the header's length.
-fn decoded(key: &str, header: &BlobHeader, payload: &[u8]) -> Result<Vec<u8>> {
+/// A decrypted raw payload is returned as is (no copy).
+fn decoded(key: &str, header: &BlobHeader, payload: std::borrow::Cow<'_, [u8]>) -> Result<Vec<u8>> {
     let raw = if header.flags & FLAG_ZSTD != 0 {
-        decompress(key, payload, header.raw_len)?
+        decompress(key, &payload, header.raw_len)?
     } else {
-        payload.to_vec()
+        payload.into_owned()
     };
     if raw.len() as u64 != header.raw_len {
         return Err(Error::corrupt(
@@ -571,6 +703,54 @@ mod tests {
             .unwrap();
         assert!(b.len() < text.len() / 5);
         assert_eq!(c.decode_blob(CHUNK_MAGIC, "chunks/ab/x", &b).unwrap(), text);
+    }
+
+    #[test]
+    fn both_ciphers_roundtrip_and_do_not_read_each_other() {
+        let (chacha, mut cfg) = Crypto::create(b"k", MEM, 1, 3).unwrap();
+        assert_eq!(chacha.data_cipher(), Some(DataCipher::ChaCha20Poly1305));
+        let aes = chacha.clone().with_data_cipher(DataCipher::Aes256Gcm);
+        let text = b"text that compresses, text that compresses\n".repeat(2000);
+        let random: Vec<u8> = (0..300_000).map(|_| rand::random::<u8>()).collect();
+        for data in [&text[..], &random[..], b""] {
+            let a = aes
+                .encode_blob(CHUNK_MAGIC, "chunks/ab/x", data, true)
+                .unwrap();
+            let c = chacha
+                .encode_blob(CHUNK_MAGIC, "chunks/ab/x", data, true)
+                .unwrap();
+            assert_eq!(
+                aes.decode_blob(CHUNK_MAGIC, "chunks/ab/x", &a).unwrap(),
+                data
+            );
+            assert_eq!(
+                chacha.decode_blob(CHUNK_MAGIC, "chunks/ab/x", &c).unwrap(),
+                data
+            );
+            assert!(chacha.decode_blob(CHUNK_MAGIC, "chunks/ab/x", &a).is_err());
+            assert!(aes.decode_blob(CHUNK_MAGIC, "chunks/ab/x", &c).is_err());
+            // AES blobs are bound to their key and detect flips like ChaCha ones.
+            assert!(aes.decode_blob(CHUNK_MAGIC, "chunks/ab/y", &a).is_err());
+            let mut flipped = a.clone();
+            flipped[BLOB_HEADER_LEN + NONCE_LEN] ^= 1;
+            assert!(aes
+                .decode_blob(CHUNK_MAGIC, "chunks/ab/x", &flipped)
+                .is_err());
+        }
+        // open() picks the cipher config.json names.
+        cfg.aead = DataCipher::Aes256Gcm.name().into();
+        let reopened = Crypto::open(&cfg, b"k", "loc", 3).unwrap();
+        assert_eq!(reopened.data_cipher(), Some(DataCipher::Aes256Gcm));
+        let a = aes
+            .encode_blob(OBJECT_MAGIC, "o", b"manifest", false)
+            .unwrap();
+        assert_eq!(
+            reopened.decode_blob(OBJECT_MAGIC, "o", &a).unwrap(),
+            b"manifest"
+        );
+        cfg.aead = "rot13".into();
+        let err = Crypto::open(&cfg, b"k", "loc", 3).unwrap_err();
+        assert!(err.to_string().contains("rot13"), "{err}");
     }
 
     #[test]

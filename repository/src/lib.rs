@@ -90,7 +90,8 @@
 //! ```
 //!
 //! The header is 16 bytes (checked at compile time). With encryption the AEAD
-//! (ChaCha20-Poly1305) additional data is the 16-byte header followed by the object's key, so
+//! (config.json's `encryption.aead`: `chacha20poly1305`, or `aes256gcm` in config format 2,
+//! see [`config::CONFIG_FORMAT_VERSION_MAX`]) additional data is the 16-byte header followed by the object's key, so
 //! a blob cannot be moved to another name or have its flags changed without detection.
 //! A payload is stored raw when zstd does not make it smaller. Reading a chunk always
 //! recomputes its id from the decoded bytes and compares it with the name.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{RepoConfig, CONFIG_KEY};
-use crate::crypto::Crypto;
+use crate::crypto::{Crypto, DataCipher};
 use crate::error::{Error, Result};
 use crate::format::{
     backup_prefix, check_name, BackupId, ChunkId, Index, Manifest, CHUNK_MAGIC, OBJECT_MAGIC,
@@ -25,6 +25,8 @@ pub struct InitOptions {
     pub key: Option<Vec<u8>>,
     pub kdf_memory_kib: u32,
     pub kdf_iterations: u32,
+    /// Blob cipher of an encrypted repository; `None` = [`DataCipher::preferred`] for this CPU.
+    pub cipher: Option<DataCipher>,
 }
 
 impl fmt::Debug for InitOptions {
@@ -45,6 +47,7 @@ impl Default for InitOptions {
             key: None,
             kdf_memory_kib: 64 * 1024,
             kdf_iterations: 3,
+            cipher: None,
         }
     }
 }
@@ -202,7 +205,7 @@ impl Repository {
                     )?,
                     None => None,
                 };
-                let (crypto, enc) = match shared {
+                let (crypto, mut enc) = match shared {
                     Some(created) => created,
                     None => Crypto::create(
                         key,
@@ -211,9 +214,12 @@ impl Repository {
                         opts.compression_level,
                     )?,
                 };
+                let cipher = opts.cipher.unwrap_or_else(DataCipher::preferred);
+                enc.aead = cipher.name().to_string();
+                config.format_version = cipher.config_format_version();
                 config.encryption = Some(enc);
                 config.key = Some(crate::keys::KeyMeta::new());
-                crypto
+                crypto.with_data_cipher(cipher)
             }
             None => Crypto::plain(opts.compression_level),
         };
@@ -569,6 +575,49 @@ mod tests {
         ));
         let repo = Repository::open(store.clone(), Some(b"pw")).await.unwrap();
         assert!(repo.crypto().is_encrypted());
+    }
+
+    #[tokio::test]
+    async fn both_ciphers_init_record_their_format_and_read_back() {
+        use crate::backup::{BackupOptions, BackupSession};
+        use crate::source::FileSource;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&img, &data).unwrap();
+        for (cipher, version) in [
+            (DataCipher::Aes256Gcm, 2),
+            (DataCipher::ChaCha20Poly1305, 1),
+        ] {
+            let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join(cipher.name())));
+            let opts = InitOptions {
+                chunk_size: 64 * 1024,
+                key: Some(b"pw".to_vec()),
+                kdf_memory_kib: 256,
+                kdf_iterations: 1,
+                cipher: Some(cipher),
+                ..Default::default()
+            };
+            Repository::init(store.clone(), opts).await.unwrap();
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&store.get(CONFIG_KEY).await.unwrap()).unwrap();
+            assert_eq!(cfg["format_version"], version, "{cipher:?}");
+            assert_eq!(cfg["encryption"]["aead"], cipher.name());
+            let repo = Arc::new(Repository::open(store, Some(b"pw")).await.unwrap());
+            assert_eq!(repo.crypto().data_cipher(), Some(cipher));
+            let mut s = BackupSession::start(repo.clone(), "ns", "vm", BackupOptions::default())
+                .await
+                .unwrap();
+            s.write_volume("disk0", Arc::new(FileSource::open(&img).unwrap()), None)
+                .await
+                .unwrap();
+            let m = s.commit().await.unwrap();
+            let mut out = Vec::new();
+            crate::restore::restore_to_writer(&repo, &m, "disk0", &mut out, &Default::default())
+                .await
+                .unwrap();
+            assert_eq!(out, data, "{cipher:?}");
+        }
     }
 
     #[tokio::test]

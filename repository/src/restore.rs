@@ -251,10 +251,12 @@ fn write_chunk(
 ) -> std::io::Result<()> {
     if let Some(d) = direct {
         if data.len() % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN as u64 == 0 {
-            let mut buf = vec![0u8; data.len() + DIRECT_ALIGN];
+            // Only the bytes before the aligned start are zeroed, not the whole buffer.
+            let mut buf: Vec<u8> = Vec::with_capacity(data.len() + DIRECT_ALIGN);
             let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-            if let Some(aligned) = buf.get_mut(start..start + data.len()) {
-                aligned.copy_from_slice(data);
+            buf.resize(start.min(DIRECT_ALIGN), 0);
+            buf.extend_from_slice(data);
+            if let Some(aligned) = buf.get(start..start + data.len()) {
                 match d.write_all_at(aligned, offset) {
                     Ok(()) => return Ok(()),
                     // Alignment rules stricter than ours: write this chunk buffered instead.

@@ -143,6 +143,11 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                 key: config.key.as_ref().map(|k| k.bytes().to_vec()),
                 kdf_memory_kib: a.kdf_memory_kib,
                 kdf_iterations: a.kdf_iterations,
+                cipher: a
+                    .cipher
+                    .as_deref()
+                    .map(crate::repo::crypto::DataCipher::parse)
+                    .transpose()?,
             };
             let object_lock = match a.object_lock {
                 Some(period_seconds) => Some(crate::repo::objectlock::ObjectLockPolicy {
@@ -179,10 +184,9 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
             }
             println!(
                 "created {} repository at {} (chunk size {}, zstd level {})",
-                if encrypted {
-                    "an encrypted"
-                } else {
-                    "an unencrypted"
+                match repo.crypto().data_cipher() {
+                    Some(c) => format!("an encrypted ({})", c.name()),
+                    None => "an unencrypted".to_string(),
                 },
                 repo.location(),
                 human(u64::from(repo.config().chunk_size)),

@@ -223,6 +223,11 @@ pub struct InitArgs {
         requires = "copy_chunker_params_from"
     )]
     pub from_key_file: Option<PathBuf>,
+    /// Cipher of an encrypted repository: aes256gcm (needs virtguard with config format 2) or
+    /// chacha20poly1305 (readable by every version) [default: aes256gcm when the CPU has AES and
+    /// carry-less multiply instructions, chacha20poly1305 otherwise]
+    #[arg(long, value_parser = ["aes256gcm", "chacha20poly1305"])]
+    pub cipher: Option<String>,
 }
 
 #[derive(Debug, Args)]
