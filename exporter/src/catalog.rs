@@ -76,6 +76,8 @@ pub struct MetricDef {
 const VMI: &[&str] = &["namespace", "name", "node"];
 const VMI_NET: &[&str] = &["namespace", "name", "node", "interface"];
 const VMI_BLK: &[&str] = &["namespace", "name", "node", "drive"];
+const VMI_VCPU: &[&str] = &["namespace", "name", "node", "id"];
+const VMI_VCPU_STATE: &[&str] = &["namespace", "name", "node", "id", "state"];
 const VMIM: &[&str] = &["vmi", "vmim", "namespace"];
 const RESTORED: &[&str] = &["vm_name", "vm_namespace"];
 const BACKUP: &[&str] = &["namespace", "name"];
@@ -148,6 +150,19 @@ pub const CATALOG: &[MetricDef] = &[
         "Major page faults in the guest."),
     m!("kubevirt_vmi_memory_pgminfault_total", Counter, VMI, Node,
         "Minor page faults in the guest."),
+    // --- CPU (node): libvirt cpu.{time,user,system} and vcpu.N.{state,time,wait,delay}; ns -> s.
+    m!("kubevirt_vmi_cpu_usage_seconds_total", Counter, VMI, Node,
+        "Total CPU time of the VMI in all modes (vCPUs and hypervisor threads), in seconds."),
+    m!("kubevirt_vmi_cpu_user_usage_seconds_total", Counter, VMI, Node,
+        "Total CPU time of the VMI spent in user mode, in seconds."),
+    m!("kubevirt_vmi_cpu_system_usage_seconds_total", Counter, VMI, Node,
+        "Total CPU time of the VMI spent in system mode, in seconds."),
+    m!("kubevirt_vmi_vcpu_seconds_total", Counter, VMI_VCPU_STATE, Node,
+        "Time this vCPU spent running (excluding hypervisor time), in seconds; state is the vCPU's current state (running, blocked, offline)."),
+    m!("kubevirt_vmi_vcpu_wait_seconds_total", Counter, VMI_VCPU, Node,
+        "Time this vCPU wanted to run while the host ran something else (libvirt vcpu.N.wait), in seconds."),
+    m!("kubevirt_vmi_vcpu_delay_seconds_total", Counter, VMI_VCPU, Node,
+        "Time this vCPU spent waiting in the host run queue instead of running, seen by the guest as steal time, in seconds."),
     // --- migration (node): job stats of the migrating source domain.
     m!("kubevirt_vmi_migration_data_processed_bytes", Gauge, VMI, Node,
         "Guest data already transferred by the running migration, in bytes."),
@@ -386,6 +401,12 @@ mod tests {
             ("kubevirt_vmi_memory_actual_balloon_bytes", G),
             ("kubevirt_vmi_memory_pgmajfault_total", C),
             ("kubevirt_vmi_memory_pgminfault_total", C),
+            ("kubevirt_vmi_cpu_usage_seconds_total", C),
+            ("kubevirt_vmi_cpu_user_usage_seconds_total", C),
+            ("kubevirt_vmi_cpu_system_usage_seconds_total", C),
+            ("kubevirt_vmi_vcpu_seconds_total", C),
+            ("kubevirt_vmi_vcpu_wait_seconds_total", C),
+            ("kubevirt_vmi_vcpu_delay_seconds_total", C),
             ("kubevirt_vmi_migration_data_processed_bytes", G),
             ("kubevirt_vmi_migration_data_remaining_bytes", G),
             ("kubevirt_vmi_migration_memory_transfer_rate_bytes", G),

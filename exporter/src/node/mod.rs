@@ -26,6 +26,7 @@
 //! With `--guest-agent-nics`, VMs with SR-IOV NICs get one more call per scrape, to their guest
 //! agent, for the counters libvirt does not have ([`guest_nics`]).
 
+pub mod cpu;
 pub mod ffi;
 pub mod guest_nics;
 pub mod stats;
@@ -54,7 +55,9 @@ pub const DEFAULT_URI_TEMPLATE: &str = "qemu+unix:///session?socket={socket}";
 const STATS: u32 = sys::VIR_DOMAIN_STATS_STATE
     | sys::VIR_DOMAIN_STATS_BALLOON
     | sys::VIR_DOMAIN_STATS_INTERFACE
-    | sys::VIR_DOMAIN_STATS_BLOCK;
+    | sys::VIR_DOMAIN_STATS_BLOCK
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_VCPU;
 
 /// libvirt job operations (`virDomainJobOperation`) by the names the CLI accepts.
 pub const JOB_OPERATIONS: &[(&str, i32)] = &[
