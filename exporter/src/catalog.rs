@@ -82,6 +82,7 @@ const VMIM: &[&str] = &["vmi", "vmim", "namespace"];
 const RESTORED: &[&str] = &["vm_name", "vm_namespace"];
 const BACKUP: &[&str] = &["namespace", "name"];
 const REPO: &[&str] = &["repository"];
+const RESTORE: &[&str] = &["namespace", "name", "method"];
 
 macro_rules! m {
     ($name:literal, $kind:ident, $labels:expr, $source:ident, $help:literal) => {
@@ -222,6 +223,28 @@ pub const CATALOG: &[MetricDef] = &[
         "Always 1; labels carry the last backup's consistency kind (application-consistent, crash-consistent, paused, offline) and why its freeze failed (refused, timed-out, agent-disconnected, quiesce-failed; none when it did not)."),
     m!("virtguard_backup_bytes", Gauge, &["namespace", "name", "kind"], Cluster,
         "Bytes of the last backup by kind: read from the disks, new to the repository, stored after compression."),
+    // --- restores (cluster): `virtguard-restore-status` written by `virtguard restore`, key = restored VM.
+    m!("virtguard_restore_last_attempt_timestamp_seconds", Gauge, RESTORE, Cluster,
+        "Unix time at which the last restore into the VM started (method: copy or in-place)."),
+    m!("virtguard_restore_last_success_timestamp_seconds", Gauge, RESTORE, Cluster,
+        "Unix time at which the last successful restore into the VM finished."),
+    m!("virtguard_restore_last_status", Gauge, RESTORE, Cluster,
+        "Result of the last restore into the VM: 1 ok, 0 failed."),
+    m!("virtguard_restore_duration_seconds", Gauge, RESTORE, Cluster,
+        "Duration of the last restore into the VM, in seconds."),
+    m!("virtguard_restore_bytes", Gauge, RESTORE, Cluster,
+        "Bytes the last restore wrote to the VM's volumes."),
+    // --- restore drills (cluster): `virtguard-drill-status`, key = source VM.
+    m!("virtguard_restore_test_last_attempt_timestamp_seconds", Gauge, BACKUP, Cluster,
+        "Unix time at which the last restore drill of the VM started."),
+    m!("virtguard_restore_test_last_success_timestamp_seconds", Gauge, BACKUP, Cluster,
+        "Unix time at which the last successful restore drill of the VM finished (its backup restored, booted and answered)."),
+    m!("virtguard_restore_test_last_status", Gauge, BACKUP, Cluster,
+        "Result of the last restore drill of the VM: 1 ok, 0 failed."),
+    m!("virtguard_restore_test_duration_seconds", Gauge, BACKUP, Cluster,
+        "Duration of the last restore drill of the VM (restore, boot, checks, cleanup), in seconds."),
+    m!("virtguard_restore_test_time_to_ready_seconds", Gauge, BACKUP, Cluster,
+        "Time from starting the drill's restored copy to its guest agent answering, in seconds."),
     // --- repository maintenance (cluster): `virtguard-maintenance-status` written by `virtguard maintain`.
     m!("virtguard_repository_maintenance_last_attempt_timestamp_seconds", Gauge, REPO, Cluster,
         "Unix time at which the last maintain of the repository started."),

@@ -13,6 +13,8 @@
 //!   while a kind cannot be listed, 200 once it recovers through the watcher's backoff; a kind
 //!   answering 404 (CRD not installed) holds up neither readiness nor the other kinds, and is
 //!   picked up without a restart once it is served. `--namespace` keeps other namespaces out.
+//! * `restore_and_drill_records_become_series`: the restore and drill status ConfigMaps give the
+//!   `virtguard_restore_*` / `virtguard_restore_test_*` series and no backup series.
 #![allow(clippy::unwrap_used)] // test code
 
 use std::path::Path;
@@ -26,7 +28,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use virtguard_api::kubevirt::{VirtualMachineInstanceMigration, VirtualMachineSnapshot};
 use virtguard_api::labels;
-use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency, FreezeFailure};
+use virtguard_api::status::{
+    BackupResult, BackupStatusRecord, Consistency, DrillStatusRecord, FreezeFailure,
+    RestoreStatusRecord,
+};
 use virtguard_e2e::{free_port, require_binary, require_peer};
 use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
 
@@ -684,4 +689,88 @@ vms:
         is(t, &db("green"), 1.0) && !t.contains("label_team=\"blue\"")
     })
     .await;
+}
+
+/// The restore and drill records (`virtguard-restore-status`, `virtguard-drill-status`, written
+/// with the api crate's record types) become the `virtguard_restore_*` and
+/// `virtguard_restore_test_*` series, and are not mistaken for backup records although the same
+/// label selects them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_and_drill_records_become_series() {
+    let _ = require_peer!(require_binary("promtool"));
+    let sim = start_sim().await;
+    let client = sim.client().await.unwrap();
+    let e = start_exporter(sim.kubeconfig_path(), &["--mode", "cluster"]);
+    wait_ready(&e, 20).await;
+    let restore = RestoreStatusRecord {
+        last_attempt_timestamp: 1_795_316_400,
+        last_success_timestamp: Some(1_795_316_460),
+        result: BackupResult::Succeeded,
+        reason: None,
+        backup_id: Some("prod/db/20261122T030000Z-3f9a".into()),
+        source: "prod/db".into(),
+        method: "copy".into(),
+        duration_seconds: 60.25,
+        bytes_written: 9_437_184,
+    };
+    let drill = DrillStatusRecord {
+        last_attempt_timestamp: 1_795_320_000,
+        last_success_timestamp: Some(1_795_000_000),
+        result: BackupResult::Failed,
+        reason: Some("agent-not-connected".into()),
+        backup_id: Some("prod/db/20261122T030000Z-3f9a".into()),
+        sandbox_namespace: "virtguard-drills".into(),
+        duration_seconds: 300.5,
+        time_to_ready_seconds: None,
+    };
+    let cm = |name: &str, key: &str, json: String| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "prod", "labels": {labels::STATUS: "true"}},
+            "data": {key: json},
+        }))
+        .unwrap()
+    };
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), "prod");
+    for c in [
+        cm(
+            labels::RESTORE_STATUS_CONFIGMAP,
+            "db-copy",
+            serde_json::to_string(&restore).unwrap(),
+        ),
+        cm(
+            labels::DRILL_STATUS_CONFIGMAP,
+            "db",
+            serde_json::to_string(&drill).unwrap(),
+        ),
+    ] {
+        cms.create(&PostParams::default(), &c).await.unwrap();
+    }
+    let r = |m: &str| {
+        format!("virtguard_restore_{m}{{namespace=\"prod\",name=\"db-copy\",method=\"copy\"}}")
+    };
+    let d = |m: &str| format!("virtguard_restore_test_{m}{{namespace=\"prod\",name=\"db\"}}");
+    let text = wait_metrics(&e, "restore and drill records", 10, |t| {
+        is(t, &r("last_status"), 1.0) && is(t, &d("last_status"), 0.0)
+    })
+    .await;
+    for (series, v) in [
+        (r("last_attempt_timestamp_seconds"), 1_795_316_400.0),
+        (r("last_success_timestamp_seconds"), 1_795_316_460.0),
+        (r("duration_seconds"), 60.25),
+        (r("bytes"), 9_437_184.0),
+        (d("last_attempt_timestamp_seconds"), 1_795_320_000.0),
+        (d("last_success_timestamp_seconds"), 1_795_000_000.0),
+        (d("duration_seconds"), 300.5),
+    ] {
+        assert_eq!(value(&text, &series), Some(v), "{series}\n{text}");
+    }
+    assert!(
+        !text.contains("virtguard_restore_test_time_to_ready_seconds{"),
+        "never ready: no sample\n{text}"
+    );
+    assert!(
+        !text.contains("virtguard_backup_"),
+        "restore and drill records are not backup records\n{text}"
+    );
+    promtool_check(&text).unwrap();
 }

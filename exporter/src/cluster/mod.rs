@@ -8,7 +8,7 @@
 //! | VirtualMachineInstance | all | [`migrations`] (times), [`guest`] |
 //! | VirtualMachineSnapshot | all | [`snapshots`] |
 //! | PersistentVolumeClaim | label `restore.kubevirt.io/source-vm-name` | [`snapshots`] (restored disks) |
-//! | ConfigMap | label `virtguard.io/status=true` | [`backup_status`], [`maintenance_status`] |
+//! | ConfigMap | label `virtguard.io/status=true` | [`backup_status`], [`maintenance_status`], [`restore_status`] |
 //!
 //! All of them are restricted to one namespace with `--namespace`. A scrape reads the stores
 //! and renders through the same [`Exposition`] as node mode; it makes no API call, so its cost
@@ -21,6 +21,7 @@ pub mod backup_status;
 pub mod guest;
 pub mod maintenance_status;
 pub mod migrations;
+pub mod restore_status;
 pub mod snapshots;
 pub mod watch;
 
@@ -34,7 +35,8 @@ use virtguard_api::kubevirt::{
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineSnapshot,
 };
 use virtguard_api::labels::{
-    MAINTENANCE_STATUS_CONFIGMAP, RESTORE_SOURCE_VM_NAME, STATUS, STATUS_CONFIGMAP,
+    DRILL_STATUS_CONFIGMAP, MAINTENANCE_STATUS_CONFIGMAP, RESTORE_SOURCE_VM_NAME,
+    RESTORE_STATUS_CONFIGMAP, STATUS, STATUS_CONFIGMAP,
 };
 
 use crate::allowlist::VmiLabelAllowlist;
@@ -98,8 +100,12 @@ pub fn backup_entries(cms: &[Arc<ConfigMap>]) -> Vec<(String, String, BackupStat
     let mut best: BTreeMap<(String, String), (bool, BackupStatus)> = BTreeMap::new();
     for cm in cms {
         let ns = cm.metadata.namespace.clone().unwrap_or_default();
-        if cm.metadata.name.as_deref() == Some(MAINTENANCE_STATUS_CONFIGMAP) {
+        let name = cm.metadata.name.as_deref();
+        if name == Some(MAINTENANCE_STATUS_CONFIGMAP) {
             continue; // keyed by repository, not VM: maintenance_status reads it
+        }
+        if name == Some(RESTORE_STATUS_CONFIGMAP) || name == Some(DRILL_STATUS_CONFIGMAP) {
+            continue; // other records: restore_status reads them
         }
         let canonical = cm.metadata.name.as_deref() == Some(STATUS_CONFIGMAP);
         let Some(data) = cm.data.as_ref() else {
@@ -131,6 +137,8 @@ pub fn render_state(out: &mut Exposition, state: &ClusterState, allow: &VmiLabel
     guest::render(out, &state.vmis, allow);
     backup_status::render(out, &backup_entries(&state.status));
     maintenance_status::render(out, &maintenance_status::entries(&state.status));
+    restore_status::render_restores(out, &restore_status::restore_entries(&state.status));
+    restore_status::render_drills(out, &restore_status::drill_entries(&state.status));
 }
 
 /// Renders the per-kind reflector health (`kinds` = (health, objects in store)).
