@@ -206,6 +206,13 @@ pub const CATALOG: &[MetricDef] = &[
         "1 when the VMI's AgentConnected condition is True, else 0."),
     m!("virtguard_vmi_filesystem_frozen", Gauge, VMI, Cluster,
         "1 when the VMI reports its guest filesystems frozen, else 0."),
+    // --- VMI state (cluster): phases, eviction, MAC collisions.
+    m!("virtguard_vmis_in_phase", Gauge, &["node", "phase"], Cluster,
+        "Number of VMIs per node and lower-cased phase (pending, scheduling, scheduled, running, succeeded, failed, unknown)."),
+    m!("kubevirt_vmi_non_evictable", Gauge, VMI, Cluster,
+        "1 when the running VMI's eviction strategy is LiveMigrate but it is not live-migratable (a node drain would block on it), else 0."),
+    m!("virtguard_vmi_duplicate_mac", Gauge, &["namespace", "name", "interface"], Cluster,
+        "Number of other VMIs with an interface using this interface's MAC address (0 normally)."),
     // --- backup status (cluster): `virtguard-status` ConfigMaps written by the backup engine.
     m!("virtguard_backup_last_success_timestamp_seconds", Gauge, BACKUP, Cluster,
         "Unix time at which the last successful backup of the VM finished."),
@@ -442,6 +449,7 @@ mod tests {
             ("kubevirt_vmi_migration_failed", G),
             ("kubevirt_vmi_migration_start_time_seconds", G),
             ("kubevirt_vmi_migration_end_time_seconds", G),
+            ("kubevirt_vmi_non_evictable", G),
             ("kubevirt_vmsnapshot_disks_restored_from_source", G),
             ("kubevirt_vmsnapshot_disks_restored_from_source_bytes", G),
             ("kubevirt_vmsnapshot_succeeded_timestamp_seconds", G),

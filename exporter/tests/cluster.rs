@@ -13,6 +13,8 @@
 //!   while a kind cannot be listed, 200 once it recovers through the watcher's backoff; a kind
 //!   answering 404 (CRD not installed) holds up neither readiness nor the other kinds, and is
 //!   picked up without a restart once it is served. `--namespace` keeps other namespaces out.
+//! * `vmi_phases_eviction_and_duplicate_macs`: phase counts, the non-evictable indicator and MAC
+//!   collisions follow VMI changes.
 //! * `restore_and_drill_records_become_series`: the restore and drill status ConfigMaps give the
 //!   `virtguard_restore_*` / `virtguard_restore_test_*` series and no backup series.
 #![allow(clippy::unwrap_used)] // test code
@@ -26,7 +28,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use virtguard_api::kubevirt::{VirtualMachineInstanceMigration, VirtualMachineSnapshot};
+use virtguard_api::kubevirt::{
+    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineSnapshot,
+};
 use virtguard_api::labels;
 use virtguard_api::status::{
     BackupResult, BackupStatusRecord, Consistency, DrillStatusRecord, FreezeFailure,
@@ -771,6 +775,77 @@ async fn restore_and_drill_records_become_series() {
     assert!(
         !text.contains("virtguard_backup_"),
         "restore and drill records are not backup records\n{text}"
+    );
+    promtool_check(&text).unwrap();
+}
+
+/// VMI state from the simulated cluster: phase counts of the scenario's running VMIs; a
+/// LiveMigrate VMI that is live-migratable is not non-evictable; a VMI given another VMI's MAC
+/// makes both collide (the MAC never becomes a label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmi_phases_eviction_and_duplicate_macs() {
+    let _ = require_peer!(require_binary("promtool"));
+    let sim = start_sim().await;
+    let client = sim.client().await.unwrap();
+    let e = start_exporter(sim.kubeconfig_path(), &["--mode", "cluster"]);
+    wait_ready(&e, 20).await;
+    let running = "virtguard_vmis_in_phase{node=\"sim-node-1\",phase=\"running\"}";
+    let evict = |n: &str| {
+        format!("kubevirt_vmi_non_evictable{{namespace=\"prod\",name=\"{n}\",node=\"sim-node-1\"}}")
+    };
+    let dup = |ns: &str, n: &str| {
+        format!(
+            "virtguard_vmi_duplicate_mac{{namespace=\"{ns}\",name=\"{n}\",interface=\"default\"}}"
+        )
+    };
+    let text = wait_metrics(&e, "three running VMIs", 15, |t| {
+        is(t, running, 3.0) && is(t, &evict("web"), 0.0)
+    })
+    .await;
+    assert!(is(&text, &evict("db"), 0.0), "{text}");
+    for (ns, n) in [("prod", "db"), ("prod", "web"), ("default", "other")] {
+        assert!(
+            is(&text, &dup(ns, n), 0.0),
+            "{ns}/{n}: distinct MACs\n{text}"
+        );
+    }
+
+    let vmis = |ns: &str| Api::<VirtualMachineInstance>::namespaced(client.clone(), ns);
+    vmis("prod")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"evictionStrategy": "LiveMigrate"}})),
+        )
+        .await
+        .unwrap();
+    // `other` is given db's MAC in its spec (the simulated virt-handler reports it in status).
+    let db = vmis("prod").get("db").await.unwrap();
+    let db_mac = db.status.unwrap().interfaces.unwrap()[0]
+        .mac
+        .clone()
+        .unwrap();
+    vmis("default")
+        .patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"domain": {"devices": {"interfaces": [
+                {"name": "default", "masquerade": {}, "macAddress": db_mac.to_uppercase()}
+            ]}}}})),
+        )
+        .await
+        .unwrap();
+    let text = wait_metrics(&e, "db and other colliding", 15, |t| {
+        is(t, &dup("prod", "db"), 1.0) && is(t, &dup("default", "other"), 1.0)
+    })
+    .await;
+    // The simulated virt-handler always reports LiveMigratable=True: the LiveMigrate strategy
+    // alone does not make web non-evictable (the positive case is a unit test of vmi_state).
+    assert!(is(&text, &evict("web"), 0.0), "{text}");
+    assert!(is(&text, &dup("prod", "web"), 0.0), "{text}");
+    assert!(
+        !text.to_lowercase().contains(&db_mac.to_lowercase()),
+        "MACs never become labels\n{text}"
     );
     promtool_check(&text).unwrap();
 }

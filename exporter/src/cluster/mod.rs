@@ -5,7 +5,7 @@
 //! | kind | selection | families |
 //! |---|---|---|
 //! | VirtualMachineInstanceMigration | all | [`migrations`] |
-//! | VirtualMachineInstance | all | [`migrations`] (times), [`guest`] |
+//! | VirtualMachineInstance | all | [`migrations`] (times), [`guest`], [`vmi_state`] |
 //! | VirtualMachineSnapshot | all | [`snapshots`] |
 //! | PersistentVolumeClaim | label `restore.kubevirt.io/source-vm-name` | [`snapshots`] (restored disks) |
 //! | ConfigMap | label `virtguard.io/status=true` | [`backup_status`], [`maintenance_status`], [`restore_status`] |
@@ -23,6 +23,7 @@ pub mod maintenance_status;
 pub mod migrations;
 pub mod restore_status;
 pub mod snapshots;
+pub mod vmi_state;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -135,6 +136,7 @@ pub fn render_state(out: &mut Exposition, state: &ClusterState, allow: &VmiLabel
     snapshots::render_snapshots(out, &state.snapshots);
     snapshots::render_restored(out, &state.pvcs);
     guest::render(out, &state.vmis, allow);
+    vmi_state::render(out, &state.vmis);
     backup_status::render(out, &backup_entries(&state.status));
     maintenance_status::render(out, &maintenance_status::entries(&state.status));
     restore_status::render_restores(out, &restore_status::restore_entries(&state.status));
