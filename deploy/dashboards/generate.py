@@ -237,6 +237,12 @@ def detail():
         ],
         "short",
     )
+    b.ts(
+        "Guest filesystems used (needs --guest-agent-filesystems)",
+        [(f"100 * kubevirt_vmi_filesystem_used_bytes{VM} / kubevirt_vmi_filesystem_capacity_bytes{VM}", "{{mount_point}} ({{disk_name}})")],
+        "percent",
+        w=24,
+    )
     b.row("Network (per interface)")
     for title, rx, tx, unit in [
         ("Bytes", "receive_bytes_total", "transmit_bytes_total", "Bps"),

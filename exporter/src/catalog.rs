@@ -78,6 +78,14 @@ const VMI_NET: &[&str] = &["namespace", "name", "node", "interface"];
 const VMI_BLK: &[&str] = &["namespace", "name", "node", "drive"];
 const VMI_VCPU: &[&str] = &["namespace", "name", "node", "id"];
 const VMI_VCPU_STATE: &[&str] = &["namespace", "name", "node", "id", "state"];
+const VMI_FS: &[&str] = &[
+    "namespace",
+    "name",
+    "node",
+    "disk_name",
+    "mount_point",
+    "file_system_type",
+];
 const VMIM: &[&str] = &["vmi", "vmim", "namespace"];
 const RESTORED: &[&str] = &["vm_name", "vm_namespace"];
 const BACKUP: &[&str] = &["namespace", "name"];
@@ -164,6 +172,11 @@ pub const CATALOG: &[MetricDef] = &[
         "Time this vCPU wanted to run while the host ran something else (libvirt vcpu.N.wait), in seconds."),
     m!("kubevirt_vmi_vcpu_delay_seconds_total", Counter, VMI_VCPU, Node,
         "Time this vCPU spent waiting in the host run queue instead of running, seen by the guest as steal time, in seconds."),
+    // --- guest filesystems (node, --guest-agent-filesystems): guest agent guest-get-fsinfo.
+    m!("kubevirt_vmi_filesystem_capacity_bytes", Gauge, VMI_FS, Node,
+        "Total size of the guest filesystem, as its guest agent reports it, in bytes."),
+    m!("kubevirt_vmi_filesystem_used_bytes", Gauge, VMI_FS, Node,
+        "Used bytes of the guest filesystem, as its guest agent reports them."),
     // --- migration (node): job stats of the migrating source domain.
     m!("kubevirt_vmi_migration_data_processed_bytes", Gauge, VMI, Node,
         "Guest data already transferred by the running migration, in bytes."),
@@ -437,6 +450,8 @@ mod tests {
             ("kubevirt_vmi_vcpu_seconds_total", C),
             ("kubevirt_vmi_vcpu_wait_seconds_total", C),
             ("kubevirt_vmi_vcpu_delay_seconds_total", C),
+            ("kubevirt_vmi_filesystem_capacity_bytes", G),
+            ("kubevirt_vmi_filesystem_used_bytes", G),
             ("kubevirt_vmi_migration_data_processed_bytes", G),
             ("kubevirt_vmi_migration_data_remaining_bytes", G),
             ("kubevirt_vmi_migration_memory_transfer_rate_bytes", G),

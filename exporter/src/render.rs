@@ -237,6 +237,31 @@ pub fn render_node_labelled(
         }
     }
     render_cpu(out, node, vms, &ex);
+    for (metric, get) in [
+        (
+            "kubevirt_vmi_filesystem_capacity_bytes",
+            (|f| Some(f.capacity)) as fn(&crate::node::guest_fs::Filesystem) -> Option<u64>,
+        ),
+        ("kubevirt_vmi_filesystem_used_bytes", |f| f.used),
+    ] {
+        let mut f = out.family(metric);
+        for (i, vm) in ok() {
+            let id = &vm.identity;
+            for fs in &vm.filesystems {
+                if let Some(v) = get(fs) {
+                    let labels = [
+                        id.namespace.as_str(),
+                        &id.name,
+                        node,
+                        &fs.disk_name,
+                        &fs.mount_point,
+                        &fs.fs_type,
+                    ];
+                    f.sample(&labels, ex(i), Num::Int(v));
+                }
+            }
+        }
+    }
     for (pos, (metric, unit)) in JOB_FIELDS.iter().enumerate() {
         let mut f = out.family(metric);
         for (i, vm) in ok() {

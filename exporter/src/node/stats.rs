@@ -226,6 +226,9 @@ pub struct VmStats {
     pub migration: Option<[Option<u64>; 7]>,
     /// CPU time (`cpu.*`, `vcpu.<n>.*`), see [`super::cpu`].
     pub cpu: super::cpu::CpuStats,
+    /// Guest filesystems from the guest agent (`--guest-agent-filesystems`, see
+    /// [`super::guest_fs`]); empty otherwise.
+    pub filesystems: Vec<super::guest_fs::Filesystem>,
 }
 
 impl VmStats {
@@ -241,6 +244,7 @@ impl VmStats {
             memory: [None; 9],
             migration: None,
             cpu: super::cpu::CpuStats::default(),
+            filesystems: Vec::new(),
         }
     }
 }
@@ -385,6 +389,7 @@ pub fn parse_domain(domain_name: &str, params: &Params, labels: &DeviceLabels) -
         memory,
         migration: None,
         cpu: cpu.finish(),
+        filesystems: Vec::new(),
     }
 }
 

@@ -159,6 +159,7 @@ fn real_guest_end_to_end() {
     // 2a. CPU: the vCPU's time rises much faster while the guest burns CPU than while it idles
     // (rates against the same wall clock, compared with each other, never to fixed durations).
     cpu_rises_while_busy(&rt, &c, &a);
+    filesystem_fills(&rt, &a);
 
     // 2b. SR-IOV stand-in: the guest's eth1 is a NIC libvirt does not know (added through
     // <qemu:commandline>), so its traffic is in no libvirt stats; with the VMI naming it
@@ -604,4 +605,70 @@ fn cpu_rises_while_busy(
     );
     assert!(c2 > c1 && c1 >= c0, "cpu.time rises: {c0} {c1} {c2}");
     assert!(c2 >= v2, "the domain total includes the vCPU's time");
+}
+
+/// Step 2a': guest filesystems through the agent (`--guest-agent-filesystems`): the data disk
+/// mounted at /mnt is reported with its size; writing 8 MiB into it raises its used bytes; the
+/// rendered series pass promtool. A collector without the flag reports no filesystem.
+fn filesystem_fills(rt: &tokio::runtime::Runtime, d: &Daemon) {
+    use virtguard_exporter::node::{NodeCollector, NodeConfig};
+    let fs_c = NodeCollector::new(NodeConfig {
+        node_name: "node-a".into(),
+        socket_globs: vec![],
+        uris: vec![d.uri.clone()],
+        timeout: Duration::from_secs(3),
+        guest_filesystems: true,
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    let mnt = |s: &NodeScrape| {
+        let v = vm(s, VM);
+        assert!(v.success);
+        v.filesystems
+            .iter()
+            .find(|f| f.mount_point == "/mnt")
+            .unwrap_or_else(|| panic!("/mnt not reported: {:?}", v.filesystems))
+            .clone()
+    };
+    let before = mnt(&rt.block_on(fs_c.scrape()));
+    assert!(before.capacity > 0, "{before:?}");
+    guest_exec(
+        d,
+        &format!("{NS}_{VM}"),
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/mnt/fill",
+            "bs=1M",
+            "count=8",
+            "conv=fsync",
+        ],
+    );
+    let s = rt.block_on(fs_c.scrape());
+    let after = mnt(&s);
+    let (u0, u1) = (before.used.unwrap(), after.used.unwrap());
+    assert!(
+        u1 >= u0 + 8 * 1024 * 1024,
+        "used bytes rose by 8 MiB: {u0} -> {u1}"
+    );
+    assert_eq!(after.capacity, before.capacity);
+    let mut out = virtguard_exporter::render::Exposition::default();
+    virtguard_exporter::render::render_node(
+        &mut out,
+        "node-a",
+        &s.vms,
+        virtguard_exporter::render::ConnectionCounts::default(),
+    );
+    let text = out.into_string();
+    assert!(
+        text.contains(&format!(
+            "kubevirt_vmi_filesystem_used_bytes{{namespace=\"{NS}\",name=\"{VM}\",node=\"node-a\",disk_name=\"{}\",mount_point=\"/mnt\",file_system_type=\"{}\"}} {u1}\n",
+            after.disk_name, after.fs_type
+        )),
+        "{text}"
+    );
+    promtool_check_metrics(&text).unwrap();
+    guest_exec(d, &format!("{NS}_{VM}"), &["rm", "-f", "/mnt/fill"]);
+    let plain = collector(vec![d.uri.clone()], Duration::from_secs(3), None);
+    assert!(vm(&rt.block_on(plain.scrape()), VM).filesystems.is_empty());
 }
