@@ -156,7 +156,7 @@ fn bare_loop(vms: &[TypedVm]) -> String {
             let _ = writeln!(
                 s,
                 "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\"}} {}",
-                cpu::UNIT.float(t[k])
+                cpu::seconds(t[k])
             );
         }
     }
@@ -164,7 +164,7 @@ fn bare_loop(vms: &[TypedVm]) -> String {
         let _ = writeln!(s, "# HELP {metric} h\n# TYPE {metric} counter");
         for (ns, name, _, _, _, _, vcpus) in vms {
             for (id, state, v) in vcpus {
-                let value = cpu::UNIT.float(v[k]);
+                let value = cpu::seconds(v[k]);
                 if k == 0 {
                     let _ = writeln!(s, "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\",id=\"{id}\",state=\"{state}\"}} {value}");
                 } else {

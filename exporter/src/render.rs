@@ -312,7 +312,7 @@ fn render_cpu<'a>(
             if let Some(v) = vm.cpu.total[pos] {
                 let id = &vm.identity;
                 let labels = [id.namespace.as_str(), &id.name, node];
-                f.sample(&labels, ex(i), Num::from_raw(v, cpu::UNIT));
+                f.sample(&labels, ex(i), Num::Float(cpu::seconds(v)));
             }
         }
     }
@@ -322,7 +322,7 @@ fn render_cpu<'a>(
             let id = &vm.identity;
             for c in &vm.cpu.vcpus {
                 let Some(v) = c.values[pos] else { continue };
-                let value = Num::from_raw(v, cpu::UNIT);
+                let value = Num::Float(cpu::seconds(v));
                 if pos == 0 {
                     // The state label is required: no state, no sample.
                     let Some(state) = c.state else { continue };

@@ -2,7 +2,7 @@
 //! same `virConnectGetAllDomainStats` call as the other node-mode stats.
 //!
 //! Invariants:
-//! * Every value is libvirt's nanoseconds, converted to seconds at render time ([`Unit::Nanos`]);
+//! * Every value is libvirt's nanoseconds, converted to seconds at render time ([`seconds`]);
 //!   a field libvirt did not report (or reported as negative / 2^64-1) gives no sample.
 //! * `kubevirt_vmi_vcpu_seconds_total` needs both the vCPU's `time` and its `state`: the state is
 //!   a label (KubeVirt's exposition: `running`, `blocked`, `offline`, else `unknown`), and a
@@ -11,7 +11,6 @@
 //!   and a vCPU without any value is not reported.
 
 use super::ffi::Value;
-use super::stats::Unit;
 
 /// Domain-wide CPU time: (libvirt key after `cpu.`, metric).
 pub const CPU_FIELDS: [(&str, &str); 3] = [
@@ -27,8 +26,10 @@ pub const VCPU_FIELDS: [(&str, &str); 3] = [
     ("delay", "kubevirt_vmi_vcpu_delay_seconds_total"),
 ];
 
-/// The unit of every CPU value.
-pub const UNIT: Unit = Unit::Nanos;
+/// A raw CPU value (nanoseconds) in seconds.
+pub fn seconds(raw_ns: u64) -> f64 {
+    raw_ns as f64 / 1e9
+}
 
 /// One vCPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +164,7 @@ mod tests {
             [Some(2_500_000_000), Some(1_000_000_000), None],
             "2^64-1 is no value"
         );
-        assert_eq!(UNIT.float(s.total[0].unwrap()), 2.5);
+        assert_eq!(seconds(s.total[0].unwrap()), 2.5);
         assert_eq!(s.vcpus.len(), 2);
         assert_eq!(s.vcpus[0].id, "0");
         assert_eq!(s.vcpus[0].state.map(state_label), Some("running"));
