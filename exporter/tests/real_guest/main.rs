@@ -609,7 +609,8 @@ fn cpu_rises_while_busy(
 
 /// Step 2a': guest filesystems through the agent (`--guest-agent-filesystems`): the data disk
 /// mounted at /mnt is reported with its size; writing 8 MiB into it raises its used bytes; the
-/// rendered series pass promtool. A collector without the flag reports no filesystem.
+/// rendered series pass promtool; filling it fires VirtguardGuestFilesystemOutOfSpace in a real
+/// Prometheus. A collector without the flag reports no filesystem.
 fn filesystem_fills(rt: &tokio::runtime::Runtime, d: &Daemon) {
     use virtguard_exporter::node::{NodeCollector, NodeConfig};
     let fs_c = NodeCollector::new(NodeConfig {
@@ -668,6 +669,64 @@ fn filesystem_fills(rt: &tokio::runtime::Runtime, d: &Daemon) {
         "{text}"
     );
     promtool_check_metrics(&text).unwrap();
+
+    // Fill /mnt completely: the real exporter binary (with the flag), scraped by a real
+    // Prometheus that loads the real rules (`for:` shortened to 1s), fires
+    // VirtguardGuestFilesystemOutOfSpace for it.
+    guest_exec(
+        d,
+        &format!("{NS}_{VM}"),
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/mnt/fill bs=1M 2>/dev/null; sync; true",
+        ],
+    );
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../alerts/virtguard.rules.yaml"),
+    )
+    .unwrap()
+    .lines()
+    .map(|l| match l.trim_start().strip_prefix("for: ") {
+        Some(_) => format!("{}for: 1s", &l[..l.len() - l.trim_start().len()]),
+        None => l.to_string(),
+    })
+    .collect::<Vec<_>>()
+    .join("\n");
+    let rules_path = rules_dir.path().join("virtguard.rules.yaml");
+    std::fs::write(&rules_path, rules).unwrap();
+    let port = free_port();
+    let _exporter = Proc(
+        Command::new(env!("CARGO_BIN_EXE_virtguard-exporter"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--node-name",
+                "node-a",
+            ])
+            .args(["--libvirt-socket-glob", "", "--libvirt-uri", &d.uri])
+            .arg("--guest-agent-filesystems")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prom = Prometheus::start(&PrometheusConfig {
+        targets: vec![format!("127.0.0.1:{port}")],
+        rule_files: vec![rules_path],
+        ..PrometheusConfig::default()
+    })
+    .unwrap();
+    let alert = prom
+        .wait_for_alert(
+            "VirtguardGuestFilesystemOutOfSpace",
+            "firing",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(alert["labels"]["mount_point"], "/mnt", "{alert}");
+    assert_eq!(alert["labels"]["name"], VM, "{alert}");
+    drop(prom);
     guest_exec(d, &format!("{NS}_{VM}"), &["rm", "-f", "/mnt/fill"]);
     let plain = collector(vec![d.uri.clone()], Duration::from_secs(3), None);
     assert!(vm(&rt.block_on(plain.scrape()), VM).filesystems.is_empty());
