@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p virtguard-exporter --example bench [-- URI]`
 //!
-//! 1. Renders a scrape of 1,000 VMs × 4 NICs × 4 disks from synthetic libvirt stats records
+//! 1. Renders a scrape of 1,000 VMs × 4 NICs × 4 disks × 2 vCPUs from synthetic libvirt stats records
 //!    (parsing + rendering, exactly the live path after the libvirt call) and compares it with a
 //!    bare `write!` loop that formats the same series in the same run. Prints time per scrape,
 //!    bytes, the ratio, and the process's peak RSS.
@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use virtguard_exporter::node::cpu;
 use virtguard_exporter::node::ffi::{Params, Value};
 use virtguard_exporter::node::stats::{self, DeviceLabels};
 use virtguard_exporter::node::{NodeCollector, NodeConfig};
@@ -21,6 +22,7 @@ use virtguard_exporter::render::{self, ConnectionCounts, Exposition};
 const VMS: usize = 1000;
 const NICS: usize = 4;
 const DISKS: usize = 4;
+const VCPUS: usize = 2;
 
 fn synthetic() -> Vec<(String, Params)> {
     (0..VMS)
@@ -69,6 +71,18 @@ fn synthetic() -> Vec<(String, Params)> {
                     ));
                 }
             }
+            for (j, k) in ["time", "user", "system"].iter().enumerate() {
+                p.push((format!("cpu.{k}"), Value::UInt((i * 1_000_003 + j) as u64)));
+            }
+            for c in 0..VCPUS {
+                p.push((format!("vcpu.{c}.state"), Value::Int(1)));
+                for k in ["time", "wait", "delay"] {
+                    p.push((
+                        format!("vcpu.{c}.{k}"),
+                        Value::UInt((i * 999_983 + c * 13) as u64),
+                    ));
+                }
+            }
             (format!("ns{}_vm{i}", i % 20), p)
         })
         .collect()
@@ -90,13 +104,16 @@ fn exporter_render(records: &[(String, Params)], labels: &DeviceLabels) -> Strin
     out.into_string()
 }
 
-/// (namespace, name, NICs, disks, memory) with plain numbers: the baseline's input.
+/// (namespace, name, NICs, disks, memory, CPU totals, vCPUs (id, state, times)) with plain
+/// numbers: the baseline's input.
 type TypedVm = (
     String,
     String,
     Vec<(String, [u64; 8])>,
     Vec<(String, [u64; 8])>,
     [u64; 9],
+    [u64; 3],
+    Vec<(String, &'static str, [u64; 3])>,
 );
 
 /// The baseline: the same series, formatted by hand straight from already-typed numbers.
@@ -105,7 +122,7 @@ fn bare_loop(vms: &[TypedVm]) -> String {
     let net = stats::NET_FIELDS;
     for (k, (_, metric)) in net.iter().enumerate() {
         let _ = writeln!(s, "# HELP {metric} h\n# TYPE {metric} counter");
-        for (ns, name, nics, _, _) in vms {
+        for (ns, name, nics, ..) in vms {
             for (l, v) in nics {
                 let _ = writeln!(s, "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\",interface=\"{l}\"}} {}", v[k]);
             }
@@ -113,7 +130,7 @@ fn bare_loop(vms: &[TypedVm]) -> String {
     }
     for (k, (_, metric, unit)) in stats::BLOCK_FIELDS.iter().enumerate() {
         let _ = writeln!(s, "# HELP {metric} h\n# TYPE {metric} counter");
-        for (ns, name, _, disks, _) in vms {
+        for (ns, name, _, disks, ..) in vms {
             for (l, v) in disks {
                 if unit.is_integer() {
                     let _ = writeln!(s, "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\",drive=\"{l}\"}} {}", v[k]);
@@ -125,7 +142,7 @@ fn bare_loop(vms: &[TypedVm]) -> String {
     }
     for (k, (_, metric, unit)) in stats::MEM_FIELDS.iter().enumerate() {
         let _ = writeln!(s, "# HELP {metric} h\n# TYPE {metric} gauge");
-        for (ns, name, _, _, m) in vms {
+        for (ns, name, _, _, m, ..) in vms {
             let _ = writeln!(
                 s,
                 "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\"}} {}",
@@ -133,12 +150,35 @@ fn bare_loop(vms: &[TypedVm]) -> String {
             );
         }
     }
+    for (k, (_, metric)) in cpu::CPU_FIELDS.iter().enumerate() {
+        let _ = writeln!(s, "# HELP {metric} h\n# TYPE {metric} counter");
+        for (ns, name, _, _, _, t, _) in vms {
+            let _ = writeln!(
+                s,
+                "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\"}} {}",
+                cpu::seconds(t[k])
+            );
+        }
+    }
+    for (k, (_, metric)) in cpu::VCPU_FIELDS.iter().enumerate() {
+        let _ = writeln!(s, "# HELP {metric} h\n# TYPE {metric} counter");
+        for (ns, name, _, _, _, _, vcpus) in vms {
+            for (id, state, v) in vcpus {
+                let value = cpu::seconds(v[k]);
+                if k == 0 {
+                    let _ = writeln!(s, "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\",id=\"{id}\",state=\"{state}\"}} {value}");
+                } else {
+                    let _ = writeln!(s, "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\",id=\"{id}\"}} {value}");
+                }
+            }
+        }
+    }
     for metric in [
         "virtguard_vmi_scrape_success",
         "virtguard_vmi_scrape_duration_seconds",
     ] {
         let _ = writeln!(s, "# HELP {metric} h\n# TYPE {metric} gauge");
-        for (ns, name, _, _, _) in vms {
+        for (ns, name, ..) in vms {
             let _ = writeln!(
                 s,
                 "{metric}{{namespace=\"{ns}\",name=\"{name}\",node=\"node-a\"}} 1"
@@ -202,6 +242,18 @@ fn main() {
                 nics,
                 disks,
                 vm.memory.map(|v| v.unwrap_or(0)),
+                vm.cpu.total.map(|v| v.unwrap_or(0)),
+                vm.cpu
+                    .vcpus
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.id.clone(),
+                            cpu::state_label(c.state.unwrap_or(9)),
+                            c.values.map(|v| v.unwrap_or(0)),
+                        )
+                    })
+                    .collect(),
             )
         })
         .collect();
@@ -224,7 +276,7 @@ fn main() {
         out.into_string().len()
     });
     println!(
-        "render {VMS} VMs x {NICS} NICs x {DISKS} disks ({} samples):",
+        "render {VMS} VMs x {NICS} NICs x {DISKS} disks x {VCPUS} vCPUs ({} samples):",
         out_exp.lines().filter(|l| !l.starts_with('#')).count()
     );
     println!(
@@ -256,7 +308,9 @@ fn main() {
         let flags = virt_sys::VIR_DOMAIN_STATS_STATE
             | virt_sys::VIR_DOMAIN_STATS_BALLOON
             | virt_sys::VIR_DOMAIN_STATS_INTERFACE
-            | virt_sys::VIR_DOMAIN_STATS_BLOCK;
+            | virt_sys::VIR_DOMAIN_STATS_BLOCK
+            | virt_sys::VIR_DOMAIN_STATS_CPU_TOTAL
+            | virt_sys::VIR_DOMAIN_STATS_VCPU;
         let rounds = 50;
         let (t_bare, n) = time(rounds, || {
             virtguard_exporter::node::ffi::all_domain_stats(

@@ -76,10 +76,21 @@ pub struct MetricDef {
 const VMI: &[&str] = &["namespace", "name", "node"];
 const VMI_NET: &[&str] = &["namespace", "name", "node", "interface"];
 const VMI_BLK: &[&str] = &["namespace", "name", "node", "drive"];
+const VMI_VCPU: &[&str] = &["namespace", "name", "node", "id"];
+const VMI_VCPU_STATE: &[&str] = &["namespace", "name", "node", "id", "state"];
+const VMI_FS: &[&str] = &[
+    "namespace",
+    "name",
+    "node",
+    "disk_name",
+    "mount_point",
+    "file_system_type",
+];
 const VMIM: &[&str] = &["vmi", "vmim", "namespace"];
 const RESTORED: &[&str] = &["vm_name", "vm_namespace"];
 const BACKUP: &[&str] = &["namespace", "name"];
 const REPO: &[&str] = &["repository"];
+const RESTORE: &[&str] = &["namespace", "name", "method"];
 
 macro_rules! m {
     ($name:literal, $kind:ident, $labels:expr, $source:ident, $help:literal) => {
@@ -148,6 +159,24 @@ pub const CATALOG: &[MetricDef] = &[
         "Major page faults in the guest."),
     m!("kubevirt_vmi_memory_pgminfault_total", Counter, VMI, Node,
         "Minor page faults in the guest."),
+    // --- CPU (node): libvirt cpu.{time,user,system} and vcpu.N.{state,time,wait,delay}; ns -> s.
+    m!("kubevirt_vmi_cpu_usage_seconds_total", Counter, VMI, Node,
+        "Total CPU time of the VMI in all modes (vCPUs and hypervisor threads), in seconds."),
+    m!("kubevirt_vmi_cpu_user_usage_seconds_total", Counter, VMI, Node,
+        "Total CPU time of the VMI spent in user mode, in seconds."),
+    m!("kubevirt_vmi_cpu_system_usage_seconds_total", Counter, VMI, Node,
+        "Total CPU time of the VMI spent in system mode, in seconds."),
+    m!("kubevirt_vmi_vcpu_seconds_total", Counter, VMI_VCPU_STATE, Node,
+        "Time this vCPU spent running (excluding hypervisor time), in seconds; state is the vCPU's current state (running, blocked, offline)."),
+    m!("kubevirt_vmi_vcpu_wait_seconds_total", Counter, VMI_VCPU, Node,
+        "Time this vCPU wanted to run while the host ran something else (libvirt vcpu.N.wait), in seconds."),
+    m!("kubevirt_vmi_vcpu_delay_seconds_total", Counter, VMI_VCPU, Node,
+        "Time this vCPU spent waiting in the host run queue instead of running, seen by the guest as steal time, in seconds."),
+    // --- guest filesystems (node, --guest-agent-filesystems): guest agent guest-get-fsinfo.
+    m!("kubevirt_vmi_filesystem_capacity_bytes", Gauge, VMI_FS, Node,
+        "Total size of the guest filesystem, as its guest agent reports it, in bytes."),
+    m!("kubevirt_vmi_filesystem_used_bytes", Gauge, VMI_FS, Node,
+        "Used bytes of the guest filesystem, as its guest agent reports them."),
     // --- migration (node): job stats of the migrating source domain.
     m!("kubevirt_vmi_migration_data_processed_bytes", Gauge, VMI, Node,
         "Guest data already transferred by the running migration, in bytes."),
@@ -190,6 +219,13 @@ pub const CATALOG: &[MetricDef] = &[
         "1 when the VMI's AgentConnected condition is True, else 0."),
     m!("virtguard_vmi_filesystem_frozen", Gauge, VMI, Cluster,
         "1 when the VMI reports its guest filesystems frozen, else 0."),
+    // --- VMI state (cluster): phases, eviction, MAC collisions.
+    m!("virtguard_vmis_in_phase", Gauge, &["node", "phase"], Cluster,
+        "Number of VMIs per node and lower-cased phase (pending, scheduling, scheduled, running, succeeded, failed, unknown)."),
+    m!("kubevirt_vmi_non_evictable", Gauge, VMI, Cluster,
+        "1 when the running VMI's eviction strategy is LiveMigrate but it is not live-migratable (a node drain would block on it), else 0."),
+    m!("virtguard_vmi_duplicate_mac", Gauge, &["namespace", "name", "interface"], Cluster,
+        "Number of other VMIs with an interface using this interface's MAC address (0 normally)."),
     // --- backup status (cluster): `virtguard-status` ConfigMaps written by the backup engine.
     m!("virtguard_backup_last_success_timestamp_seconds", Gauge, BACKUP, Cluster,
         "Unix time at which the last successful backup of the VM finished."),
@@ -207,6 +243,28 @@ pub const CATALOG: &[MetricDef] = &[
         "Always 1; labels carry the last backup's consistency kind (application-consistent, crash-consistent, paused, offline) and why its freeze failed (refused, timed-out, agent-disconnected, quiesce-failed; none when it did not)."),
     m!("virtguard_backup_bytes", Gauge, &["namespace", "name", "kind"], Cluster,
         "Bytes of the last backup by kind: read from the disks, new to the repository, stored after compression."),
+    // --- restores (cluster): `virtguard-restore-status` written by `virtguard restore`, key = restored VM.
+    m!("virtguard_restore_last_attempt_timestamp_seconds", Gauge, RESTORE, Cluster,
+        "Unix time at which the last restore into the VM started (method: copy or in-place)."),
+    m!("virtguard_restore_last_success_timestamp_seconds", Gauge, RESTORE, Cluster,
+        "Unix time at which the last successful restore into the VM finished."),
+    m!("virtguard_restore_last_status", Gauge, RESTORE, Cluster,
+        "Result of the last restore into the VM: 1 ok, 0 failed."),
+    m!("virtguard_restore_duration_seconds", Gauge, RESTORE, Cluster,
+        "Duration of the last restore into the VM, in seconds."),
+    m!("virtguard_restore_bytes", Gauge, RESTORE, Cluster,
+        "Bytes the last restore wrote to the VM's volumes."),
+    // --- restore drills (cluster): `virtguard-drill-status`, key = source VM.
+    m!("virtguard_restore_test_last_attempt_timestamp_seconds", Gauge, BACKUP, Cluster,
+        "Unix time at which the last restore drill of the VM started."),
+    m!("virtguard_restore_test_last_success_timestamp_seconds", Gauge, BACKUP, Cluster,
+        "Unix time at which the last successful restore drill of the VM finished (its backup restored, booted and answered)."),
+    m!("virtguard_restore_test_last_status", Gauge, BACKUP, Cluster,
+        "Result of the last restore drill of the VM: 1 ok, 0 failed."),
+    m!("virtguard_restore_test_duration_seconds", Gauge, BACKUP, Cluster,
+        "Duration of the last restore drill of the VM (restore, boot, checks, cleanup), in seconds."),
+    m!("virtguard_restore_test_time_to_ready_seconds", Gauge, BACKUP, Cluster,
+        "Time from starting the drill's restored copy to its guest agent answering, in seconds."),
     // --- repository maintenance (cluster): `virtguard-maintenance-status` written by `virtguard maintain`.
     m!("virtguard_repository_maintenance_last_attempt_timestamp_seconds", Gauge, REPO, Cluster,
         "Unix time at which the last maintain of the repository started."),
@@ -386,6 +444,14 @@ mod tests {
             ("kubevirt_vmi_memory_actual_balloon_bytes", G),
             ("kubevirt_vmi_memory_pgmajfault_total", C),
             ("kubevirt_vmi_memory_pgminfault_total", C),
+            ("kubevirt_vmi_cpu_usage_seconds_total", C),
+            ("kubevirt_vmi_cpu_user_usage_seconds_total", C),
+            ("kubevirt_vmi_cpu_system_usage_seconds_total", C),
+            ("kubevirt_vmi_vcpu_seconds_total", C),
+            ("kubevirt_vmi_vcpu_wait_seconds_total", C),
+            ("kubevirt_vmi_vcpu_delay_seconds_total", C),
+            ("kubevirt_vmi_filesystem_capacity_bytes", G),
+            ("kubevirt_vmi_filesystem_used_bytes", G),
             ("kubevirt_vmi_migration_data_processed_bytes", G),
             ("kubevirt_vmi_migration_data_remaining_bytes", G),
             ("kubevirt_vmi_migration_memory_transfer_rate_bytes", G),
@@ -398,6 +464,7 @@ mod tests {
             ("kubevirt_vmi_migration_failed", G),
             ("kubevirt_vmi_migration_start_time_seconds", G),
             ("kubevirt_vmi_migration_end_time_seconds", G),
+            ("kubevirt_vmi_non_evictable", G),
             ("kubevirt_vmsnapshot_disks_restored_from_source", G),
             ("kubevirt_vmsnapshot_disks_restored_from_source_bytes", G),
             ("kubevirt_vmsnapshot_succeeded_timestamp_seconds", G),

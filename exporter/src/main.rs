@@ -93,6 +93,11 @@ struct Config {
     /// ServiceAccount with read access to VMIs).
     #[arg(long, env = "VIRTGUARD_GUEST_AGENT_NICS")]
     guest_agent_nics: bool,
+    /// Node mode: ask every running VM's guest agent for its filesystems (guest-get-fsinfo, 1 s
+    /// timeout) and export kubevirt_vmi_filesystem_capacity_bytes / _used_bytes. A guest without
+    /// an agent only lacks these series. Off by default: one more agent call per VM and scrape.
+    #[arg(long, env = "VIRTGUARD_GUEST_AGENT_FILESYSTEMS")]
+    guest_agent_filesystems: bool,
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -181,6 +186,7 @@ async fn run() -> anyhow::Result<()> {
                 max_concurrent: cfg.max_concurrent,
                 timeout: cfg.libvirt_timeout,
                 job_operations: job_operations(&cfg.job_operations)?,
+                guest_filesystems: cfg.guest_agent_filesystems,
                 hook: None,
             };
             let mut collector = NodeCollector::new(node_cfg)?;

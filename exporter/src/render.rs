@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 
 use crate::catalog::{self, MetricDef};
+use crate::node::cpu;
 use crate::node::stats::{Unit, VmStats, BLOCK_FIELDS, JOB_FIELDS, MEM_FIELDS, NET_FIELDS};
 
 /// The content type of the exposition.
@@ -235,6 +236,32 @@ pub fn render_node_labelled(
             }
         }
     }
+    render_cpu(out, node, vms, &ex);
+    for (metric, get) in [
+        (
+            "kubevirt_vmi_filesystem_capacity_bytes",
+            (|f| Some(f.capacity)) as fn(&crate::node::guest_fs::Filesystem) -> Option<u64>,
+        ),
+        ("kubevirt_vmi_filesystem_used_bytes", |f| f.used),
+    ] {
+        let mut f = out.family(metric);
+        for (i, vm) in ok() {
+            let id = &vm.identity;
+            for fs in &vm.filesystems {
+                if let Some(v) = get(fs) {
+                    let labels = [
+                        id.namespace.as_str(),
+                        &id.name,
+                        node,
+                        &fs.disk_name,
+                        &fs.mount_point,
+                        &fs.fs_type,
+                    ];
+                    f.sample(&labels, ex(i), Num::Int(v));
+                }
+            }
+        }
+    }
     for (pos, (metric, unit)) in JOB_FIELDS.iter().enumerate() {
         let mut f = out.family(metric);
         for (i, vm) in ok() {
@@ -269,6 +296,45 @@ pub fn render_node_labelled(
     let mut f = out.family("virtguard_exporter_libvirt_connections");
     f.sample(&[node, "up"], no_extra, Num::Int(conns.up as u64));
     f.sample(&[node, "down"], no_extra, Num::Int(conns.down as u64));
+}
+
+/// The CPU families of [`render_node_labelled`] (see [`crate::node::cpu`]).
+fn render_cpu<'a>(
+    out: &mut Exposition,
+    node: &str,
+    vms: &[VmStats],
+    ex: &dyn Fn(usize) -> &'a [(String, String)],
+) {
+    let ok = || vms.iter().enumerate().filter(|(_, v)| v.success);
+    for (pos, (_, metric)) in cpu::CPU_FIELDS.iter().enumerate() {
+        let mut f = out.family(metric);
+        for (i, vm) in ok() {
+            if let Some(v) = vm.cpu.total[pos] {
+                let id = &vm.identity;
+                let labels = [id.namespace.as_str(), &id.name, node];
+                f.sample(&labels, ex(i), Num::Float(cpu::seconds(v)));
+            }
+        }
+    }
+    for (pos, (_, metric)) in cpu::VCPU_FIELDS.iter().enumerate() {
+        let mut f = out.family(metric);
+        for (i, vm) in ok() {
+            let id = &vm.identity;
+            for c in &vm.cpu.vcpus {
+                let Some(v) = c.values[pos] else { continue };
+                let value = Num::Float(cpu::seconds(v));
+                if pos == 0 {
+                    // The state label is required: no state, no sample.
+                    let Some(state) = c.state else { continue };
+                    let state = cpu::state_label(state);
+                    let labels = [id.namespace.as_str(), &id.name, node, &c.id, state];
+                    f.sample(&labels, ex(i), value);
+                } else {
+                    f.sample(&[&id.namespace, &id.name, node, &c.id], ex(i), value);
+                }
+            }
+        }
+    }
 }
 
 /// Renders the families both modes emit about the exporter itself.

@@ -13,6 +13,10 @@
 //!   while a kind cannot be listed, 200 once it recovers through the watcher's backoff; a kind
 //!   answering 404 (CRD not installed) holds up neither readiness nor the other kinds, and is
 //!   picked up without a restart once it is served. `--namespace` keeps other namespaces out.
+//! * `vmi_phases_eviction_and_duplicate_macs`: phase counts, the non-evictable indicator and MAC
+//!   collisions follow VMI changes.
+//! * `restore_and_drill_records_become_series`: the restore and drill status ConfigMaps give the
+//!   `virtguard_restore_*` / `virtguard_restore_test_*` series and no backup series.
 #![allow(clippy::unwrap_used)] // test code
 
 use std::path::Path;
@@ -24,9 +28,14 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use virtguard_api::kubevirt::{VirtualMachineInstanceMigration, VirtualMachineSnapshot};
+use virtguard_api::kubevirt::{
+    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineSnapshot,
+};
 use virtguard_api::labels;
-use virtguard_api::status::{BackupResult, BackupStatusRecord, Consistency, FreezeFailure};
+use virtguard_api::status::{
+    BackupResult, BackupStatusRecord, Consistency, DrillStatusRecord, FreezeFailure,
+    RestoreStatusRecord,
+};
 use virtguard_e2e::{free_port, require_binary, require_peer};
 use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
 
@@ -684,4 +693,159 @@ vms:
         is(t, &db("green"), 1.0) && !t.contains("label_team=\"blue\"")
     })
     .await;
+}
+
+/// The restore and drill records (`virtguard-restore-status`, `virtguard-drill-status`, written
+/// with the api crate's record types) become the `virtguard_restore_*` and
+/// `virtguard_restore_test_*` series, and are not mistaken for backup records although the same
+/// label selects them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_and_drill_records_become_series() {
+    let _ = require_peer!(require_binary("promtool"));
+    let sim = start_sim().await;
+    let client = sim.client().await.unwrap();
+    let e = start_exporter(sim.kubeconfig_path(), &["--mode", "cluster"]);
+    wait_ready(&e, 20).await;
+    let restore = RestoreStatusRecord {
+        last_attempt_timestamp: 1_795_316_400,
+        last_success_timestamp: Some(1_795_316_460),
+        result: BackupResult::Succeeded,
+        reason: None,
+        backup_id: Some("prod/db/20261122T030000Z-3f9a".into()),
+        source: "prod/db".into(),
+        method: "copy".into(),
+        duration_seconds: 60.25,
+        bytes_written: 9_437_184,
+    };
+    let drill = DrillStatusRecord {
+        last_attempt_timestamp: 1_795_320_000,
+        last_success_timestamp: Some(1_795_000_000),
+        result: BackupResult::Failed,
+        reason: Some("agent-not-connected".into()),
+        backup_id: Some("prod/db/20261122T030000Z-3f9a".into()),
+        sandbox_namespace: "virtguard-drills".into(),
+        duration_seconds: 300.5,
+        time_to_ready_seconds: None,
+    };
+    let cm = |name: &str, key: &str, json: String| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "prod", "labels": {labels::STATUS: "true"}},
+            "data": {key: json},
+        }))
+        .unwrap()
+    };
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), "prod");
+    for c in [
+        cm(
+            labels::RESTORE_STATUS_CONFIGMAP,
+            "db-copy",
+            serde_json::to_string(&restore).unwrap(),
+        ),
+        cm(
+            labels::DRILL_STATUS_CONFIGMAP,
+            "db",
+            serde_json::to_string(&drill).unwrap(),
+        ),
+    ] {
+        cms.create(&PostParams::default(), &c).await.unwrap();
+    }
+    let r = |m: &str| {
+        format!("virtguard_restore_{m}{{namespace=\"prod\",name=\"db-copy\",method=\"copy\"}}")
+    };
+    let d = |m: &str| format!("virtguard_restore_test_{m}{{namespace=\"prod\",name=\"db\"}}");
+    let text = wait_metrics(&e, "restore and drill records", 10, |t| {
+        is(t, &r("last_status"), 1.0) && is(t, &d("last_status"), 0.0)
+    })
+    .await;
+    for (series, v) in [
+        (r("last_attempt_timestamp_seconds"), 1_795_316_400.0),
+        (r("last_success_timestamp_seconds"), 1_795_316_460.0),
+        (r("duration_seconds"), 60.25),
+        (r("bytes"), 9_437_184.0),
+        (d("last_attempt_timestamp_seconds"), 1_795_320_000.0),
+        (d("last_success_timestamp_seconds"), 1_795_000_000.0),
+        (d("duration_seconds"), 300.5),
+    ] {
+        assert_eq!(value(&text, &series), Some(v), "{series}\n{text}");
+    }
+    assert!(
+        !text.contains("virtguard_restore_test_time_to_ready_seconds{"),
+        "never ready: no sample\n{text}"
+    );
+    assert!(
+        !text.contains("virtguard_backup_"),
+        "restore and drill records are not backup records\n{text}"
+    );
+    promtool_check(&text).unwrap();
+}
+
+/// VMI state from the simulated cluster: phase counts of the scenario's running VMIs; a
+/// LiveMigrate VMI that is live-migratable is not non-evictable; a VMI given another VMI's MAC
+/// makes both collide (the MAC never becomes a label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmi_phases_eviction_and_duplicate_macs() {
+    let _ = require_peer!(require_binary("promtool"));
+    let sim = start_sim().await;
+    let client = sim.client().await.unwrap();
+    let e = start_exporter(sim.kubeconfig_path(), &["--mode", "cluster"]);
+    wait_ready(&e, 20).await;
+    let running = "virtguard_vmis_in_phase{node=\"sim-node-1\",phase=\"running\"}";
+    let evict = |n: &str| {
+        format!("kubevirt_vmi_non_evictable{{namespace=\"prod\",name=\"{n}\",node=\"sim-node-1\"}}")
+    };
+    let dup = |ns: &str, n: &str| {
+        format!(
+            "virtguard_vmi_duplicate_mac{{namespace=\"{ns}\",name=\"{n}\",interface=\"default\"}}"
+        )
+    };
+    let text = wait_metrics(&e, "three running VMIs", 15, |t| {
+        is(t, running, 3.0) && is(t, &evict("web"), 0.0)
+    })
+    .await;
+    assert!(is(&text, &evict("db"), 0.0), "{text}");
+    for (ns, n) in [("prod", "db"), ("prod", "web"), ("default", "other")] {
+        assert!(
+            is(&text, &dup(ns, n), 0.0),
+            "{ns}/{n}: distinct MACs\n{text}"
+        );
+    }
+
+    let vmis = |ns: &str| Api::<VirtualMachineInstance>::namespaced(client.clone(), ns);
+    vmis("prod")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"evictionStrategy": "LiveMigrate"}})),
+        )
+        .await
+        .unwrap();
+    // `other` is given db's MAC in its spec (the simulated virt-handler reports it in status).
+    let db = vmis("prod").get("db").await.unwrap();
+    let db_mac = db.status.unwrap().interfaces.unwrap()[0]
+        .mac
+        .clone()
+        .unwrap();
+    vmis("default")
+        .patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"domain": {"devices": {"interfaces": [
+                {"name": "default", "masquerade": {}, "macAddress": db_mac.to_uppercase()}
+            ]}}}})),
+        )
+        .await
+        .unwrap();
+    let text = wait_metrics(&e, "db and other colliding", 15, |t| {
+        is(t, &dup("prod", "db"), 1.0) && is(t, &dup("default", "other"), 1.0)
+    })
+    .await;
+    // The simulated virt-handler always reports LiveMigratable=True: the LiveMigrate strategy
+    // alone does not make web non-evictable (the positive case is a unit test of vmi_state).
+    assert!(is(&text, &evict("web"), 0.0), "{text}");
+    assert!(is(&text, &dup("prod", "web"), 0.0), "{text}");
+    assert!(
+        !text.to_lowercase().contains(&db_mac.to_lowercase()),
+        "MACs never become labels\n{text}"
+    );
+    promtool_check(&text).unwrap();
 }

@@ -1,8 +1,9 @@
 //! Golden exposition for a recorded stats fixture, checked by a real parser.
 //!
 //! `fixtures/domstats.txt` is `virsh domstats --raw --state --balloon --interface --block` of the
-//! tiny guest under a real libvirtd (scripts/guest/), `fixtures/domain.xml` its live XML. The
-//! recording goes through the same parsing and rendering as a live scrape; the output must equal
+//! tiny guest under a real libvirtd (scripts/guest/), its `cpu.*` and `vcpu.*` lines from
+//! `--cpu-total --vcpu` of the same guest (recorded later, inserted where libvirt puts them);
+//! `fixtures/domain.xml` is its live XML. The recording goes through the same parsing and rendering as a live scrape; the output must equal
 //! `fixtures/golden.prom` byte for byte (regenerate deliberately with
 //! `VIRTGUARD_UPDATE_GOLDEN=1 cargo test -p virtguard-exporter --test golden`) and must pass
 //! `promtool check metrics`.
@@ -66,6 +67,16 @@ fn golden_exposition_of_recorded_stats() {
     ));
     // balloon.current=262144 KiB
     assert!(got.contains("kubevirt_vmi_memory_actual_balloon_bytes{namespace=\"default\",name=\"testvm\",node=\"node-a\"} 268435456\n"));
+    // cpu.time=6770000000 ns, vcpu.0.state=1 (running), vcpu.0.delay=4636974175 ns
+    assert!(got.contains(
+        "kubevirt_vmi_cpu_usage_seconds_total{namespace=\"default\",name=\"testvm\",node=\"node-a\"} 6.77\n"
+    ));
+    assert!(got.contains(
+        "kubevirt_vmi_vcpu_seconds_total{namespace=\"default\",name=\"testvm\",node=\"node-a\",id=\"0\",state=\"running\"} 6.38\n"
+    ));
+    assert!(got.contains(
+        "kubevirt_vmi_vcpu_delay_seconds_total{namespace=\"default\",name=\"testvm\",node=\"node-a\",id=\"0\"} 4.636974175\n"
+    ));
     // block.0.rd.times=9389516 ns
     assert!(got.contains("drive=\"rootdisk\"} 0.009389516\n"));
     assert!(got.contains(

@@ -18,6 +18,7 @@ mod maintain_cmd;
 mod mount_cmd;
 mod prune_cmd;
 mod restore_cmds;
+mod restore_status;
 mod util;
 
 pub use cluster_cmds::{BackupArgs, CleanupArgs};

@@ -1,7 +1,8 @@
 //! `virtguard restore`, `virtguard download` and the internal `virtguard restore-volume` (run
 //! by restore Jobs). The cluster work is in [`crate::engine::restore`]; this module resolves
 //! flags, prints the plan / warnings / summary, and handles Ctrl-C and SIGTERM: the objects the
-//! run created are deleted (unless `--keep-partial`) before the process exits.
+//! run created are deleted (unless `--keep-partial`) before the process exits. Every restore
+//! that started leaves its outcome for the exporter ([`super::restore_status`]).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -12,6 +13,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::restore_status;
 use super::util::{human, open_repo, resolve_backup};
 use super::{shutdown_signal, Config};
 use crate::engine::restore::{self, Method, Mode, RestoreError, RestoreRequest};
@@ -338,6 +340,8 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
     }
     eprintln!("about to {what}");
     let lock = repo.lock(LockKind::Shared, "restore").await?;
+    let started = restore_status::now();
+    let t0 = Instant::now();
     let progress = CliProgress::new(config);
     let created = restore::Created::default();
     let ctx = restore::Context {
@@ -366,6 +370,17 @@ pub async fn restore(config: &Config, a: RestoreArgs) -> Result<()> {
         }
     };
     lock.release().await;
+    let attempt = restore_status::Attempt {
+        namespace: &plan.namespace,
+        name: &plan.name,
+        backup_id: r.to_string(),
+        source: format!("{}/{}", r.namespace, r.vm),
+        mode: plan.mode,
+        method: plan.method,
+        started,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    restore_status::write(&client, &attempt, result.as_ref()).await;
     let report = result?;
     println!(
         "{:<16} {:<32} {:>10} {:>12} {:>8} {:>8} {:>9}",

@@ -5,10 +5,10 @@
 //! | kind | selection | families |
 //! |---|---|---|
 //! | VirtualMachineInstanceMigration | all | [`migrations`] |
-//! | VirtualMachineInstance | all | [`migrations`] (times), [`guest`] |
+//! | VirtualMachineInstance | all | [`migrations`] (times), [`guest`], [`vmi_state`] |
 //! | VirtualMachineSnapshot | all | [`snapshots`] |
 //! | PersistentVolumeClaim | label `restore.kubevirt.io/source-vm-name` | [`snapshots`] (restored disks) |
-//! | ConfigMap | label `virtguard.io/status=true` | [`backup_status`], [`maintenance_status`] |
+//! | ConfigMap | label `virtguard.io/status=true` | [`backup_status`], [`maintenance_status`], [`restore_status`] |
 //!
 //! All of them are restricted to one namespace with `--namespace`. A scrape reads the stores
 //! and renders through the same [`Exposition`] as node mode; it makes no API call, so its cost
@@ -21,7 +21,9 @@ pub mod backup_status;
 pub mod guest;
 pub mod maintenance_status;
 pub mod migrations;
+pub mod restore_status;
 pub mod snapshots;
+pub mod vmi_state;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -34,7 +36,8 @@ use virtguard_api::kubevirt::{
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineSnapshot,
 };
 use virtguard_api::labels::{
-    MAINTENANCE_STATUS_CONFIGMAP, RESTORE_SOURCE_VM_NAME, STATUS, STATUS_CONFIGMAP,
+    DRILL_STATUS_CONFIGMAP, MAINTENANCE_STATUS_CONFIGMAP, RESTORE_SOURCE_VM_NAME,
+    RESTORE_STATUS_CONFIGMAP, STATUS, STATUS_CONFIGMAP,
 };
 
 use crate::allowlist::VmiLabelAllowlist;
@@ -98,8 +101,12 @@ pub fn backup_entries(cms: &[Arc<ConfigMap>]) -> Vec<(String, String, BackupStat
     let mut best: BTreeMap<(String, String), (bool, BackupStatus)> = BTreeMap::new();
     for cm in cms {
         let ns = cm.metadata.namespace.clone().unwrap_or_default();
-        if cm.metadata.name.as_deref() == Some(MAINTENANCE_STATUS_CONFIGMAP) {
+        let name = cm.metadata.name.as_deref();
+        if name == Some(MAINTENANCE_STATUS_CONFIGMAP) {
             continue; // keyed by repository, not VM: maintenance_status reads it
+        }
+        if name == Some(RESTORE_STATUS_CONFIGMAP) || name == Some(DRILL_STATUS_CONFIGMAP) {
+            continue; // other records: restore_status reads them
         }
         let canonical = cm.metadata.name.as_deref() == Some(STATUS_CONFIGMAP);
         let Some(data) = cm.data.as_ref() else {
@@ -129,8 +136,11 @@ pub fn render_state(out: &mut Exposition, state: &ClusterState, allow: &VmiLabel
     snapshots::render_snapshots(out, &state.snapshots);
     snapshots::render_restored(out, &state.pvcs);
     guest::render(out, &state.vmis, allow);
+    vmi_state::render(out, &state.vmis);
     backup_status::render(out, &backup_entries(&state.status));
     maintenance_status::render(out, &maintenance_status::entries(&state.status));
+    restore_status::render_restores(out, &restore_status::restore_entries(&state.status));
+    restore_status::render_drills(out, &restore_status::drill_entries(&state.status));
 }
 
 /// Renders the per-kind reflector health (`kinds` = (health, objects in store)).

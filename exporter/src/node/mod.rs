@@ -24,9 +24,12 @@
 //! fetched again only when the domain restarted (new id) or a device appeared (hotplug).
 //!
 //! With `--guest-agent-nics`, VMs with SR-IOV NICs get one more call per scrape, to their guest
-//! agent, for the counters libvirt does not have ([`guest_nics`]).
+//! agent, for the counters libvirt does not have ([`guest_nics`]); with
+//! `--guest-agent-filesystems`, every VM gets one for its filesystems ([`guest_fs`]).
 
+pub mod cpu;
 pub mod ffi;
+pub mod guest_fs;
 pub mod guest_nics;
 pub mod stats;
 pub mod vmi_labels;
@@ -54,7 +57,9 @@ pub const DEFAULT_URI_TEMPLATE: &str = "qemu+unix:///session?socket={socket}";
 const STATS: u32 = sys::VIR_DOMAIN_STATS_STATE
     | sys::VIR_DOMAIN_STATS_BALLOON
     | sys::VIR_DOMAIN_STATS_INTERFACE
-    | sys::VIR_DOMAIN_STATS_BLOCK;
+    | sys::VIR_DOMAIN_STATS_BLOCK
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_VCPU;
 
 /// libvirt job operations (`virDomainJobOperation`) by the names the CLI accepts.
 pub const JOB_OPERATIONS: &[(&str, i32)] = &[
@@ -90,6 +95,8 @@ pub struct NodeConfig {
     /// Job operations whose progress is exported as migration metrics (values of
     /// [`JOB_OPERATIONS`]); empty disables job stats calls.
     pub job_operations: Vec<i32>,
+    /// Ask each running VM's guest agent for its filesystems (`--guest-agent-filesystems`).
+    pub guest_filesystems: bool,
     /// Fault injection for tests; `None` in production.
     pub hook: Option<Hook>,
 }
@@ -104,6 +111,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_concurrent", &self.max_concurrent)
             .field("timeout", &self.timeout)
             .field("job_operations", &self.job_operations)
+            .field("guest_filesystems", &self.guest_filesystems)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +126,7 @@ impl Default for NodeConfig {
             max_concurrent: 8,
             timeout: Duration::from_secs(3),
             job_operations: vec![sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT as i32],
+            guest_filesystems: false,
             hook: None,
         }
     }
@@ -460,6 +469,9 @@ fn collect_blocking(
             if let Some(w) = wanted.get(&vm.identity) {
                 vm.guest_agent_interfaces = agent_nics(&rec.domain, &rec.name, &vm, w);
             }
+            if cfg.guest_filesystems {
+                vm.filesystems = agent_filesystems(&rec.domain, &rec.name);
+            }
         }
         vms.push(vm);
     }
@@ -487,6 +499,20 @@ fn agent_nics(
         Ok(answer) => guest_nics::parse_agent_interfaces(&answer, &missing),
         Err(e) => {
             tracing::debug!(domain = %domain_name, error = %e, "guest agent NIC statistics unavailable");
+            Vec::new()
+        }
+    }
+}
+
+/// The guest's filesystems from its agent; a failing agent costs only these series.
+fn agent_filesystems(
+    domain: &virt::domain::Domain,
+    domain_name: &str,
+) -> Vec<guest_fs::Filesystem> {
+    match domain.qemu_agent_command(guest_fs::AGENT_COMMAND, guest_fs::AGENT_TIMEOUT_SECS, 0) {
+        Ok(answer) => guest_fs::parse_fsinfo(&answer),
+        Err(e) => {
+            tracing::debug!(domain = %domain_name, error = %e, "guest agent filesystem info unavailable");
             Vec::new()
         }
     }

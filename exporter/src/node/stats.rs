@@ -4,8 +4,8 @@
 //! named like `net.<i>.rx.bytes`, `block.<i>.rd.times`, `balloon.swap_in`, `state.state`. This
 //! module reads them in one pass, applies the unit rules and the identity rules of ARCHITECTURE.md §2:
 //!
-//! * Units: `block.*.times` are nanoseconds → seconds; `balloon.*` sizes are KiB → bytes; job
-//!   `downtime` is milliseconds → seconds; the job's dirty rate is pages/s × page size → bytes/s.
+//! * Units: `block.*.times`, `cpu.*` and `vcpu.*` times are nanoseconds → seconds (CPU in
+//!   [`super::cpu`]); `balloon.*` sizes are KiB → bytes; job `downtime` is milliseconds → seconds; the job's dirty rate is pages/s × page size → bytes/s.
 //! * A value that is absent, negative or libvirt's "unsupported" marker 2^64-1 produces no sample
 //!   (`None`), never a wrong one.
 //! * Identity: KubeVirt names domains `<namespace>_<name>` (namespaces cannot contain `_`, so the
@@ -224,6 +224,11 @@ pub struct VmStats {
     pub memory: [Option<u64>; 9],
     /// Migration progress in the order of [`JOB_FIELDS`], when a migration job is running.
     pub migration: Option<[Option<u64>; 7]>,
+    /// CPU time (`cpu.*`, `vcpu.<n>.*`), see [`super::cpu`].
+    pub cpu: super::cpu::CpuStats,
+    /// Guest filesystems from the guest agent (`--guest-agent-filesystems`, see
+    /// [`super::guest_fs`]); empty otherwise.
+    pub filesystems: Vec<super::guest_fs::Filesystem>,
 }
 
 impl VmStats {
@@ -238,6 +243,8 @@ impl VmStats {
             drives: Vec::new(),
             memory: [None; 9],
             migration: None,
+            cpu: super::cpu::CpuStats::default(),
+            filesystems: Vec::new(),
         }
     }
 }
@@ -337,7 +344,11 @@ pub fn parse_domain(domain_name: &str, params: &Params, labels: &DeviceLabels) -
     let mut net: Vec<RawDev> = Vec::new();
     let mut blk: Vec<RawDev> = Vec::new();
     let mut memory = [None; 9];
+    let mut cpu = super::cpu::CpuParser::default();
     for (key, value) in params {
+        if cpu.take(key, value) {
+            continue;
+        }
         if let Some(rest) = key.strip_prefix("net.") {
             let Some((i, k)) = indexed(rest) else {
                 continue;
@@ -377,6 +388,8 @@ pub fn parse_domain(domain_name: &str, params: &Params, labels: &DeviceLabels) -
         drives: finish(blk, &labels.block, None),
         memory,
         migration: None,
+        cpu: cpu.finish(),
+        filesystems: Vec::new(),
     }
 }
 

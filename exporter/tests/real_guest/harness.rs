@@ -60,6 +60,14 @@ impl Daemon {
         sh(Command::new("virsh").arg("-c").arg(&self.uri).args(args))
     }
 
+    /// libvirt's first CPU_TOTAL stats call on a fresh daemon takes ~4 s here (once per daemon,
+    /// then ~30 ms), longer than the collectors' deadlines: make it before the first scrape so
+    /// the steps test the exporter, not libvirt's one-off warm-up. (A real exporter reports that
+    /// first scrape of a new VM's daemon as `scrape_success 0` and the next one normally.)
+    pub fn warm_up_cpu_stats(&self, domain: &str) {
+        self.virsh(&["domstats", "--cpu-total", domain]);
+    }
+
     pub fn signal(&self, sig: &str) {
         sh(Command::new("kill")
             .arg(format!("-{sig}"))

@@ -4,7 +4,8 @@
 //! 1. first scrape: KubeVirt identity (`default`/`testvm`), aliases `default` / `rootdisk`,
 //!    balloon in bytes;
 //! 2. ping from the host side of the tap (in a private netns) → interface counters rise;
-//!    `dd` in the guest through the agent's guest-exec → write bytes and IOPS rise;
+//!    `dd` in the guest through the agent's guest-exec → write bytes and IOPS rise; a busy loop
+//!    in the guest → the vCPU's time rises much faster than while idle;
 //! 3. the real binary is scraped by a real Prometheus and the documented `topk` queries return
 //!    the guest; the live exposition passes `promtool check metrics`;
 //! 4. a real live migration to a second daemon (bandwidth-limited): progress metrics appear and
@@ -93,6 +94,7 @@ fn real_guest_end_to_end() {
     });
     eprintln!("guest booted after {:?}", t0.elapsed());
 
+    a.warm_up_cpu_stats(&format!("{NS}_{VM}"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = collector(vec![a.uri.clone()], Duration::from_secs(3), None);
 
@@ -153,6 +155,11 @@ fn real_guest_end_to_end() {
         "4 MiB written: {wb1} -> {wb2}"
     );
     assert!(wr2 > wr1, "write requests rose: {wr1} -> {wr2}");
+
+    // 2a. CPU: the vCPU's time rises much faster while the guest burns CPU than while it idles
+    // (rates against the same wall clock, compared with each other, never to fixed durations).
+    cpu_rises_while_busy(&rt, &c, &a);
+    filesystem_fills(&rt, &a);
 
     // 2b. SR-IOV stand-in: the guest's eth1 is a NIC libvirt does not know (added through
     // <qemu:commandline>), so its traffic is in no libvirt stats; with the VMI naming it
@@ -300,6 +307,13 @@ fn real_guest_end_to_end() {
     .unwrap();
     let exposition = http_get(port, "/metrics");
     promtool_check_metrics(&exposition).unwrap();
+    for series in [
+        "kubevirt_vmi_vcpu_seconds_total{namespace=\"default\",name=\"testvm\",node=\"node-a\",id=\"0\",state=\"",
+        "kubevirt_vmi_cpu_usage_seconds_total{namespace=\"default\",name=\"testvm\",node=\"node-a\"} ",
+        "kubevirt_vmi_vcpu_delay_seconds_total{namespace=\"default\",name=\"testvm\",node=\"node-a\",id=\"0\"} ",
+    ] {
+        assert!(exposition.contains(series), "{series} missing\n{exposition}");
+    }
     let queries = [
         "topk(3, sum by (name, namespace) (rate(kubevirt_vmi_network_receive_bytes_total[6m])) + sum by (name, namespace) (rate(kubevirt_vmi_network_transmit_bytes_total[6m]))) > 0",
         "topk(3, sum by (name, namespace) (rate(kubevirt_vmi_storage_read_traffic_bytes_total[6m])) + sum by (name, namespace) (rate(kubevirt_vmi_storage_write_traffic_bytes_total[6m]))) > 0",
@@ -394,6 +408,7 @@ fn real_guest_end_to_end() {
     a.virsh(&["migrate-setspeed", &dom, "8796093022207"]);
     let status = migrate.0.wait().unwrap();
     assert!(status.success(), "virsh migrate failed");
+    b.warm_up_cpu_stats(&dom);
     let both = collector(
         vec![a.uri.clone(), b.uri.clone()],
         Duration::from_secs(3),
@@ -536,4 +551,183 @@ fn real_guest_end_to_end() {
     // The call stuck on the never-answering socket keeps its blocking thread; a plain runtime
     // drop would wait for it forever.
     rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+/// Step 2a: CPU series. Measures the vCPU's time rate over an idle window and over a window in
+/// which the guest runs a shell busy loop (through the agent), both against the same clock, and
+/// requires the busy rate to be well above the idle one; the domain totals rise too.
+fn cpu_rises_while_busy(
+    rt: &tokio::runtime::Runtime,
+    c: &virtguard_exporter::node::NodeCollector,
+    d: &Daemon,
+) {
+    let dom = format!("{NS}_{VM}");
+    eprintln!(
+        "CPU stats of the guest (for fixtures/domstats.txt):\n{}",
+        d.virsh(&["domstats", "--raw", "--cpu-total", "--vcpu", &dom])
+    );
+    let sample = || {
+        let s = rt.block_on(c.scrape());
+        let v = vm(&s, VM);
+        assert!(v.success);
+        let vcpu = v.cpu.vcpus.first().expect("vCPU 0 reported");
+        assert_eq!(vcpu.id, "0");
+        assert!(vcpu.state.is_some(), "vcpu.0.state reported: {vcpu:?}");
+        let total = v.cpu.total;
+        assert!(
+            total.iter().all(Option::is_some),
+            "cpu.time/user/system reported: {total:?}"
+        );
+        (Instant::now(), vcpu.values[0].unwrap(), total[0].unwrap())
+    };
+    let (t0, v0, c0) = sample();
+    std::thread::sleep(Duration::from_secs(3));
+    let (t1, v1, c1) = sample();
+    guest_exec(
+        d,
+        &dom,
+        &[
+            "sh",
+            "-c",
+            "end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; done",
+        ],
+    );
+    let (t2, v2, c2) = sample();
+    let rate = |a: u64, b: u64, ta: Instant, tb: Instant| {
+        (b.saturating_sub(a)) as f64 / 1e9 / (tb - ta).as_secs_f64()
+    };
+    let idle = rate(v0, v1, t0, t1);
+    let busy = rate(v1, v2, t1, t2);
+    eprintln!("vCPU 0 busy fraction: idle {idle:.3}, busy loop {busy:.3}");
+    assert!(
+        busy > 3.0 * idle && busy > 0.05,
+        "vCPU time rises while the guest burns CPU: idle {idle:.3} s/s, busy {busy:.3} s/s"
+    );
+    assert!(c2 > c1 && c1 >= c0, "cpu.time rises: {c0} {c1} {c2}");
+    assert!(c2 >= v2, "the domain total includes the vCPU's time");
+}
+
+/// Step 2a': guest filesystems through the agent (`--guest-agent-filesystems`): the data disk
+/// mounted at /mnt is reported with its size; writing 8 MiB into it raises its used bytes; the
+/// rendered series pass promtool; filling it fires VirtguardGuestFilesystemOutOfSpace in a real
+/// Prometheus. A collector without the flag reports no filesystem.
+fn filesystem_fills(rt: &tokio::runtime::Runtime, d: &Daemon) {
+    use virtguard_exporter::node::{NodeCollector, NodeConfig};
+    let fs_c = NodeCollector::new(NodeConfig {
+        node_name: "node-a".into(),
+        socket_globs: vec![],
+        uris: vec![d.uri.clone()],
+        timeout: Duration::from_secs(3),
+        guest_filesystems: true,
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    let mnt = |s: &NodeScrape| {
+        let v = vm(s, VM);
+        assert!(v.success);
+        v.filesystems
+            .iter()
+            .find(|f| f.mount_point == "/mnt")
+            .unwrap_or_else(|| panic!("/mnt not reported: {:?}", v.filesystems))
+            .clone()
+    };
+    let before = mnt(&rt.block_on(fs_c.scrape()));
+    assert!(before.capacity > 0, "{before:?}");
+    guest_exec(
+        d,
+        &format!("{NS}_{VM}"),
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/mnt/fill",
+            "bs=1M",
+            "count=8",
+            "conv=fsync",
+        ],
+    );
+    let s = rt.block_on(fs_c.scrape());
+    let after = mnt(&s);
+    let (u0, u1) = (before.used.unwrap(), after.used.unwrap());
+    assert!(
+        u1 >= u0 + 8 * 1024 * 1024,
+        "used bytes rose by 8 MiB: {u0} -> {u1}"
+    );
+    assert_eq!(after.capacity, before.capacity);
+    let mut out = virtguard_exporter::render::Exposition::default();
+    virtguard_exporter::render::render_node(
+        &mut out,
+        "node-a",
+        &s.vms,
+        virtguard_exporter::render::ConnectionCounts::default(),
+    );
+    let text = out.into_string();
+    assert!(
+        text.contains(&format!(
+            "kubevirt_vmi_filesystem_used_bytes{{namespace=\"{NS}\",name=\"{VM}\",node=\"node-a\",disk_name=\"{}\",mount_point=\"/mnt\",file_system_type=\"{}\"}} {u1}\n",
+            after.disk_name, after.fs_type
+        )),
+        "{text}"
+    );
+    promtool_check_metrics(&text).unwrap();
+
+    // Fill /mnt completely: the real exporter binary (with the flag), scraped by a real
+    // Prometheus that loads the real rules (`for:` shortened to 1s), fires
+    // VirtguardGuestFilesystemOutOfSpace for it.
+    guest_exec(
+        d,
+        &format!("{NS}_{VM}"),
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/mnt/fill bs=1M 2>/dev/null; sync; true",
+        ],
+    );
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../alerts/virtguard.rules.yaml"),
+    )
+    .unwrap()
+    .lines()
+    .map(|l| match l.trim_start().strip_prefix("for: ") {
+        Some(_) => format!("{}for: 1s", &l[..l.len() - l.trim_start().len()]),
+        None => l.to_string(),
+    })
+    .collect::<Vec<_>>()
+    .join("\n");
+    let rules_path = rules_dir.path().join("virtguard.rules.yaml");
+    std::fs::write(&rules_path, rules).unwrap();
+    let port = free_port();
+    let _exporter = Proc(
+        Command::new(env!("CARGO_BIN_EXE_virtguard-exporter"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--node-name",
+                "node-a",
+            ])
+            .args(["--libvirt-socket-glob", "", "--libvirt-uri", &d.uri])
+            .arg("--guest-agent-filesystems")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prom = Prometheus::start(&PrometheusConfig {
+        targets: vec![format!("127.0.0.1:{port}")],
+        rule_files: vec![rules_path],
+        ..PrometheusConfig::default()
+    })
+    .unwrap();
+    let alert = prom
+        .wait_for_alert(
+            "VirtguardGuestFilesystemOutOfSpace",
+            "firing",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(alert["labels"]["mount_point"], "/mnt", "{alert}");
+    assert_eq!(alert["labels"]["name"], VM, "{alert}");
+    drop(prom);
+    guest_exec(d, &format!("{NS}_{VM}"), &["rm", "-f", "/mnt/fill"]);
+    let plain = collector(vec![d.uri.clone()], Duration::from_secs(3), None);
+    assert!(vm(&rt.block_on(plain.scrape()), VM).filesystems.is_empty());
 }
