@@ -102,6 +102,9 @@ fn keys_add_list_remove_passwd_and_a_wrong_key() {
             "256",
             "--kdf-iterations",
             "1",
+            // Added keys must name the repository's data cipher (not the wrapping one).
+            "--cipher",
+            "aes256gcm",
         ],
     );
     let img = r.path("disk.img");
