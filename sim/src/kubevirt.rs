@@ -607,13 +607,16 @@ pub(crate) fn reconcile(inner: &Inner, timers: &mut KubeVirtTimers) {
                     .pointer("/metadata/annotations")
                     .cloned()
                     .unwrap_or(json!({}));
-                let obj = json!({
+                let mut obj = json!({
                     "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
                     "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations,
                         "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": name,
                             "uid": meta_str(&vm, "uid"), "controller": true, "blockOwnerDeletion": true}]},
                     "spec": tmpl.get("spec").cloned().unwrap_or(json!({})),
                 });
+                if inner.launcher.handles(&ns) {
+                    obj["metadata"]["finalizers"] = json!([crate::launcher::VMI_FINALIZER]);
+                }
                 if let Err(e) = inner.store.create(vmi_res, obj) {
                     tracing::warn!("creating VMI {ns}/{name}: {e}");
                 }

@@ -22,8 +22,10 @@
 //!   condition `AgentConnected` (checked every second until it answers, then every 5 s);
 //! - the domain cannot be started (a disk's PVC is unbound, QEMU fails) → `Failed`, with the
 //!   reason in a `Synchronized=False` condition, as virt-handler reports a failed sync;
-//! - the VMI is deleted (VM stopped or deleted) → the domain is destroyed. When the simulator
-//!   stops, every domain it started is destroyed.
+//! - the VMI is deleted (VM stopped or deleted) → the domain is destroyed, and only then is the
+//!   VMI's finalizer [`VMI_FINALIZER`] removed (as virt-handler does), so a client that waits for
+//!   the VMI to disappear knows the guest is gone. When the simulator stops, every domain it
+//!   started is destroyed.
 //!
 //! Invariant: a domain exists only while its VMI does; the launcher never touches a domain it did
 //! not start (names are prefixed by namespace and checked against its own table).
@@ -41,6 +43,9 @@ use serde_json::Value;
 
 use crate::store::{meta_str, name_ns};
 use crate::Inner;
+
+/// KubeVirt's finalizer on a VMI, removed once the guest is shut down.
+pub const VMI_FINALIZER: &str = "foregroundDeleteVirtualMachine";
 
 /// The `launcher:` section of a scenario.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -86,6 +91,8 @@ struct Launch {
 pub struct LauncherState {
     config: Option<LauncherConfig>,
     launches: Mutex<HashMap<String, Launch>>,
+    /// Uids of deleted VMIs whose domain is being destroyed (their finalizer stays until then).
+    destroying: Mutex<std::collections::HashSet<String>>,
 }
 
 impl LauncherState {
@@ -93,6 +100,7 @@ impl LauncherState {
         LauncherState {
             config,
             launches: Mutex::new(HashMap::new()),
+            destroying: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -163,16 +171,21 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
     let vmi_res = inner.rid("kubevirt.io", "virtualmachineinstances");
     let (vmis, _) = inner.store.list(vmi_res, None);
     let mut live: HashMap<String, String> = HashMap::new();
+    let mut deleting: HashMap<String, String> = HashMap::new();
     for vmi in &vmis {
         let (name, ns) = name_ns(vmi);
-        if !inner.launcher.handles(&ns) || vmi.pointer("/metadata/deletionTimestamp").is_some() {
+        if !inner.launcher.handles(&ns) {
             continue;
         }
         let uid = meta_str(vmi, "uid").unwrap_or_default().to_string();
-        live.insert(format!("{ns}/{name}"), uid);
+        if vmi.pointer("/metadata/deletionTimestamp").is_some() {
+            deleting.insert(uid, format!("{ns}/{name}"));
+        } else {
+            live.insert(format!("{ns}/{name}"), uid);
+        }
     }
-    // Gone (or replaced by a new VMI of the same name): destroy.
-    let gone: Vec<String> = {
+    // Gone (or replaced by a new VMI of the same name): destroy, then release the VMI.
+    let gone: Vec<(String, String)> = {
         let mut t = inner.launcher.table();
         let keys: Vec<String> = t
             .iter()
@@ -180,12 +193,43 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
             .map(|(k, _)| k.clone())
             .collect();
         keys.into_iter()
-            .filter_map(|k| t.remove(&k).map(|l| l.domain))
+            .filter_map(|k| t.remove(&k).map(|l| (l.uid, l.domain)))
             .collect()
     };
-    for d in gone {
+    for (uid, d) in gone {
+        inner
+            .launcher
+            .destroying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.clone());
         let uri = config.libvirt_uri.clone();
-        tokio::spawn(async move { destroy(&uri, &d).await });
+        let inner = inner.clone();
+        let key = deleting.get(&uid).cloned();
+        tokio::spawn(async move {
+            destroy(&uri, &d).await;
+            if let Some(key) = key {
+                release(&inner, &key, &uid);
+            }
+            inner
+                .launcher
+                .destroying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid);
+        });
+    }
+    // Deleted VMIs without a domain (never started, or already destroyed): release now.
+    for (uid, key) in &deleting {
+        let busy = inner
+            .launcher
+            .destroying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(uid);
+        if !busy {
+            release(inner, key, uid);
+        }
     }
     for vmi in vmis {
         let (name, ns) = name_ns(&vmi);
@@ -226,6 +270,25 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
             }
         });
     }
+}
+
+/// Removes [`VMI_FINALIZER`] from the VMI `key` (`ns/name`) if it is still the one with `uid`.
+fn release(inner: &Inner, key: &str, uid: &str) {
+    let Some((ns, name)) = key.split_once('/') else {
+        return;
+    };
+    let vmi_res = inner.rid("kubevirt.io", "virtualmachineinstances");
+    let _ = inner.store.mutate(vmi_res, ns, name, |o| {
+        if meta_str(o, "uid") != Some(uid) {
+            return;
+        }
+        if let Some(f) = o
+            .pointer_mut("/metadata/finalizers")
+            .and_then(Value::as_array_mut)
+        {
+            f.retain(|x| x != VMI_FINALIZER);
+        }
+    });
 }
 
 /// Defines and starts the transient domain of `vmi`.

@@ -25,6 +25,9 @@ use virtguard_sim::{FaultRule, Scenario, Sim, SimConfig};
 
 use crate::peers::{free_port, wait_for_port, workspace_root};
 
+/// Namespace the quickstart's restore drills restore into.
+pub const DRILL_SANDBOX: &str = "virtguard-drills";
+
 /// Errors of the demo: what failed, with the command's output.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -316,7 +319,19 @@ impl Demo {
             .len();
 
         say("starting the simulated cluster");
-        let mut yaml = String::from("namespaces: [demo, apps]\nvms:\n");
+        // The restore-drill sandbox; with a real guest, its VMIs boot as real QEMU domains from
+        // their PVCs (the sim's launcher), on the same daemon and guest kernel.
+        let mut yaml = format!("namespaces: [demo, apps, {DRILL_SANDBOX}]\n");
+        if let (Some(g), Some(gdir)) = (&guest, &guest_dir) {
+            let _ = writeln!(
+                yaml,
+                "launcher: {{libvirtUri: {:?}, kernel: {:?}, initrd: {:?}, namespaces: [{DRILL_SANDBOX}]}}",
+                g.uri,
+                gdir.join("vmlinuz").display().to_string(),
+                gdir.join("initramfs.gz").display().to_string()
+            );
+        }
+        yaml.push_str("vms:\n");
         let _ = writeln!(
             yaml,
             "  - namespace: demo\n    name: guest\n    labels: {{app: demo}}\n    disks:\n      - {{name: root, size: {}, content: {{file: {:?}}}}}",

@@ -14,7 +14,9 @@
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use virtguard_e2e::demo::{ext4_cat, real_guest_missing, Demo, DemoOptions, RepoTarget};
+use virtguard_e2e::demo::{
+    ext4_cat, real_guest_missing, Demo, DemoOptions, RepoTarget, DRILL_SANDBOX,
+};
 use virtguard_e2e::{
     require_peer, workspace_bin, workspace_root, PeerError, Prometheus, PrometheusConfig, S3Server,
 };
@@ -189,6 +191,98 @@ async fn quickstart_flow_on_a_real_guest_with_s3_and_prometheus() {
         Duration::from_secs(30),
     )
     .unwrap();
+
+    // Restore drill: the copy boots as a real QEMU domain from its restored PVC, its agent
+    // reports the filesystem the backup had mounted, and everything is deleted again.
+    let drill = |demo: &Demo| {
+        let o = demo.virtguard(&[
+            "drill",
+            "--vm",
+            "demo/guest",
+            "--sandbox",
+            DRILL_SANDBOX,
+            "-o",
+            "json",
+        ]);
+        let reports: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        (o, reports[0].clone())
+    };
+    let (o, d) = drill(&demo);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(d["succeeded"], true, "{d}");
+    let mounts = |d: &serde_json::Value, key: &str| -> Vec<String> {
+        d[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        mounts(&d, "expectedMounts").contains(&"/mnt".to_string()),
+        "{d}"
+    );
+    assert!(
+        mounts(&d, "foundMounts").contains(&"/mnt".to_string()),
+        "{d}"
+    );
+    assert!(
+        d["timeToReadySeconds"].as_f64().unwrap() > 1.0,
+        "a real boot: {d}"
+    );
+    let g = demo.guest.as_ref().unwrap();
+    let domains = std::process::Command::new("virsh")
+        .args(["-c", &g.uri, "list", "--all", "--name"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&domains.stdout).contains("drill-demo-guest"),
+        "the drill's domain must be destroyed: {}",
+        String::from_utf8_lossy(&domains.stdout)
+    );
+    prom.wait_for_result(
+        r#"virtguard_restore_test_last_status{namespace="demo",name="guest"} == 1"#,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+
+    // A valid backup of a broken disk: the ext4 superblock zeroed under the running guest. The
+    // freeze is refused (ext4's own freeze would write the superblock back from memory), so the
+    // backup is crash-consistent and still records what the guest has mounted. The copy boots,
+    // cannot mount its disk, and the drill fails saying which filesystem is missing.
+    demo.sim.inject(virtguard_sim::FaultRule {
+        op: "freeze".into(),
+        target: Some("demo/guest".into()),
+        status: Some(500),
+        message: Some("test: freeze refused".into()),
+        ..Default::default()
+    });
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&live).unwrap();
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.write_all(&[0u8; 1024]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let o = demo.virtguard(&["backup", "--vm", "demo/guest"]);
+    assert!(o.status.success(), "{}", text(&o));
+    demo.sim.clear_faults();
+    let (o, d) = drill(&demo);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(d["reason"], "filesystem-missing", "{d}");
+    assert!(
+        d["message"].as_str().unwrap().contains("missing: /mnt"),
+        "{d}"
+    );
+    let alert = prom
+        .wait_for_alert(
+            "VirtguardRestoreTestFailed",
+            "firing",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(alert["labels"]["name"], "guest", "{alert}");
 
     // A failing backup: thawed, reported, alerted.
     demo.break_snapshots_of("demo", "guest-root");

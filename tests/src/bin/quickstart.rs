@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use virtguard_api::status::BackupStatusRecord;
-use virtguard_e2e::demo::{ext4_cat, sample, scrape, Demo, DemoOptions, RepoTarget};
+use virtguard_e2e::demo::{ext4_cat, sample, scrape, Demo, DemoOptions, RepoTarget, DRILL_SANDBOX};
 
 /// Runs virtguard's whole main job on this machine: a real guest (QEMU/TCG under a private
 /// libvirtd) in a simulated KubeVirt cluster, the exporters, a backup of every VM into a local
@@ -202,6 +202,36 @@ async fn main() -> Result<()> {
         println!("  {path}: identical ({want:?})");
     }
 
+    eprintln!(
+        "==> virtguard drill --vm demo/guest --sandbox {DRILL_SANDBOX} (restore test: restore a copy, boot it, check it, delete it)"
+    );
+    let o = demo.virtguard(&[
+        "drill",
+        "--vm",
+        "demo/guest",
+        "--sandbox",
+        DRILL_SANDBOX,
+        "-o",
+        "json",
+    ]);
+    if !o.status.success() {
+        bail!("virtguard drill failed:\n{}", out(&o));
+    }
+    let drill: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .with_context(|| format!("virtguard drill -o json printed no JSON:\n{}", out(&o)))?;
+    let drill = &drill[0];
+    let booted = drill["timeToReadySeconds"].as_f64().unwrap_or_default();
+    println!(
+        "Restore test: backup {} restored as {}, booted {} in {booted:.1} s, mounts {} (as at backup time), then deleted",
+        drill["backup"].as_str().unwrap_or(""),
+        drill["copy"].as_str().unwrap_or(""),
+        drill["guestOs"].as_str().unwrap_or("the guest"),
+        drill["foundMounts"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+
     let status = demo
         .sim
         .object("", "configmaps", "demo", "virtguard-status")
@@ -241,6 +271,14 @@ async fn main() -> Result<()> {
         "  disk / stored:   {} / {} bytes (zero blocks are not stored; zstd)",
         demo.disk_size,
         status.as_ref().map_or(0, |s| s.bytes_stored)
+    );
+    println!(
+        "  restore test:    booted in {booted:.1} s ({})",
+        if real {
+            "a real QEMU domain from the restored PVC, checked through its guest agent"
+        } else {
+            "simulated VMI"
+        }
     );
     println!("  metrics:         {}cluster http://127.0.0.1:{}/metrics ({backups_ok} VMs with a good last backup)",
         demo.node_metrics_port.map(|p| format!("node http://127.0.0.1:{p}/metrics, ")).unwrap_or_default(), demo.cluster_metrics_port);
