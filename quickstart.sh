@@ -9,7 +9,9 @@
 #      values;
 #   5. runs `virtguard backup --all-namespaces` into the embedded default repository, fetches
 #      single files from that backup with `virtguard files get` (no restore), then
-#      `virtguard restore` of the real VM as a copy, and checks the restored disk's files;
+#      `virtguard restore` of the real VM as a copy, and checks the restored disk's files; then
+#      `virtguard drill`: the backup restored as a copy that boots as a second real QEMU domain,
+#      checked through its guest agent and deleted;
 #   6. prints a summary and stops everything it started.
 # Options are passed to virtguard-quickstart: --keep-running, --no-guest, --work DIR (see --help).
 set -euo pipefail
