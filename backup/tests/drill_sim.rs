@@ -225,6 +225,42 @@ async fn a_drill_restores_an_isolated_copy_checks_the_guest_and_deletes_everythi
         "the NetworkPolicy must exist before the copy starts"
     );
 
+    // Isolated, the copy lost its Multus network (so the restore did not even look for the
+    // NetworkAttachmentDefinition in the sandbox); without isolation it keeps it, and no
+    // NetworkPolicy is made.
+    let nad_warning = "NetworkAttachmentDefinition drills/br-data does not exist";
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains(nad_warning),
+        "{}",
+        text(&o)
+    );
+    let o = virtguard(
+        &sim,
+        &repo,
+        &[
+            "drill",
+            "--vm",
+            "prod/db",
+            "--sandbox",
+            "drills",
+            "--no-isolation",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(nad_warning),
+        "{}",
+        text(&o)
+    );
+    let r = &reports(&o)[0];
+    assert!(
+        !r["deleted"].to_string().contains("NetworkPolicy"),
+        "no policy without isolation: {r}"
+    );
+    assert_sandbox_empty(&sim).await;
+
     // The result is recorded for the exporter.
     let rec = record(&sim, "db").await;
     assert_eq!(rec["result"], "Succeeded", "{rec}");
