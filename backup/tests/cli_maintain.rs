@@ -112,6 +112,16 @@ fn maintain_prunes_collects_verifies_and_fails_until_corruption_is_healed() {
     assert!(text.contains("prune skipped"), "{text}");
     assert!(text.contains("CORRUPT chunk"), "{text}");
     assert!(text.matches("  used by ns/vm/").count() == 2, "{text}");
+    // The two backups that use it are marked in `list` until it is healed.
+    let list: Value = serde_json::from_str(&ok(&repo, &["list", "-o", "json"])).unwrap();
+    let marked: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["corrupt_chunks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(marked, [1, 1], "{list}");
+    assert!(ok(&repo, &["list"]).contains("CORRUPT (1 chunk(s)"));
 
     // The next backup of the same data stores the chunk again; the next maintain forgets it.
     ok(
@@ -124,6 +134,7 @@ fn maintain_prunes_collects_verifies_and_fails_until_corruption_is_healed() {
         "{healed}"
     );
     assert!(!healed.contains("CORRUPT"), "{healed}");
+    assert!(!ok(&repo, &["list"]).contains("CORRUPT"));
     ok(&repo, &["verify", "--read-data"]);
 }
 

@@ -70,6 +70,22 @@ pub struct CorruptChunk {
 }
 
 impl MaintenanceState {
+    /// The backups (`namespace/vm/backup-id`) that use a chunk known to be corrupt, with how
+    /// many such chunks each uses: what `list` marks until a backup heals the chunks.
+    pub fn affected_backups(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for c in &self.corrupt_chunks {
+            let mut seen = BTreeSet::new();
+            for u in &c.used_by {
+                let backup = u.split(' ').next().unwrap_or(u).to_string();
+                if seen.insert(backup.clone()) {
+                    *out.entry(backup).or_insert(0) += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// The stored state, or the empty one when none was written yet.
     pub async fn load(repo: &Repository) -> Result<MaintenanceState> {
         match repo.get_object(STATE_KEY).await {

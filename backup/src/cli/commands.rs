@@ -254,9 +254,30 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
             for r in &refs {
                 manifests.push(repo.load_manifest(r).await?);
             }
+            // Backups using a chunk the last verify found corrupt are marked (until healed).
+            let affected = match crate::repo::maintain::MaintenanceState::load(&repo).await {
+                Ok(s) => s.affected_backups(),
+                Err(e) => {
+                    eprintln!("warning: the maintenance state is unreadable ({e}); corrupt backups are not marked");
+                    Default::default()
+                }
+            };
+            let corrupt = |m: &Manifest| {
+                affected
+                    .get(&format!("{}/{}/{}", m.namespace, m.vm, m.id.as_str()))
+                    .copied()
+                    .unwrap_or(0)
+            };
             match a.output {
                 Output::Json => {
-                    let v: Vec<_> = manifests.iter().map(summary_json).collect();
+                    let v: Vec<_> = manifests
+                        .iter()
+                        .map(|m| {
+                            let mut v = summary_json(m);
+                            v["corrupt_chunks"] = json!(corrupt(m));
+                            v
+                        })
+                        .collect();
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 }
                 Output::Table => {
@@ -275,7 +296,13 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
                             m.volumes.len(),
                             human(m.volumes.iter().map(|v| v.size).sum()),
                             human(m.volumes.iter().map(|v| v.bytes_stored).sum()),
-                            m.consistency
+                            match corrupt(m) {
+                                0 => m.consistency.to_string(),
+                                n => format!(
+                                    "{}  CORRUPT ({n} chunk(s); see `virtguard maintain`)",
+                                    m.consistency
+                                ),
+                            }
                         );
                     }
                 }
