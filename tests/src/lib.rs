@@ -24,6 +24,7 @@
 
 pub mod checkout;
 pub mod control_plane;
+pub mod dashboards;
 pub mod demo;
 pub mod peers;
 

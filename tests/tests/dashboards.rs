@@ -37,63 +37,22 @@ use virtguard_exporter::node::stats::{self, DeviceLabels};
 use virtguard_exporter::render::{self, ConnectionCounts, Exposition};
 
 fn dir() -> PathBuf {
-    workspace_root().join("deploy/dashboards")
+    virtguard_e2e::dashboards::dir()
 }
 
 /// (file name, dashboard JSON) of every dashboard.
 fn dashboards() -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = rules::files_in(&dir(), ".json")
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            let v = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{}: not JSON: {e}", p.display()));
-            (p.file_name().unwrap().to_string_lossy().into_owned(), v)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let out = virtguard_e2e::dashboards::load();
     assert!(out.len() >= 4, "the four dashboards: {out:?}");
     out
 }
 
-/// Every panel, rows' nested panels included.
 fn panels(d: &Value) -> Vec<&Value> {
-    let mut out = Vec::new();
-    for p in d["panels"].as_array().into_iter().flatten() {
-        out.push(p);
-        out.extend(p["panels"].as_array().into_iter().flatten());
-    }
-    out
+    virtguard_e2e::dashboards::panels(d)
 }
 
-/// (panel title, PromQL with Grafana's variables replaced) of every query, template variable
-/// queries (`label_values(SELECTOR, label)` → SELECTOR) included.
 fn queries(d: &Value) -> Vec<(String, String)> {
-    let fill = |q: &str| {
-        q.replace("$__rate_interval", "1m")
-            .replace("$namespace", "default")
-            .replace("$name", "testvm")
-    };
-    let mut out = Vec::new();
-    for p in panels(d) {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            if let Some(e) = t["expr"].as_str() {
-                out.push((p["title"].as_str().unwrap_or("").to_string(), fill(e)));
-            }
-        }
-    }
-    for v in d["templating"]["list"].as_array().into_iter().flatten() {
-        if v["type"] == "query" {
-            let q = v["query"]["query"].as_str().unwrap();
-            let inner = q
-                .strip_prefix("label_values(")
-                .and_then(|r| r.rsplit_once(','))
-                .map(|(sel, _)| sel.to_string())
-                .unwrap_or_else(|| panic!("variable query {q}"));
-            out.push((format!("variable {}", v["name"]), fill(&inner)));
-        }
-    }
-    out
+    virtguard_e2e::dashboards::queries(d, "default", "testvm")
 }
 
 #[test]

@@ -13,6 +13,13 @@
 
 use std::time::Duration;
 
+#[allow(dead_code)]
+#[path = "alerts/promql.rs"]
+mod promql;
+#[allow(dead_code)]
+#[path = "alerts/rules.rs"]
+mod rules;
+
 use sha2::{Digest, Sha256};
 use virtguard_e2e::demo::{
     ext4_cat, real_guest_missing, Demo, DemoOptions, RepoTarget, DRILL_SANDBOX,
@@ -299,4 +306,38 @@ async fn quickstart_flow_on_a_real_guest_with_s3_and_prometheus() {
         .wait_for_alert("VirtguardBackupFailed", "firing", Duration::from_secs(60))
         .unwrap();
     assert_eq!(alert["labels"]["name"], "guest", "{alert}");
+
+    // The dashboards on this live data (real guest, cluster exporter, backups, restore, drills):
+    // every query parses and runs; each one over series this run produced returns data for
+    // demo/guest.
+    let present = |m: &str| {
+        prom.query(&format!("count({{__name__=\"{m}\"}})"))
+            .is_ok_and(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+    };
+    let mut evaluated = 0;
+    let mut expected = 0;
+    let mut missing = Vec::new();
+    for (file, d) in virtguard_e2e::dashboards::load() {
+        for (title, q) in virtguard_e2e::dashboards::queries(&d, "demo", "guest") {
+            let r = prom
+                .query(&q)
+                .unwrap_or_else(|e| panic!("{file}: {title}: Prometheus refused `{q}`: {e}"));
+            evaluated += 1;
+            let metrics = promql::metric_names(&q).unwrap();
+            if metrics.iter().all(|m| present(m)) {
+                expected += 1;
+                if r.as_array().is_none_or(Vec::is_empty) {
+                    missing.push(format!("{file}: {title}: {q}"));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "dashboards: {evaluated} queries evaluated on live data, {expected} with data expected"
+    );
+    assert!(
+        missing.is_empty(),
+        "dashboard queries without data although their series exist: {missing:#?}"
+    );
+    assert!(expected * 2 >= evaluated, "{expected} of {evaluated}");
 }
