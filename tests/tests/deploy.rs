@@ -99,15 +99,20 @@ fn namespace_of(k: &Value) -> (Option<String>, bool) {
     if let Some(ns) = k["namespace"].as_str() {
         return (Some(ns.to_string()), false);
     }
-    for t in k["transformers"].as_array().into_iter().flatten() {
-        let t: Value = serde_yaml::from_str(t.as_str().expect("inline transformer")).unwrap();
-        if t["apiVersion"] == "builtin" && t["kind"] == "NamespaceTransformer" {
+    let transformers: Vec<Value> = k["transformers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| serde_yaml::from_str(t.as_str().expect("inline transformer")).unwrap())
+        .collect();
+    match transformers.as_slice() {
+        [] => (None, false),
+        [t] if t["apiVersion"] == "builtin" && t["kind"] == "NamespaceTransformer" => {
             let ns = t["metadata"]["namespace"].as_str().expect("its namespace");
-            return (Some(ns.to_string()), t["unsetOnly"] == true);
+            (Some(ns.to_string()), t["unsetOnly"] == true)
         }
-        panic!("transformer {t} is not modelled by this renderer");
+        other => panic!("transformers {other:?} are not modelled by this renderer"),
     }
-    (None, false)
 }
 
 /// The namespace `virtguard drill` restores its copies into (deploy/drill).
