@@ -54,7 +54,7 @@ fn virtguard_containers() -> Vec<(PathBuf, String, Vec<String>)> {
 fn every_cronjob_runs_a_command_the_cli_accepts() {
     let found = virtguard_containers();
     let names: Vec<&str> = found.iter().map(|(_, n, _)| n.as_str()).collect();
-    for want in ["backup", "maintain"] {
+    for want in ["backup", "maintain", "drill"] {
         assert!(
             names.contains(&want),
             "no CronJob container {want}: {names:?}"

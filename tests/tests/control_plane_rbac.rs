@@ -4,8 +4,10 @@
 //!    the CronJob's `virtguard backup` (a VM with two disks on a driver with a group snapshot
 //!    class and a guest agent, a changed-block-tracking VM, a VM without agent on a plain CSI
 //!    driver), `virtguard cleanup`, the same backup with `--dispatch jobs` (the dispatcher owned
-//!    by a Job made from the CronJob's template, its per-VM Jobs run by the sim), and the
-//!    exporter's cluster mode until `/readyz`. That records every request each made.
+//!    by a Job made from the CronJob's template, its per-VM Jobs run by the sim), the drill
+//!    CronJob's `virtguard drill` into the sandbox namespace (two VMs drilled, one without guest
+//!    agent failing), and the exporter's cluster mode until `/readyz`. That records every
+//!    request each made.
 //! 2. On a real kube-apiserver with `kubectl apply -k deploy/`, every recorded request is
 //!    replayed as a SubjectAccessReview for the ServiceAccount deploy/ runs it as: each must be
 //!    allowed, by a rule of deploy/ (not only by a default role).
@@ -43,9 +45,12 @@ use virtguard_sim::{Scenario, Sim, SimConfig};
 const NS: &str = "virtguard";
 const BACKUP_SA: &str = "virtguard-backup";
 const EXPORTER_SA: &str = "virtguard-exporter-cluster";
+const DRILL_SA: &str = "virtguard-drill";
+/// The drill CronJob's sandbox namespace (deploy/drill), where its Role is.
+const SANDBOX: &str = "virtguard-drills";
 
 const SCENARIO: &str = r#"
-namespaces: [prod, dev, virtguard]
+namespaces: [prod, dev, virtguard, virtguard-drills]
 storageClasses:
   - {name: ceph-rbd, driver: rbd.csi.ceph.com, default: true, snapshotClass: ceph-rbd-snap, groupSnapshotClass: ceph-rbd-group}
   - {name: local, driver: local.csi.example.com, snapshotClass: local-snap}
@@ -99,9 +104,14 @@ fn virtguard(repo: &Path, kubeconfig: &Path, env: &[(&str, &str)], args: &[&str]
     tokio::task::block_in_place(|| c.output()).expect("virtguard runs")
 }
 
-/// The CronJob's container args (deploy/backup/cronjob.yaml).
+/// The backup CronJob (deploy/backup/cronjob.yaml).
 fn cronjob() -> Value {
-    let path = workspace_root().join("deploy/backup/cronjob.yaml");
+    cronjob_of("backup")
+}
+
+/// The CronJob of deploy/`dir`/cronjob.yaml.
+fn cronjob_of(dir: &str) -> Value {
+    let path = workspace_root().join(format!("deploy/{dir}/cronjob.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     serde_yaml::from_str(&text).expect("cronjob.yaml")
 }
@@ -282,6 +292,59 @@ async fn record() -> Recorded {
     );
     let (backup, mark) = since(&log, mark);
 
+    // The drill CronJob's command, with a short boot timeout: dev/web has no guest agent, so its
+    // drill fails after it (a failure path, recorded like a success).
+    let args = cronjob_args(&cronjob_of("drill"));
+    assert!(args.iter().any(|a| a == SANDBOX), "{args:?}");
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--boot-timeout=20s", "-o", "json"]);
+    let o = virtguard(&repo, &kubeconfig, &[], &args);
+    let reports: Vec<Value> = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("the drill's JSON ({e}): {}", text(&o)));
+    let outcome: BTreeMap<&str, (bool, &str)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap_or(""),
+                (r["succeeded"] == true, r["reason"].as_str().unwrap_or("")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcome,
+        BTreeMap::from([
+            ("prod/db", (true, "")),
+            ("prod/tracked", (true, "")),
+            ("dev/web", (false, "agent-not-connected")),
+        ]),
+        "{}",
+        text(&o)
+    );
+    assert!(!o.status.success(), "a drill failed: {}", text(&o));
+    let (drill, mark) = since(&log, mark);
+    // It wrote in the sandbox only, apart from its status ConfigMaps.
+    let outside: Vec<&AuditRecord> = drill
+        .iter()
+        .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        .filter(|r| r.namespace.as_deref() != Some(SANDBOX))
+        .filter(|r| {
+            r.resource.as_deref() != Some("configmaps")
+                || (r.verb != "create" && r.name.as_deref() != Some("virtguard-drill-status"))
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "the drill wrote outside {SANDBOX}: {outside:?}"
+    );
+    assert!(
+        drill
+            .iter()
+            .any(|r| r.resource.as_deref() == Some("configmaps")
+                && r.verb == "create"
+                && r.namespace.as_deref() == Some("dev")),
+        "the drill did not record dev/web's failure in its namespace"
+    );
+
     let exporter = Exporter::start(&kubeconfig);
     exporter.wait_ready().await;
     let port = exporter.port;
@@ -290,7 +353,11 @@ async fn record() -> Recorded {
     drop(exporter);
     let (exporter, _) = since(&log, mark);
     Recorded {
-        by_account: BTreeMap::from([(BACKUP_SA, backup), (EXPORTER_SA, exporter)]),
+        by_account: BTreeMap::from([
+            (BACKUP_SA, backup),
+            (EXPORTER_SA, exporter),
+            (DRILL_SA, drill),
+        ]),
     }
 }
 
@@ -319,6 +386,16 @@ const ROLES: &[RoleOf] = &[
         account: EXPORTER_SA,
         namespace: None,
         name: "virtguard-exporter-cluster",
+    },
+    RoleOf {
+        account: DRILL_SA,
+        namespace: None,
+        name: "virtguard-drill",
+    },
+    RoleOf {
+        account: DRILL_SA,
+        namespace: Some(SANDBOX),
+        name: "virtguard-drill",
     },
 ];
 

@@ -2,7 +2,9 @@
 //!
 //! - rendering follows what `kubectl apply -k deploy/` does with the features the bundle uses:
 //!   `resources` (files and directories with their own kustomization), `namespace` (set on
-//!   namespaced objects and on ServiceAccount subjects of bindings) and `images` (name → newName:newTag);
+//!   namespaced objects and on ServiceAccount subjects of bindings), the builtin
+//!   `NamespaceTransformer` with `unsetOnly: true` (the same, only where no namespace is set: the
+//!   drill sandbox's objects keep theirs) and `images` (name → newName:newTag);
 //! - every core object is decoded into its k8s-openapi type (required fields present, types right)
 //!   and encoded back: a field that does not survive the round trip is not a field of that type;
 //! - every RBAC rule names an API group/resource that exists: the Kubernetes ones from
@@ -18,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use k8s_openapi::api::{apps, batch, coordination, core, rbac, storage};
+use k8s_openapi::api::{apps, batch, coordination, core, networking, rbac, storage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -62,16 +64,21 @@ fn render(dir: &Path) -> Vec<Value> {
             )
         })
         .collect();
-    let ns = k["namespace"].as_str();
+    let (ns, unset_only) = namespace_of(&k);
     for o in &mut out {
-        if let Some(ns) = ns {
+        if let Some(ns) = ns.as_deref() {
+            let set = |v: &mut Value| {
+                if !unset_only || v.get("namespace").is_none_or(Value::is_null) {
+                    v["namespace"] = ns.into();
+                }
+            };
             if !CLUSTER_SCOPED.contains(&o["kind"].as_str().unwrap_or("")) {
-                o["metadata"]["namespace"] = ns.into();
+                set(&mut o["metadata"]);
             }
             let subjects = o.get_mut("subjects").and_then(Value::as_array_mut);
             for s in subjects.into_iter().flatten() {
                 if s["kind"] == "ServiceAccount" {
-                    s["namespace"] = ns.into();
+                    set(s);
                 }
             }
         }
@@ -85,6 +92,31 @@ fn render(dir: &Path) -> Vec<Value> {
 }
 
 use serde::Deserialize as _;
+
+/// The namespace a kustomization sets, and whether only where none is set: its `namespace:`
+/// (sets all), or an inline builtin `NamespaceTransformer` among its `transformers`.
+fn namespace_of(k: &Value) -> (Option<String>, bool) {
+    if let Some(ns) = k["namespace"].as_str() {
+        return (Some(ns.to_string()), false);
+    }
+    let transformers: Vec<Value> = k["transformers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| serde_yaml::from_str(t.as_str().expect("inline transformer")).unwrap())
+        .collect();
+    match transformers.as_slice() {
+        [] => (None, false),
+        [t] if t["apiVersion"] == "builtin" && t["kind"] == "NamespaceTransformer" => {
+            let ns = t["metadata"]["namespace"].as_str().expect("its namespace");
+            (Some(ns.to_string()), t["unsetOnly"] == true)
+        }
+        other => panic!("transformers {other:?} are not modelled by this renderer"),
+    }
+}
+
+/// The namespace `virtguard drill` restores its copies into (deploy/drill).
+const DRILL_SANDBOX: &str = "virtguard-drills";
 
 const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding"];
 
@@ -302,6 +334,7 @@ fn known_resources() -> BTreeSet<(String, String)> {
     add::<core::v1::Service>(&mut s);
     add::<core::v1::Event>(&mut s);
     add::<core::v1::Node>(&mut s);
+    add::<networking::v1::NetworkPolicy>(&mut s);
     add::<batch::v1::Job>(&mut s);
     add::<batch::v1::CronJob>(&mut s);
     add::<coordination::v1::Lease>(&mut s);
@@ -384,6 +417,9 @@ fn the_bundle_renders_and_every_object_is_valid() {
         "ServiceAccount",
         "Secret",
         "Service",
+        "Namespace",
+        "Role",
+        "RoleBinding",
     ] {
         assert!(kinds.contains(want), "the bundle has no {want}: {kinds:?}");
     }
@@ -397,12 +433,31 @@ fn the_bundle_renders_and_every_object_is_valid() {
         if let Err(e) = check_core(o) {
             errors.push(format!("{id}: {e}"));
         }
+        // Everything in namespace virtguard, except the drill's rights in its sandbox.
+        let want = match (o["kind"].as_str(), o["metadata"]["name"].as_str()) {
+            (Some("Role" | "RoleBinding"), Some("virtguard-drill")) => DRILL_SANDBOX,
+            _ => "virtguard",
+        };
         if !CLUSTER_SCOPED.contains(&o["kind"].as_str().unwrap_or(""))
-            && o["metadata"]["namespace"] != "virtguard"
+            && o["metadata"]["namespace"] != want
         {
-            errors.push(format!("{id}: not in namespace virtguard"));
+            errors.push(format!(
+                "{id}: in namespace {} (expected {want})",
+                o["metadata"]["namespace"]
+            ));
         }
     }
+    // The sandbox is installed under its own name (a plain `namespace:` renames it).
+    let namespaces: BTreeSet<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        namespaces,
+        BTreeSet::from(["virtguard", DRILL_SANDBOX]),
+        "the bundle's Namespaces"
+    );
     assert!(
         errors.is_empty(),
         "invalid objects:\n  {}",
@@ -462,12 +517,22 @@ fn cross_references_resolve() {
             .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
             .collect()
     };
-    let (sas, secrets, roles, croles) = (
+    let (sas, secrets, croles) = (
         names("ServiceAccount"),
         names("Secret"),
-        names("Role"),
         names("ClusterRole"),
     );
+    // A RoleBinding's Role is the one of its own namespace.
+    let roles: BTreeSet<(String, String)> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role")
+        .map(|o| {
+            (
+                o["metadata"]["namespace"].as_str().unwrap().to_string(),
+                o["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     let mut errors = Vec::new();
     for o in &objects {
         let id = format!(
@@ -500,7 +565,10 @@ fn cross_references_resolve() {
         if let Some(rr) = o.get("roleRef") {
             let n = rr["name"].as_str().unwrap();
             let ok = match rr["kind"].as_str() {
-                Some("Role") => roles.contains(n),
+                Some("Role") => roles.contains(&(
+                    o["metadata"]["namespace"].as_str().unwrap().to_string(),
+                    n.to_string(),
+                )),
                 Some("ClusterRole") => croles.contains(n),
                 _ => false,
             };
@@ -508,7 +576,16 @@ fn cross_references_resolve() {
                 errors.push(format!("{id}: roleRef {rr} is not in the bundle"));
             }
             for s in o["subjects"].as_array().unwrap() {
-                if s["kind"] == "ServiceAccount" && !sas.contains(s["name"].as_str().unwrap()) {
+                // By namespace too: a binding in the sandbox names the account in virtguard.
+                let account = (s["namespace"].as_str(), s["name"].as_str());
+                let exists = objects.iter().any(|sa| {
+                    sa["kind"] == "ServiceAccount"
+                        && (
+                            sa["metadata"]["namespace"].as_str(),
+                            sa["metadata"]["name"].as_str(),
+                        ) == account
+                });
+                if s["kind"] == "ServiceAccount" && !exists {
                     errors.push(format!("{id}: subject {s} is not in the bundle"));
                 }
             }
