@@ -2,6 +2,7 @@
 //! (it holds only the wrapped key, never a usable one). Written once by `init`; rewritten whole
 //! (one atomic put) only when `virtguard key remove`/`passwd` replaces the key it holds.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{DataCipher, EncryptionConfig};
@@ -39,10 +40,10 @@ pub struct RepoConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionConfig>,
     /// Id, host and time of the wrapped key in `encryption` (absent in repositories created
-    /// before `virtguard key`: that key is listed as [`crate::keys::LEGACY_KEY_ID`]). Further
+    /// before `virtguard key`: that key is listed as [`LEGACY_KEY_ID`]). Further
     /// keys are objects under `keys/` ([`crate::keys`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<crate::keys::KeyMeta>,
+    pub key: Option<KeyMeta>,
     /// S3 Object Lock retention of every written object (`init --object-lock`), see
     /// [`crate::objectlock`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +133,36 @@ impl RepoConfig {
             ));
         }
         Ok(c)
+    }
+}
+
+/// Id shown for the key in config.json of repositories created before `virtguard key`.
+pub const LEGACY_KEY_ID: &str = "initial";
+
+/// Who added a key, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// 8 random hex digits.
+    pub id: String,
+    /// Host name of the machine that added it.
+    pub host: String,
+    pub created: DateTime<Utc>,
+}
+
+impl KeyMeta {
+    /// A fresh id, this host, now.
+    pub fn new() -> KeyMeta {
+        KeyMeta {
+            id: hex::encode(rand::random::<[u8; 4]>()),
+            host: crate::locks::hostname(),
+            created: Utc::now(),
+        }
+    }
+}
+
+impl Default for KeyMeta {
+    fn default() -> Self {
+        KeyMeta::new()
     }
 }
 

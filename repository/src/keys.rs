@@ -8,75 +8,35 @@
 //! promotes another key into config.json (one atomic put) and only then deletes that key's
 //! object, so a crash in between leaves a duplicate, never no key. Changing keys never
 //! re-encrypts data: it changes who can unwrap the master secret, not the secret itself.
+//!
+//! This module reads keys and unlocks a repository being opened (no [`crate::Repository`]
+//! needed); adding, removing and listing keys of an open repository is [`crate::keyring`].
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RepoConfig, CONFIG_KEY};
+use crate::config::RepoConfig;
+pub use crate::config::{KeyMeta, LEGACY_KEY_ID};
 use crate::crypto::{Crypto, EncryptionConfig};
 use crate::error::{Error, Result};
-use crate::repository::{cpu, Repository};
 use crate::store::Store;
 
 /// Prefix of the key objects.
 pub const KEYS_PREFIX: &str = "keys/";
-/// Id shown for the key in config.json of repositories created before `virtguard key`.
-pub const LEGACY_KEY_ID: &str = "initial";
-
-/// Who added a key, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyMeta {
-    /// 8 random hex digits.
-    pub id: String,
-    /// Host name of the machine that added it.
-    pub host: String,
-    pub created: DateTime<Utc>,
-}
-
-impl KeyMeta {
-    /// A fresh id, this host, now.
-    pub fn new() -> KeyMeta {
-        KeyMeta {
-            id: hex::encode(rand::random::<[u8; 4]>()),
-            host: crate::locks::hostname(),
-            created: Utc::now(),
-        }
-    }
-}
-
-impl Default for KeyMeta {
-    fn default() -> Self {
-        KeyMeta::new()
-    }
-}
-
 /// One `keys/<id>.json` object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct KeyObject {
+pub(crate) struct KeyObject {
     #[serde(flatten)]
-    meta: KeyMeta,
+    pub(crate) meta: KeyMeta,
     #[serde(flatten)]
-    encryption: EncryptionConfig,
+    pub(crate) encryption: EncryptionConfig,
 }
 
-/// One wrapped key as `virtguard key list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KeyEntry {
-    #[serde(flatten)]
-    pub meta: KeyMeta,
-    /// The object holding it: `config.json` or `keys/<id>.json`.
-    pub object: String,
-    /// Whether it is the key that opened this repository handle.
-    pub current: bool,
-}
-
-fn key_object_key(id: &str) -> String {
+pub(crate) fn key_object_key(id: &str) -> String {
     format!("{KEYS_PREFIX}{id}.json")
 }
 
 /// [`KeyMeta`] of the key in config.json.
-fn config_meta(config: &RepoConfig) -> KeyMeta {
+pub(crate) fn config_meta(config: &RepoConfig) -> KeyMeta {
     config.key.clone().unwrap_or_else(|| KeyMeta {
         id: LEGACY_KEY_ID.into(),
         host: "-".into(),
@@ -86,7 +46,7 @@ fn config_meta(config: &RepoConfig) -> KeyMeta {
 
 /// The key objects under `keys/`, sorted by id. A malformed one is reported, not skipped: it
 /// would otherwise be invisible to `key list` and `key remove`.
-async fn key_objects(store: &dyn Store) -> Result<Vec<KeyObject>> {
+pub(crate) async fn key_objects(store: &dyn Store) -> Result<Vec<KeyObject>> {
     let mut out = Vec::new();
     for o in store.list(KEYS_PREFIX).await? {
         let data = store.get(&o.key).await?;
@@ -103,7 +63,10 @@ async fn key_objects(store: &dyn Store) -> Result<Vec<KeyObject>> {
 
 async fn try_open(enc: &EncryptionConfig, user_key: &[u8], config: &RepoConfig) -> Result<Crypto> {
     let (enc, user_key, level) = (enc.clone(), user_key.to_vec(), config.compression_level);
-    cpu(move || Crypto::open(&enc, &user_key, "", level)).await
+    // Argon2id: off the async runtime's threads.
+    tokio::task::spawn_blocking(move || Crypto::open(&enc, &user_key, "", level))
+        .await
+        .map_err(|e| Error::Internal(format!("internal worker failed: {e}")))?
 }
 
 /// Unwraps the master secret of an encrypted repository with `user_key`: the key in
@@ -138,187 +101,4 @@ pub(crate) async fn unlock(
         }
     }
     Err(Error::WrongKey { location })
-}
-
-fn encryption(repo: &Repository) -> Result<&EncryptionConfig> {
-    repo.config().encryption.as_ref().ok_or_else(|| {
-        Error::Invalid(format!(
-            "the repository at {} is not encrypted: it has no keys to manage",
-            repo.location()
-        ))
-    })
-}
-
-/// Every wrapped key of the repository: config.json's first, then `keys/` by id.
-pub async fn list_keys(repo: &Repository) -> Result<Vec<KeyEntry>> {
-    encryption(repo)?;
-    let current = repo.key_id();
-    let first = config_meta(repo.config());
-    let mut out = vec![KeyEntry {
-        current: current == Some(first.id.as_str()),
-        meta: first,
-        object: CONFIG_KEY.into(),
-    }];
-    for k in key_objects(repo.store().as_ref()).await? {
-        out.push(KeyEntry {
-            current: current == Some(k.meta.id.as_str()),
-            object: key_object_key(&k.meta.id),
-            meta: k.meta,
-        });
-    }
-    Ok(out)
-}
-
-/// Adds a wrapped copy of the master key unlocked by `new_key` (Argon2id with the parameters
-/// of the key in config.json); `host` overrides this machine's name.
-pub async fn add_key(repo: &Repository, new_key: &[u8], host: Option<&str>) -> Result<KeyMeta> {
-    let enc = encryption(repo)?;
-    let mut meta = KeyMeta::new();
-    if let Some(h) = host {
-        meta.host = h.to_string();
-    }
-    let (crypto, new_key) = (repo.crypto().clone(), new_key.to_vec());
-    let (mem, iters) = (enc.kdf.memory_kib, enc.kdf.iterations);
-    let encryption = cpu(move || crypto.wrap(&new_key, mem, iters)).await?;
-    let obj = KeyObject {
-        meta: meta.clone(),
-        encryption,
-    };
-    let data = serde_json::to_vec_pretty(&obj)
-        .map_err(|e| Error::Codec(format!("encoding the key object: {e}")))?;
-    let key = key_object_key(&meta.id);
-    if repo.store().exists(&key).await? {
-        return Err(Error::Internal(format!(
-            "key id {} already exists; retry",
-            meta.id
-        )));
-    }
-    repo.store().put(&key, data.into()).await?;
-    Ok(meta)
-}
-
-/// Removes the wrapped key `id`. Refused when it is the only one, and when it is the key that
-/// opened `repo` unless `force` (the user would have to use another key from then on).
-pub async fn remove_key(repo: &Repository, id: &str, force: bool) -> Result<()> {
-    let all = list_keys(repo).await?;
-    let Some(entry) = all.iter().find(|k| k.meta.id == id) else {
-        return Err(Error::Invalid(format!(
-            "no key `{id}` in the repository at {} (it has: {}); see `virtguard key list`",
-            repo.location(),
-            all.iter()
-                .map(|k| k.meta.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    };
-    if all.len() == 1 {
-        return Err(Error::Invalid(format!(
-            "key `{id}` is the repository's only key: removing it would make every backup \
-             unreadable; add another key first (`virtguard key add`)"
-        )));
-    }
-    if entry.current && !force {
-        return Err(Error::Invalid(format!(
-            "key `{id}` is the key you opened the repository with; pass --force to remove it \
-             anyway (from then on only the other keys open the repository)"
-        )));
-    }
-    let store = repo.store();
-    if entry.object != CONFIG_KEY {
-        return store.delete(&entry.object).await;
-    }
-    // The key in config.json: promote the first key object into config.json, then delete it.
-    let objects = key_objects(store.as_ref()).await?;
-    let Some(next) = objects.into_iter().next() else {
-        return Err(Error::Internal("no key object to promote".into()));
-    };
-    let mut config = repo.config().clone();
-    config.encryption = Some(next.encryption);
-    config.key = Some(next.meta.clone());
-    store.put(CONFIG_KEY, config.encode().into()).await?;
-    store.delete(&key_object_key(&next.meta.id)).await
-}
-
-/// Replaces the key that opened `repo` by `new_key`: adds the new one, then removes the old
-/// one (so a failure in between leaves both). Returns the new key.
-pub async fn change_key(repo: &Repository, new_key: &[u8], host: Option<&str>) -> Result<KeyMeta> {
-    let Some(old) = repo.key_id().map(str::to_string) else {
-        encryption(repo)?;
-        return Err(Error::Internal("no current key".into()));
-    };
-    let meta = add_key(repo, new_key, host).await?;
-    // `repo` still holds the config it was opened with, which is what remove_key rewrites.
-    remove_key(repo, &old, true).await?;
-    Ok(meta)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::repository::InitOptions;
-    use crate::store::LocalStore;
-    use std::sync::Arc;
-
-    fn opts(key: &[u8]) -> InitOptions {
-        InitOptions {
-            key: Some(key.to_vec()),
-            kdf_memory_kib: 256,
-            kdf_iterations: 1,
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn add_remove_passwd_and_the_last_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
-        let repo = Repository::init(store.clone(), opts(b"one")).await.unwrap();
-        let first = repo.key_id().unwrap().to_string();
-        let ids = |v: Vec<KeyEntry>| v.into_iter().map(|k| k.meta.id).collect::<Vec<_>>();
-        assert_eq!(ids(list_keys(&repo).await.unwrap()), vec![first.clone()]);
-        assert!(
-            remove_key(&repo, &first, true).await.is_err(),
-            "the last key"
-        );
-
-        let two = add_key(&repo, b"two", Some("h2")).await.unwrap();
-        let r2 = Repository::open(store.clone(), Some(b"two")).await.unwrap();
-        assert_eq!(r2.key_id(), Some(two.id.as_str()));
-        let listed = list_keys(&r2).await.unwrap();
-        assert_eq!(listed.len(), 2);
-        assert!(listed[1].current && !listed[0].current);
-        assert_eq!(listed[1].meta.host, "h2");
-
-        // Removing the current key needs force; removing config.json's key promotes `two`.
-        assert!(remove_key(&repo, &first, false).await.is_err());
-        remove_key(&repo, &first, true).await.unwrap();
-        assert!(matches!(
-            Repository::open(store.clone(), Some(b"one")).await,
-            Err(Error::WrongKey { .. })
-        ));
-        let r2 = Repository::open(store.clone(), Some(b"two")).await.unwrap();
-        let listed = list_keys(&r2).await.unwrap();
-        assert_eq!(ids(listed.clone()), vec![two.id.clone()]);
-        assert_eq!(listed[0].object, CONFIG_KEY);
-        assert!(store.list(KEYS_PREFIX).await.unwrap().is_empty());
-
-        let three = change_key(&r2, b"three", None).await.unwrap();
-        assert!(Repository::open(store.clone(), Some(b"two")).await.is_err());
-        let r3 = Repository::open(store.clone(), Some(b"three"))
-            .await
-            .unwrap();
-        assert_eq!(r3.key_id(), Some(three.id.as_str()));
-        assert_eq!(r3.crypto().chunk_id(b"x"), repo.crypto().chunk_id(b"x"));
-    }
-
-    #[tokio::test]
-    async fn plain_repository_has_no_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
-        let repo = Repository::init(store, InitOptions::default())
-            .await
-            .unwrap();
-        assert!(list_keys(&repo).await.is_err());
-        assert!(add_key(&repo, b"k", None).await.is_err());
-    }
 }

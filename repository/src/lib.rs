@@ -154,6 +154,7 @@ pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod keyring;
 pub mod keys;
 pub mod locks;
 pub mod maintain;

@@ -18,9 +18,16 @@
 
 use serde_json::{json, Value};
 
-use crate::kubevirt::AGENT_LIBVIRT_ANNOTATION;
 use crate::status::ApiError;
 use crate::Inner;
+
+/// VMI annotation `"false"`: the VMI has no guest agent.
+pub const AGENT_ANNOTATION: &str = "virtguard.io/sim-guest-agent";
+/// VMI annotation: freeze/thaw also go to a real QEMU guest agent on this unix socket.
+pub const AGENT_SOCKET_ANNOTATION: &str = "virtguard.io/sim-guest-agent-socket";
+/// VMI annotation `URI DOMAIN`: freeze/thaw and these subresources go to that libvirt domain's
+/// real guest agent.
+pub const AGENT_LIBVIRT_ANNOTATION: &str = "virtguard.io/sim-guest-agent-libvirt";
 
 /// Serves `guestosinfo` or `filesystemlist` of VMI `ns/name`.
 pub(crate) async fn serve(

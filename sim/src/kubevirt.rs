@@ -45,10 +45,7 @@ use crate::status::ApiError;
 use crate::store::{meta_str, name_ns, now_rfc3339};
 use crate::Inner;
 
-pub const AGENT_ANNOTATION: &str = "virtguard.io/sim-guest-agent";
-pub const AGENT_SOCKET_ANNOTATION: &str = "virtguard.io/sim-guest-agent-socket";
-/// VMI annotation `URI DOMAIN`: freeze/thaw go to that libvirt domain's real guest agent.
-pub const AGENT_LIBVIRT_ANNOTATION: &str = "virtguard.io/sim-guest-agent-libvirt";
+pub use crate::guest_agent::{AGENT_ANNOTATION, AGENT_LIBVIRT_ANNOTATION, AGENT_SOCKET_ANNOTATION};
 pub const TIMELINE_ANNOTATION: &str = "virtguard.io/sim-timeline";
 pub const NODE: &str = "sim-node-1";
 /// The label virt-controller keeps equal to a scheduled VMI's `status.nodeName`.

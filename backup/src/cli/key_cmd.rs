@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use super::util::open_repo;
 use super::{Config, KeyMaterial, Output};
 use crate::error::{Error, Result};
-use crate::repo::keys;
+use crate::repo::keyring as keys;
 
 /// `virtguard key`.
 #[derive(Debug, Args)]
